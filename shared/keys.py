@@ -1,0 +1,57 @@
+"""Names of every Redis key mmsearch uses, in one place.
+
+Collections get an internal id (`cid`) at creation, so a collection deleted and created again
+under the same name never sees the old one's logs, snapshots or staged bytes.
+"""
+from __future__ import annotations
+
+PREFIX = "mms"
+
+COLLECTIONS = f"{PREFIX}:collections"          # hash: name -> collection JSON
+LIVE_CIDS = f"{PREFIX}:cids"                   # set of live collection ids
+
+
+def shard_log(cid: str, shard: int) -> str:
+    """Stream: the durable write log of one shard (upserts and deletes, in order)."""
+    return f"{PREFIX}:log:{cid}:{shard}"
+
+
+def shard_state(cid: str, shard: int) -> str:
+    """Hash written by the shard owner: `applied` (last applied log id), `count` (live items)."""
+    return f"{PREFIX}:shard:{cid}:{shard}"
+
+
+def slot_owner(slot: int) -> str:
+    """Lease held (and renewed) by the process that owns a shard slot."""
+    return f"{PREFIX}:owner:{slot}"
+
+
+def job(job_id: str) -> str:
+    return f"{PREFIX}:job:{job_id}"
+
+
+def job_items(job_id: str) -> str:
+    """Hash: item index -> outcome, so a redelivered item is counted once."""
+    return f"{PREFIX}:job:{job_id}:items"
+
+
+def job_errors(job_id: str) -> str:
+    return f"{PREFIX}:job:{job_id}:errors"
+
+
+def job_marks(job_id: str) -> str:
+    """Hash: shard -> highest log id the job wrote there (the job is final once applied)."""
+    return f"{PREFIX}:job:{job_id}:marks"
+
+
+def job_keys(job_id: str) -> list[str]:
+    return [job(job_id), job_items(job_id), job_errors(job_id), job_marks(job_id)]
+
+
+def staged(cid: str, job_id: str, index: int) -> str:
+    """Uploaded image bytes waiting for an encode worker (with a TTL)."""
+    return f"{PREFIX}:stage:{cid}:{job_id}:{index}"
+
+
+def staged_pattern(cid: str) -> str:
+    return f"{PREFIX}:stage:{cid}:*"

@@ -1,0 +1,29 @@
+"""The Redis URL every process uses, and client construction.
+
+With no `REDIS_URL`, every process talks to the embedded redis-server that the stack starts
+(see `shared.embedded_redis`) on loopback at `MMSEARCH_REDIS_PORT` (default 6390).
+"""
+from __future__ import annotations
+
+import os
+
+import redis
+
+from shared.config import Settings, get_settings
+
+EMBEDDED_PORT_DEFAULT = 6390
+
+
+def embedded_port() -> int:
+    return int(os.environ.get("MMSEARCH_REDIS_PORT", EMBEDDED_PORT_DEFAULT))
+
+
+def redis_url(settings: Settings | None = None) -> str:
+    settings = settings or get_settings()
+    return settings.redis_url or f"redis://127.0.0.1:{embedded_port()}/0"
+
+
+def connect(settings: Settings | None = None) -> redis.Redis:
+    """A binary-safe client (bytes in, bytes out) with bounded socket timeouts."""
+    return redis.Redis.from_url(redis_url(settings), socket_connect_timeout=5,
+                                socket_timeout=30, health_check_interval=30)
