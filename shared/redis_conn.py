@@ -5,7 +5,9 @@ With no `REDIS_URL`, every process talks to the embedded redis-server that the s
 """
 from __future__ import annotations
 
+import logging
 import os
+import time
 
 import redis
 
@@ -27,3 +29,18 @@ def connect(settings: Settings | None = None) -> redis.Redis:
     """A binary-safe client (bytes in, bytes out) with bounded socket timeouts."""
     return redis.Redis.from_url(redis_url(settings), socket_connect_timeout=5,
                                 socket_timeout=30, health_check_interval=30)
+
+
+def wait_for_redis(settings: Settings | None = None, timeout_s: float = 60.0) -> None:
+    """Block until Redis answers (processes of a stack may start before it)."""
+    client = connect(settings)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            client.ping()
+            return
+        except (redis.exceptions.ConnectionError, redis.exceptions.BusyLoadingError):
+            if time.monotonic() > deadline:
+                raise
+            logging.getLogger(__name__).info("waiting for Redis at %s", redis_url(settings))
+            time.sleep(0.5)

@@ -1,0 +1,92 @@
+"""Items and queries of one collection -> fused vectors, with the collection's models.
+
+An item's image block is the CNN's pooled features; its text block is the caption's GloVe
+vector, the image's ConSE vector (uncaptioned images), or for a captioned image both mixed as
+`normalise(caption + CAPTION_CONSE_MIX * conse)` (the mix was measured with bench/quality.py).
+Used by the encode workers (items) and the query workers (image queries).
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from shared.catalog import IMAGE_MODEL_DIMS
+from shared.conse import ConSE, create_conse
+from shared.fusion import FusedQuery, build_query, fuse
+from shared.imagedecode import resize_for_model
+from shared.text_encoder import create_text_model
+
+if TYPE_CHECKING:
+    from shared.image_models import ImageModel
+
+CAPTION_CONSE_MIX = 0.5
+
+
+@dataclass
+class EncodedItem:
+    vector: np.ndarray
+    has_image: bool
+
+
+class CollectionEncoder:
+    """The image model, text model and ConSE mapping of one (image_model, text_model) pair."""
+
+    def __init__(self, image_model: str, text_model: str) -> None:
+        self.image_model_name = image_model
+        self.text_model = create_text_model(text_model)
+        self.image_dim = IMAGE_MODEL_DIMS[image_model]
+        self.text_dim = self.text_model.dim
+
+    @functools.cached_property
+    def image_model(self) -> "ImageModel":
+        """Loaded on first image (text-only queries never import torch)."""
+        from shared.image_models import create_image_model
+
+        return create_image_model(self.image_model_name)
+
+    @functools.cached_property
+    def conse(self) -> ConSE:
+        return create_conse(self.text_model.name)
+
+    def _image_blocks(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        size = self.image_model.input_size
+        enc = self.image_model.encode([resize_for_model(img, size) for img in images])
+        return enc.features, self.conse.vectors(enc.probs)
+
+    def encode_items(self, images: list[np.ndarray | None], texts: list[str | None]) -> list[EncodedItem | None]:
+        """Fused vectors of items; None for an item left with no block (no image, no known word)."""
+        with_image = [i for i, img in enumerate(images) if img is not None]
+        feats, semantics = self._image_blocks([images[i] for i in with_image]) if with_image else ([], [])
+        image_block = dict(zip(with_image, feats))
+        conse_block = dict(zip(with_image, semantics))
+        out: list[EncodedItem | None] = []
+        for i, text in enumerate(texts):
+            caption = self.text_model.encode(text) if text else None
+            semantic = conse_block.get(i)
+            if semantic is not None and not semantic.any():
+                semantic = None
+            if caption is not None and semantic is not None:
+                text_vec = caption + CAPTION_CONSE_MIX * semantic
+            else:
+                text_vec = caption if caption is not None else semantic
+            image_vec = image_block.get(i)
+            if image_vec is None and text_vec is None:
+                out.append(None)
+                continue
+            out.append(EncodedItem(fuse(image_vec, text_vec, self.image_dim, self.text_dim), image_vec is not None))
+        return out
+
+    def query(self, image: np.ndarray | None, text: str | None, weights: dict[str, float] | None) -> FusedQuery:
+        """The weighted query of a search; ValueError when it has no usable block."""
+        image_vec = self._image_blocks([image])[0][0] if image is not None else None
+        text_vec = self.text_model.encode(text) if text else None
+        return build_query(image_vec, text_vec, self.image_dim, self.text_dim, weights)
+
+
+@functools.lru_cache(maxsize=None)
+def collection_encoder(image_model: str, text_model: str) -> CollectionEncoder:
+    """One encoder per model pair per process (models load once)."""
+    return CollectionEncoder(image_model, text_model)

@@ -1,0 +1,46 @@
+"""Worker commands: `python -m workers encode|shard|query` (one role per process)."""
+from __future__ import annotations
+
+import argparse
+import os
+
+from shared import queues
+from shared.logs import setup_logging
+from shared.redis_conn import wait_for_redis
+from workers.resources import settings
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m workers", description=__doc__)
+    sub = parser.add_subparsers(dest="role", required=True)
+    enc = sub.add_parser("encode", help="encode items (queue 'encode')")
+    enc.add_argument("-c", "--concurrency", type=int, default=1, help="encode processes")
+    shard = sub.add_parser("shard", help="own one shard slot (queue 'shard.<slot>')")
+    shard.add_argument("--slot", type=int, default=None, help="slot to own (default: first free)")
+    shard.add_argument("-c", "--concurrency", type=int, default=4, help="search threads")
+    query = sub.add_parser("query", help="encode and fan out searches (queue 'query')")
+    query.add_argument("-c", "--concurrency", type=int, default=8, help="query threads")
+    args = parser.parse_args(argv)
+
+    cfg = settings()
+    setup_logging(cfg.log_level)
+    wait_for_redis(cfg)
+    # Torch's OpenMP threads must not spin against the decode threads (see ENVIRONMENT.md).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from workers.celery_app import app
+
+    common = ["--without-gossip", "--without-mingle", "-l", cfg.log_level]
+    if args.role == "encode":
+        app.worker_main(["worker", "-Q", queues.ENCODE, "-P", "prefork", "-c", str(args.concurrency),
+                         "-n", f"encode-{os.getpid()}@%h", *common])
+    elif args.role == "query":
+        app.worker_main(["worker", "-Q", queues.QUERY, "-P", "threads", "-c", str(args.concurrency),
+                         "-n", f"query-{os.getpid()}@%h", *common])
+    else:
+        from workers import shard as shard_worker
+
+        shard_worker.run(args.slot, args.concurrency)
+
+
+if __name__ == "__main__":
+    main()
