@@ -1,0 +1,110 @@
+"""/v1/collections/<name>/items: bulk ingest (JSON or multipart), look-up, thumbnail, delete.
+
+Ingest validates the whole request first (api.validation), then creates the job, stages the
+uploaded bytes in Redis and enqueues one encode task per MMSEARCH_ENCODE_BATCH items; the
+encode workers do the rest and count each item in the job. A look-up asks the shard worker
+owning the item's shard and waits up to MMSEARCH_SHARD_TIMEOUT_S (503 when that shard has no
+live owner or does not answer). A delete appends a delete entry to the shard's write log
+under a one-item job: idempotent, an unknown id is accepted too.
+
+Item ids may contain "/" (they are often file paths), so the id is the rest of the URL; an
+id that itself ends in "/thumbnail" is then reached by GET as the thumbnail of the shorter id.
+"""
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request
+
+from api.bodies import JSON, MULTIPART, body_kind, read_json_object
+from api.broker import wait_result
+from api.collections import require_collection
+from api.context import services
+from api.errors import ApiError
+from api.jobs import accepted
+from api.validation import (ItemInput, image_source, is_valid_id, parse_items_json,
+                            parse_items_multipart)
+from shared import catalog, jobs, keys, queues, shardlog, staging
+from shared.labels import shard_for
+
+bp = Blueprint("items", __name__, url_prefix="/collections/<name>/items")
+
+
+def _enqueue(coll: catalog.Collection, items: list[ItemInput]) -> str:
+    """Create the ingest job, stage the uploads, send the encode tasks; the job id."""
+    svc = services()
+    job_id = jobs.create_job(svc.redis, "ingest", coll.name, coll.cid, len(items))
+    uploads = {i: item.image for i, item in enumerate(items) if isinstance(item.image, bytes)}
+    staged = staging.stage(svc.redis, coll.cid, job_id, uploads, svc.settings.staging_ttl_s)
+    messages = [{"index": i, "id": item.id, "text": item.text, "metadata": item.metadata,
+                 "image": image_source(item.image, staged.get(i))} for i, item in enumerate(items)]
+    batch = svc.settings.encode_batch
+    for start in range(0, len(messages), batch):
+        svc.celery.send_task(queues.ENCODE_ITEMS, queue=queues.ENCODE, ignore_result=True, kwargs={
+            "job_id": job_id, "collection": coll.name, "cid": coll.cid,
+            "items": messages[start:start + batch]})
+    return job_id
+
+
+@bp.post("")
+def ingest(name: str) -> tuple[Response, int]:
+    coll = require_collection(name)
+    settings = services().settings
+    if body_kind((JSON, MULTIPART)) == JSON:
+        items = parse_items_json(read_json_object(), settings)
+    else:
+        items = parse_items_multipart(request.form, request.files, settings)
+    return accepted(_enqueue(coll, items), ids=[item.id for item in items])
+
+
+def _item_not_found(name: str, item_id: str) -> ApiError:
+    return ApiError(404, "not_found", f"item {item_id!r} is not in collection {name!r}",
+                    {"collection": name, "id": item_id})
+
+
+def _look_up(name: str, item_id: str, thumbnail: bool) -> dict[str, Any]:
+    """The shard owner's record of an item (404 when it has none)."""
+    coll = require_collection(name)
+    if not is_valid_id(item_id):
+        raise _item_not_found(name, item_id)
+    svc = services()
+    shard = shard_for(item_id, coll.shards)
+    slot = queues.slot_for_shard(shard, svc.settings.shard_slots)
+    if not svc.redis.exists(keys.slot_owner(slot)):
+        raise ApiError(503, "unavailable", f"shard {shard} has no live owner", {"shard": shard, "slot": slot})
+    timeout = svc.settings.shard_timeout_s
+    result = svc.celery.send_task(
+        queues.GET_ITEM, queue=queues.shard_queue(slot), expires=timeout,
+        kwargs={"cid": coll.cid, "shard": shard, "item_id": item_id, "thumbnail": thumbnail})
+    record = wait_result(result, timeout, f"look-up on shard {shard}")
+    if record is None:
+        raise _item_not_found(name, item_id)
+    return record
+
+
+@bp.get("/<path:item_id>")
+def show(name: str, item_id: str) -> Response:
+    record = _look_up(name, item_id, thumbnail=False)
+    return jsonify({field: record.get(field) for field in ("id", "text", "metadata", "has_image", "shard")})
+
+
+@bp.get("/<path:item_id>/thumbnail")
+def thumbnail(name: str, item_id: str) -> Response:
+    record = _look_up(name, item_id, thumbnail=True)
+    if not record.get("thumbnail_b64"):
+        raise ApiError(404, "not_found", f"item {item_id!r} has no thumbnail", {"collection": name, "id": item_id})
+    return Response(base64.b64decode(record["thumbnail_b64"]), mimetype="image/jpeg")
+
+
+@bp.delete("/<path:item_id>")
+def delete(name: str, item_id: str) -> tuple[Response, int]:
+    coll = require_collection(name)
+    if not is_valid_id(item_id):
+        raise _item_not_found(name, item_id)
+    r = services().redis
+    job_id = jobs.create_job(r, "delete", name, coll.cid, 1)
+    entry = shardlog.LogEntry("delete", item_id)
+    if shardlog.log_item(r, coll.cid, shard_for(item_id, coll.shards), job_id, 0, entry) == shardlog.COLLECTION_GONE:
+        raise ApiError(404, "not_found", f"collection {name!r} was deleted", {"collection": name})
+    return accepted(job_id)

@@ -1,0 +1,284 @@
+"""GET /openapi.json: the OpenAPI 3.0 description of the whole HTTP API.
+
+Written by hand next to the code it describes; the limits in it (items per request, image and
+body sizes, text length) are the running app's settings, and the /v1 operations require the
+bearer scheme only when API keys are configured. A test checks that its paths and methods are
+exactly the app's URL rules.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, jsonify
+
+from api.context import services
+from api.errors import HTTP_CODES
+from api.validation import DEFAULT_K, MAX_ID_CHARS, MAX_K
+from shared import catalog
+from shared.config import Settings
+
+bp = Blueprint("openapi", __name__)
+
+Schema = dict[str, Any]
+JSON_TYPE = "application/json"
+MULTIPART_TYPE = "multipart/form-data"
+JOB_STATES = ["queued", "running", "succeeded", "completed_with_errors", "failed", "cancelled"]
+ERRORS = {400: ("invalid_request", "The request is malformed; nothing was stored or enqueued."),
+          401: ("unauthorized", "Missing or unknown API key."),
+          404: ("not_found", "No such collection, item or job."),
+          409: ("conflict", "The collection already exists."),
+          413: ("payload_too_large", "Too many items, or a body or image over the limits."),
+          415: ("unsupported_media_type", "The body is neither JSON nor multipart/form-data."),
+          422: ("invalid_item", "The query image cannot be decoded."),
+          500: ("internal", "Unexpected error (never with a stack trace)."),
+          503: ("unavailable", "Redis, the broker or a shard is not reachable, or the answer timed out.")}
+
+
+def ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def obj(properties: dict[str, Schema], required: tuple[str, ...] = (), **extra: Any) -> Schema:
+    schema: Schema = {"type": "object", "properties": properties, "additionalProperties": False, **extra}
+    if required:
+        schema["required"] = list(required)
+    return schema
+
+
+def nullable(schema: Schema) -> Schema:
+    if "$ref" in schema:  # OpenAPI 3.0 ignores the siblings of a $ref
+        return {"allOf": [schema], "nullable": True}
+    return {**schema, "nullable": True}
+
+
+def json_body(schema: Schema, description: str) -> Schema:
+    return {"description": description, "content": {JSON_TYPE: {"schema": schema}}}
+
+
+def errors(*statuses: int) -> dict[str, Schema]:
+    return {str(s): {"$ref": f"#/components/responses/{ERRORS[s][0]}"} for s in statuses}
+
+
+def _schemas(settings: Settings) -> dict[str, Schema]:
+    text = {"type": "string", "maxLength": settings.max_text_chars,
+            "description": "Empty or whitespace-only text counts as no text."}
+    image_source = {"oneOf": [
+        obj({"base64": {"type": "string", "format": "byte",
+                        "description": f"At most {settings.max_image_bytes} bytes once decoded."}}, ("base64",)),
+        obj({"url": {"type": "string", "format": "uri", "description": "http or https, fetched by a worker."}},
+            ("url",)),
+        obj({"path": {"type": "string", "description": "Relative to MMSEARCH_INGEST_ROOT (which must be set); "
+                                                       "a missing file fails its item alone."}}, ("path",)),
+    ]}
+    item_fields = {
+        "id": {"type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS,
+               "description": "Printable characters; generated (uuid4 hex) when absent. Re-ingesting an id replaces it."},
+        "text": nullable(text),
+        "metadata": nullable({"type": "object", "additionalProperties": True}),
+    }
+    weights = obj({b: {"type": "number", "minimum": 0, "default": 1} for b in ("image", "text")},
+                  description="Block weights; score = sum(w * cos) / sum of the weights of the blocks the query "
+                              "has. Those weights must not all be 0.")
+    search_filter = {"type": "object", "description": "Metadata equality: key -> value.",
+                     "additionalProperties": {"nullable": True, "oneOf": [
+                         {"type": "string"}, {"type": "number"}, {"type": "boolean"}]}}
+    k = {"type": "integer", "minimum": 1, "maximum": MAX_K, "default": DEFAULT_K}
+    error_code = {"type": "string", "description": "One of: " + ", ".join(sorted(set(HTTP_CODES.values())))}
+    return {
+        "Error": obj({"error": obj({"code": error_code, "message": {"type": "string"},
+                                    "details": {"type": "object", "additionalProperties": True}},
+                                   ("code", "message", "details"))}, ("error",)),
+        "CollectionCreate": obj({
+            "name": {"type": "string", "pattern": catalog.NAME_RE.pattern},
+            "shards": nullable({"type": "integer", "minimum": 1, "maximum": catalog.MAX_SHARDS,
+                                "default": settings.default_shards}),
+            "image_model": nullable({"type": "string", "default": settings.image_model,
+                                     "enum": sorted(catalog.IMAGE_MODEL_DIMS)}),
+            "text_model": nullable({"type": "string", "default": settings.text_model,
+                                    "description": "A registered name or the path of a GloVe text file."}),
+            "store_thumbnails": nullable({"type": "boolean", "default": settings.store_thumbnails}),
+        }, ("name",)),
+        "Collection": obj({
+            "name": {"type": "string"}, "shards": {"type": "integer"}, "image_model": {"type": "string"},
+            "text_model": {"type": "string"},
+            "dims": obj({"image": {"type": "integer"}, "text": {"type": "integer"}}, ("image", "text")),
+            "count": {"type": "integer", "description": "Searchable items."},
+            "store_thumbnails": {"type": "boolean"}, "created_at": {"type": "number"},
+        }, ("name", "shards", "image_model", "text_model", "dims", "count", "created_at")),
+        "CollectionList": obj({"collections": {"type": "array", "items": ref("Collection")}}, ("collections",)),
+        "CollectionDeleted": obj({"deleted": {"type": "string"}}, ("deleted",)),
+        "ImageSource": image_source,
+        "Item": obj({**item_fields, "image": nullable(ref("ImageSource"))},
+                    description="Needs an image, a text or both."),
+        "ItemsRequest": obj({"items": {"type": "array", "minItems": 1,
+                                       "maxItems": settings.max_items_per_request, "items": ref("Item")}},
+                            ("items",)),
+        "ItemsUpload": obj({
+            "image": {"type": "array", "items": {"type": "string", "format": "binary"},
+                      "description": "One file part per item, in order."},
+            "items": {"type": "string", "description":
+                      "JSON array of items without `image`, aligned with the image parts by position; items "
+                      "beyond the images are text-only and need a text."},
+        }),
+        "Accepted": obj({"job_id": {"type": "string"}, "status_url": {"type": "string"}}, ("job_id", "status_url")),
+        "IngestAccepted": obj({"job_id": {"type": "string"}, "status_url": {"type": "string"},
+                               "ids": {"type": "array", "items": {"type": "string"},
+                                       "description": "In request order."}},
+                              ("job_id", "status_url", "ids")),
+        "CancelAccepted": obj({"job_id": {"type": "string"}, "status_url": {"type": "string"},
+                               "cancel_requested": {"type": "boolean"}}, ("job_id", "cancel_requested")),
+        "ItemRecord": obj({"id": {"type": "string"}, "text": nullable({"type": "string"}),
+                           "metadata": {"type": "object", "additionalProperties": True},
+                           "has_image": {"type": "boolean"}, "shard": {"type": "integer"}},
+                          ("id", "text", "metadata", "has_image", "shard")),
+        "JobError": obj({"index": {"type": "integer"}, "id": nullable({"type": "string"}),
+                         "code": {"type": "string"}, "message": {"type": "string"}}, ("index", "code", "message")),
+        "Job": obj({
+            "id": {"type": "string"}, "kind": {"type": "string", "enum": ["ingest", "delete", "search"]},
+            "collection": {"type": "string"}, "state": {"type": "string", "enum": JOB_STATES},
+            "total": {"type": "integer"}, "done": {"type": "integer"}, "failed": {"type": "integer"},
+            "errors": {"type": "array", "items": ref("JobError")},
+            "created_at": nullable({"type": "number"}), "started_at": nullable({"type": "number"}),
+            "finished_at": nullable({"type": "number"}), "cancel_requested": {"type": "boolean"},
+            "result": nullable(ref("SearchResult")),
+        }, ("id", "kind", "collection", "state", "total", "done", "failed", "errors", "created_at",
+            "started_at", "finished_at", "result")),
+        "Weights": weights,
+        "Filter": search_filter,
+        "SearchRequest": obj({"text": nullable(text), "image": nullable(ref("ImageSource")), "k": k,
+                              "weights": nullable(ref("Weights")), "filter": nullable(ref("Filter"))},
+                             description="Needs a text, an image or both."),
+        "SearchUpload": obj({"image": {"type": "string", "format": "binary"}, "text": text,
+                             "k": {"type": "string", "pattern": "^[0-9]+$", "description": f"Integer in 1..{MAX_K}."},
+                             "weights": {"type": "string", "description": "JSON object, as in SearchRequest."},
+                             "filter": {"type": "string", "description": "JSON object, as in SearchRequest."}}),
+        "Hit": obj({"id": {"type": "string"}, "score": {"type": "number"},
+                    "scores": obj({"image": nullable({"type": "number"}), "text": nullable({"type": "number"})}),
+                    "text": nullable({"type": "string"}),
+                    "metadata": {"type": "object", "additionalProperties": True}},
+                   ("id", "score", "scores")),
+        "SearchResult": obj({
+            "hits": {"type": "array", "items": ref("Hit"), "description": "By score, descending; no id twice."},
+            "k": {"type": "integer"}, "took_ms": {"type": "number"},
+            "shards": obj({"total": {"type": "integer"}, "answered": {"type": "integer"},
+                           "message": {"type": "string", "description": "Why some shards did not answer."}},
+                          ("total", "answered")),
+        }, ("hits", "k", "took_ms", "shards")),
+        "Health": obj({"status": {"type": "string", "enum": ["ok"]}}, ("status",)),
+        "Ready": obj({"status": {"type": "string", "enum": ["ready"]}, "redis": {"type": "string"},
+                      "collections": {"type": "integer"}, "slots": {"type": "array", "items": {"type": "integer"}}},
+                     ("status",)),
+    }
+
+
+def _parameters() -> dict[str, Schema]:
+    def path(name: str, description: str, schema: Schema | None = None) -> Schema:
+        return {"name": name, "in": "path", "required": True, "description": description,
+                "schema": schema or {"type": "string"}}
+
+    return {
+        "CollectionName": path("name", "Collection name.", {"type": "string", "pattern": catalog.NAME_RE.pattern}),
+        "ItemId": path("item_id", "Item id (may contain '/').", {"type": "string", "maxLength": MAX_ID_CHARS}),
+        "JobId": path("job_id", "Job id."),
+        "Async": {"name": "async", "in": "query", "required": False,
+                  "description": "1: answer 202 with a search job whose result is the response body.",
+                  "schema": {"type": "string", "enum": ["0", "1", "true", "false"], "default": "0"}},
+    }
+
+
+def _operations(secured: bool) -> dict[str, dict[str, Schema]]:
+    def op(summary: str, tag: str, responses: dict[str, Schema], params: tuple[str, ...] = (),
+           body: Schema | None = None) -> Schema:
+        operation: Schema = {"summary": summary, "tags": [tag], "responses": responses}
+        if params:
+            operation["parameters"] = [{"$ref": f"#/components/parameters/{p}"} for p in params]
+        if body is not None:
+            operation["requestBody"] = body
+        if tag != "operations":
+            operation["security"] = [{"bearerAuth": []}] if secured else []
+            operation["responses"] = {**responses, **errors(*((401,) if secured else ()), 500, 503)}
+        return operation
+
+    def ok(schema: str, description: str, status: int = 200) -> dict[str, Schema]:
+        return {str(status): json_body(ref(schema), description)}
+
+    json_or_multipart = {"required": True, "content": {JSON_TYPE: {"schema": ref("ItemsRequest")},
+                                                       MULTIPART_TYPE: {"schema": ref("ItemsUpload")}}}
+    search_body = {"required": True, "content": {JSON_TYPE: {"schema": ref("SearchRequest")},
+                                                  MULTIPART_TYPE: {"schema": ref("SearchUpload")}}}
+    coll, item, job = ("CollectionName",), ("CollectionName", "ItemId"), ("JobId",)
+    return {
+        "/": {"get": op("The web page", "operations", {"200": {
+            "description": "HTML page.", "content": {"text/html": {"schema": {"type": "string"}}}}})},
+        "/healthz": {"get": op("Liveness", "operations", ok("Health", "The API process lives."))},
+        "/readyz": {"get": op("Readiness", "operations", {
+            **ok("Ready", "Redis answers and every shard of every collection has a live owner."),
+            "503": {"description": "Not ready; `details` says what is missing (redis, missing_slots, "
+                                   "missing_shards).", "content": {JSON_TYPE: {"schema": ref("Error")}}}})},
+        "/openapi.json": {"get": op("This document", "operations", {"200": {
+            "description": "OpenAPI 3.0 document.", "content": {JSON_TYPE: {"schema": {"type": "object"}}}}})},
+        "/v1/collections": {
+            "get": op("List collections", "collections", ok("CollectionList", "All collections.")),
+            "post": op("Create a collection", "collections",
+                       {**ok("Collection", "Created.", 201), **errors(400, 409, 413, 415)},
+                       body={"required": True, "content": {JSON_TYPE: {"schema": ref("CollectionCreate")}}}),
+        },
+        "/v1/collections/{name}": {
+            "get": op("Show a collection", "collections", {**ok("Collection", "The collection."), **errors(404)},
+                      coll),
+            "delete": op("Delete a collection", "collections",
+                         {**ok("CollectionDeleted", "Deleted; shard owners drop its indexes.", 202),
+                          **errors(404)}, coll),
+        },
+        "/v1/collections/{name}/items": {
+            "post": op("Ingest items (asynchronous)", "items",
+                       {**ok("IngestAccepted", "Job created; poll status_url.", 202),
+                        **errors(400, 404, 413, 415)}, coll, json_or_multipart),
+        },
+        "/v1/collections/{name}/items/{item_id}": {
+            "get": op("Show an item", "items", {**ok("ItemRecord", "The item."), **errors(404)}, item),
+            "delete": op("Delete an item (asynchronous, idempotent)", "items",
+                         {**ok("Accepted", "Delete job created.", 202), **errors(404)}, item),
+        },
+        "/v1/collections/{name}/items/{item_id}/thumbnail": {
+            "get": op("An item's thumbnail", "items", {
+                "200": {"description": "JPEG thumbnail.",
+                        "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}}},
+                **errors(404)}, item),
+        },
+        "/v1/collections/{name}/search": {
+            "post": op("Search by text, image or both", "search", {
+                **ok("SearchResult", "The hits."),
+                **ok("Accepted", "With async=1: a search job whose result is the SearchResult.", 202),
+                **errors(400, 404, 413, 415, 422)}, (*coll, "Async"), search_body),
+        },
+        "/v1/jobs/{job_id}": {
+            "get": op("Job status", "jobs", {**ok("Job", "The job."), **errors(404)}, job),
+            "delete": op("Cancel what has not run yet", "jobs",
+                         {**ok("CancelAccepted", "Cancel requested.", 202), **errors(404)}, job),
+        },
+    }
+
+
+def build_spec(settings: Settings) -> Schema:
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "mmsearch", "version": "1",
+                 "description": "Distributed multimodal image retrieval: bulk ingest images with captions and "
+                                "metadata, poll jobs, search by text, image or both. Every error body is "
+                                "`Error`; JSON is `application/json; charset=utf-8`."},
+        "tags": [{"name": n} for n in ("collections", "items", "search", "jobs", "operations")],
+        "paths": _operations(bool(settings.api_keys)),
+        "components": {
+            "schemas": _schemas(settings),
+            "parameters": _parameters(),
+            "responses": {code: json_body(ref("Error"), description) for code, description in ERRORS.values()},
+            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer",
+                                               "description": "Needed on /v1 when MMSEARCH_API_KEYS is set."}},
+        },
+    }
+
+
+@bp.get("/openapi.json")
+def document() -> Response:
+    return jsonify(build_spec(services().settings))

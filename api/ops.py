@@ -1,0 +1,43 @@
+"""Operations: /healthz (the process lives) and /readyz (Redis answers, every shard owned)."""
+from __future__ import annotations
+
+import redis
+from flask import Blueprint, Response, jsonify
+
+from api.context import services
+from api.errors import ApiError
+from shared import catalog, keys, queues
+
+bp = Blueprint("ops", __name__)
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    return jsonify({"status": "ok"})
+
+
+@bp.get("/readyz")
+def readyz() -> Response:
+    svc = services()
+    try:
+        svc.redis.ping()
+        collections = catalog.list_collections(svc.redis)
+        slot_of = {(c.name, s): queues.slot_for_shard(s, svc.settings.shard_slots)
+                   for c in collections for s in range(c.shards)}
+        slots = sorted(set(slot_of.values()))
+        pipe = svc.redis.pipeline(transaction=False)
+        for slot in slots:
+            pipe.exists(keys.slot_owner(slot))
+        live = {slot for slot, alive in zip(slots, pipe.execute()) if alive}
+    except redis.exceptions.RedisError as exc:
+        raise ApiError(503, "unavailable", "Redis does not answer",
+                       {"redis": f"unreachable ({type(exc).__name__})"}) from exc
+    missing = [slot for slot in slots if slot not in live]
+    if missing:
+        shards: dict[str, list[int]] = {}
+        for (name, shard), slot in slot_of.items():
+            if slot not in live:
+                shards.setdefault(name, []).append(shard)
+        raise ApiError(503, "unavailable", f"shard slot(s) without a live owner: {missing}",
+                       {"redis": "ok", "missing_slots": missing, "missing_shards": shards})
+    return jsonify({"status": "ready", "redis": "ok", "collections": len(collections), "slots": slots})

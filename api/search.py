@@ -1,0 +1,75 @@
+"""/v1/collections/<name>/search: hand a validated query to the query workers.
+
+The search task (queue "query") gets the request's own id as its task id. Synchronously, the
+API waits for its result up to MMSEARCH_SEARCH_TIMEOUT_S (503 after that) and answers with the
+merged hits, `took_ms` being the API's own wall time; a worker error body becomes the HTTP
+error it names. With `?async=1` the id is also a "search" job's id, which the query worker
+finishes with the same body, and the answer is 202 at once.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request
+
+from api.bodies import JSON, MULTIPART, body_kind, read_json_object
+from api.broker import wait_result
+from api.collections import require_collection
+from api.context import services
+from api.errors import ApiError, HTTP_CODES
+from api.jobs import accepted
+from api.validation import SearchInput, image_source, invalid, parse_search_json, parse_search_multipart
+from shared import jobs, queues, staging
+
+bp = Blueprint("search", __name__, url_prefix="/collections/<name>/search")
+
+STATUS_OF_CODE = {code: status for status, code in HTTP_CODES.items()}
+ASYNC_VALUES = {"1": True, "true": True, "0": False, "false": False}
+
+
+def _is_async() -> bool:
+    raw = request.args.get("async", "0").lower()
+    if raw not in ASYNC_VALUES:
+        raise invalid("async must be 1 or 0 (true or false)", field="async")
+    return ASYNC_VALUES[raw]
+
+
+def _parse() -> SearchInput:
+    settings = services().settings
+    if body_kind((JSON, MULTIPART)) == JSON:
+        return parse_search_json(read_json_object(), settings)
+    return parse_search_multipart(request.form, request.files, settings)
+
+
+def _answer(result: Any, started: float) -> Response:
+    """The search task's result as an HTTP answer: the hits, or the error it reports."""
+    if not isinstance(result, dict):
+        raise ApiError(500, "internal", "the search returned no result")
+    error = result.get("error")
+    if error:
+        code = error.get("code")
+        status = STATUS_OF_CODE.get(code, 500)
+        raise ApiError(status, code if status != 500 else "internal", error.get("message", "search failed"))
+    return jsonify({**result, "took_ms": round((time.perf_counter() - started) * 1000, 2)})
+
+
+@bp.post("")
+def search(name: str) -> Response | tuple[Response, int]:
+    started = time.perf_counter()
+    coll = require_collection(name)
+    is_async = _is_async()
+    query = _parse()
+    svc = services()
+    sid = jobs.new_job_id()
+    staged = None
+    if isinstance(query.image, bytes):
+        staged = staging.stage(svc.redis, coll.cid, sid, {0: query.image}, svc.settings.staging_ttl_s)[0]
+    kwargs = {"collection": name, "cid": coll.cid, "text": query.text, "image": image_source(query.image, staged),
+              "k": query.k, "weights": query.weights, "filter": query.filter, "job_id": sid if is_async else None}
+    if is_async:
+        jobs.create_job(svc.redis, "search", name, coll.cid, 1, job_id=sid)
+    result = svc.celery.send_task(queues.SEARCH, kwargs=kwargs, task_id=sid, queue=queues.QUERY)
+    if is_async:
+        return accepted(sid)
+    return _answer(wait_result(result, svc.settings.search_timeout_s, "search"), started)

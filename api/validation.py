@@ -1,0 +1,377 @@
+"""Validating collection, item and search requests before anything is stored or enqueued.
+
+Every check raises `ApiError` (400 `invalid_request`, 413 `payload_too_large`) whose details
+name the offending `field` (and the item's `index`), so a malformed request is refused as a
+whole and a well-formed one carries only what the workers can use.
+
+Rules where API.md is silent:
+- Unknown fields are refused everywhere; `null` counts as an absent optional field.
+- A text that is empty or only whitespace counts as no text.
+- Image sources: exactly one of `base64` (strict alphabet, no whitespace), `url` (http/https
+  with a host; fetching it is the encode worker's job, so an unreachable URL fails the item
+  alone) or `path` (relative to MMSEARCH_INGEST_ROOT; absolute paths and paths that lead out
+  of the root, through `..` or a symlink, are refused here; a missing file, like an
+  unreachable URL, fails only its item and is reported in the job's `errors`).
+- Uploaded images (base64 or file parts) must be non-empty and at most
+  MMSEARCH_MAX_IMAGE_BYTES (413 above); whether they decode is checked by the workers.
+- Multipart ingest: file parts named `image` are items 0..n-1 in order; the optional `items`
+  part (a form field or a file, one JSON array of items without `image` fields) is aligned by
+  position. It may be shorter than the images (the rest get generated ids and no text) or
+  longer (each extra item is text-only, so it needs a `text`).
+- Multipart search: an optional `image` file part; `text`, `k` (decimal digits), `weights` and
+  `filter` (JSON objects) as form fields.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+import re
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+from urllib.parse import urlsplit
+
+from werkzeug.datastructures import FileStorage, MultiDict
+
+from api.bodies import loads_strict
+from api.errors import ApiError
+from shared import catalog
+from shared.config import Settings
+
+# Uploaded bytes to stage for the workers, or a source they fetch: {"url": u} / {"path": abs}.
+ImageInput = Union[bytes, dict[str, str]]
+
+IMAGE_SOURCES = ("base64", "url", "path")
+ITEM_FIELDS = frozenset({"id", "image", "text", "metadata"})
+SEARCH_FIELDS = frozenset({"text", "image", "k", "weights", "filter"})
+COLLECTION_FIELDS = frozenset({"name", "shards", "image_model", "text_model", "store_thumbnails"})
+BLOCKS = ("image", "text")
+MAX_ID_CHARS = 256
+DEFAULT_K = 10
+MAX_K = 1000
+_DIGITS = re.compile(r"^[0-9]{1,9}$")
+
+
+@dataclass(frozen=True)
+class NewCollection:
+    name: str
+    shards: int | None
+    image_model: str | None
+    text_model: str | None
+    store_thumbnails: bool | None
+
+
+@dataclass(frozen=True)
+class ItemInput:
+    id: str
+    text: str | None
+    metadata: dict[str, Any]
+    image: ImageInput | None
+
+
+@dataclass(frozen=True)
+class SearchInput:
+    text: str | None
+    image: ImageInput | None
+    k: int
+    weights: dict[str, float] | None
+    filter: dict[str, Any] | None
+
+
+def invalid(message: str, **details: Any) -> ApiError:
+    return ApiError(400, "invalid_request", message, details)
+
+
+def _only_fields(value: dict[str, Any], allowed: frozenset[str], where: dict[str, Any],
+                 prefix: str = "") -> None:
+    unknown = sorted(set(value) - allowed)
+    if unknown:
+        raise invalid(f"unknown field(s): {', '.join(prefix + u for u in unknown)}; "
+                      f"allowed: {', '.join(sorted(allowed))}",
+                      **where, field=prefix + unknown[0], unknown=unknown)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# Collections ------------------------------------------------------------------------------
+
+def _optional_str(body: dict[str, Any], field: str) -> str | None:
+    value = body.get(field)
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise invalid(f"{field} must be a non-empty string", field=field)
+    return value
+
+
+def parse_new_collection(body: dict[str, Any]) -> NewCollection:
+    _only_fields(body, COLLECTION_FIELDS, {})
+    name = body.get("name")
+    if not isinstance(name, str) or not catalog.NAME_RE.match(name):
+        raise invalid(f"name must match {catalog.NAME_RE.pattern}", field="name")
+    shards = body.get("shards")
+    if shards is not None and (not isinstance(shards, int) or isinstance(shards, bool)
+                               or not 1 <= shards <= catalog.MAX_SHARDS):
+        raise invalid(f"shards must be an integer in 1..{catalog.MAX_SHARDS}", field="shards")
+    thumbnails = body.get("store_thumbnails")
+    if thumbnails is not None and not isinstance(thumbnails, bool):
+        raise invalid("store_thumbnails must be true or false", field="store_thumbnails")
+    return NewCollection(name, shards, _optional_str(body, "image_model"),
+                         _optional_str(body, "text_model"), thumbnails)
+
+
+# Images -----------------------------------------------------------------------------------
+
+def _checked_upload(data: bytes, settings: Settings, field: str, where: dict[str, Any]) -> bytes:
+    if not data:
+        raise invalid(f"{field} is empty", **where, field=field)
+    if len(data) > settings.max_image_bytes:
+        raise ApiError(413, "payload_too_large",
+                       f"{field} is {len(data)} bytes; at most {settings.max_image_bytes} allowed",
+                       {**where, "field": field, "max_image_bytes": settings.max_image_bytes})
+    return data
+
+
+def _decode_base64(raw: str, settings: Settings, where: dict[str, Any]) -> bytes:
+    try:
+        data = base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise invalid(f"image.base64 is not valid base64: {exc}", **where, field="image.base64") from exc
+    return _checked_upload(data, settings, "image.base64", where)
+
+
+def _checked_url(raw: str, where: dict[str, Any]) -> dict[str, str]:
+    try:
+        parts = urlsplit(raw)
+        host = parts.hostname
+    except ValueError as exc:
+        raise invalid(f"image.url is not a valid URL: {exc}", **where, field="image.url") from exc
+    if parts.scheme not in ("http", "https") or not host:
+        raise invalid("image.url must be an http or https URL with a host", **where, field="image.url")
+    return {"url": raw}
+
+
+def _resolved_path(raw: str, settings: Settings, where: dict[str, Any]) -> dict[str, str]:
+    if settings.ingest_root is None:
+        raise invalid("path images need MMSEARCH_INGEST_ROOT", **where, field="image.path")
+    relative = Path(raw)
+    if "\x00" in raw or relative.is_absolute():
+        raise invalid("image.path must be a path relative to the ingest root", **where, field="image.path")
+    root = settings.ingest_root.resolve()
+    target = (root / relative).resolve()
+    if target == root or not target.is_relative_to(root):
+        raise invalid("image.path leads outside the ingest root", **where, field="image.path")
+    return {"path": str(target)}
+
+
+def image_source(image: ImageInput | None, staged_key: str | None) -> dict[str, str] | None:
+    """What a worker gets for a checked image: the staging key of uploaded bytes, or the source."""
+    if isinstance(image, bytes):
+        return {"staged": staged_key}
+    return image
+
+
+def parse_image(value: Any, settings: Settings, where: dict[str, Any]) -> ImageInput | None:
+    """A JSON image source, checked (base64 decoded, path resolved inside the ingest root)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or len(value) != 1 or next(iter(value)) not in IMAGE_SOURCES:
+        raise invalid("image must be an object with exactly one of: base64, url, path", **where, field="image")
+    ((kind, raw),) = value.items()
+    if not isinstance(raw, str) or not raw:
+        raise invalid(f"image.{kind} must be a non-empty string", **where, field=f"image.{kind}")
+    if kind == "base64":
+        return _decode_base64(raw, settings, where)
+    if kind == "url":
+        return _checked_url(raw, where)
+    return _resolved_path(raw, settings, where)
+
+
+def read_upload(part: FileStorage, settings: Settings, where: dict[str, Any]) -> bytes:
+    """The bytes of an `image` file part, checked for size."""
+    return _checked_upload(part.read(settings.max_image_bytes + 1), settings, "image", where)
+
+
+# Items ------------------------------------------------------------------------------------
+
+def _parse_text(value: Any, settings: Settings, where: dict[str, Any]) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise invalid("text must be a string", **where, field="text")
+    if len(value) > settings.max_text_chars:
+        raise invalid(f"text is longer than {settings.max_text_chars} characters", **where, field="text")
+    return value if value.strip() else None
+
+
+def is_valid_id(value: Any) -> bool:
+    """Item ids are 1-256 printable characters."""
+    return isinstance(value, str) and 1 <= len(value) <= MAX_ID_CHARS and value.isprintable()
+
+
+def _parse_id(value: Any, where: dict[str, Any]) -> str:
+    if value is None:
+        return uuid.uuid4().hex
+    if not is_valid_id(value):
+        raise invalid(f"id must be 1-{MAX_ID_CHARS} printable characters", **where, field="id")
+    return value
+
+
+def _parse_item(index: int, value: Any, settings: Settings, upload: bytes | None = None,
+                json_image: bool = True) -> ItemInput:
+    """Item `index`; its image from its own `image` field, or else the uploaded file part."""
+    where = {"index": index}
+    if not isinstance(value, dict):
+        raise invalid("each item must be a JSON object", **where, field="items")
+    _only_fields(value, ITEM_FIELDS if json_image else ITEM_FIELDS - {"image"}, where)
+    image = parse_image(value.get("image"), settings, where) if json_image else upload
+    text = _parse_text(value.get("text"), settings, where)
+    if image is None and text is None:
+        raise invalid("an item needs an image, a text or both", **where, field="image")
+    metadata = value.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise invalid("metadata must be a JSON object", **where, field="metadata")
+    return ItemInput(_parse_id(value.get("id"), where), text, metadata or {}, image)
+
+
+def _check_count(count: int, settings: Settings) -> None:
+    if count == 0:
+        raise invalid("the request holds no items", field="items")
+    if count > settings.max_items_per_request:
+        raise ApiError(413, "payload_too_large",
+                       f"{count} items; at most {settings.max_items_per_request} per request",
+                       {"field": "items", "items": count, "max_items": settings.max_items_per_request})
+
+
+def _unique(items: list[ItemInput]) -> list[ItemInput]:
+    seen: dict[str, int] = {}
+    for index, item in enumerate(items):
+        if item.id in seen:
+            raise invalid(f"id {item.id!r} appears twice in the request", index=index, field="id",
+                          first_index=seen[item.id])
+        seen[item.id] = index
+    return items
+
+
+def parse_items_json(body: dict[str, Any], settings: Settings) -> list[ItemInput]:
+    _only_fields(body, frozenset({"items"}), {})
+    raw = body.get("items")
+    if not isinstance(raw, list):
+        raise invalid("items must be a JSON array", field="items")
+    _check_count(len(raw), settings)
+    return _unique([_parse_item(i, value, settings) for i, value in enumerate(raw)])
+
+
+def _single(form: MultiDict[str, str], name: str) -> str | None:
+    values = form.getlist(name)
+    if len(values) > 1:
+        raise invalid(f"form field {name!r} appears more than once", field=name)
+    return values[0] if values else None
+
+
+def _only_parts(form: MultiDict[str, str], files: MultiDict[str, FileStorage],
+                fields: frozenset[str], file_parts: frozenset[str]) -> None:
+    unknown = sorted((set(form) - fields) | (set(files) - file_parts))
+    if unknown:
+        raise invalid(f"unknown part(s): {', '.join(unknown)}; allowed: form fields "
+                      f"{', '.join(sorted(fields)) or 'none'}, file parts {', '.join(sorted(file_parts))}",
+                      field=unknown[0], unknown=unknown)
+
+
+def _items_part(form: MultiDict[str, str], files: MultiDict[str, FileStorage]) -> list[Any]:
+    parts: list[str | bytes] = [*form.getlist("items"), *(f.read() for f in files.getlist("items"))]
+    if len(parts) > 1:
+        raise invalid("the items part appears more than once", field="items")
+    if not parts:
+        return []
+    value = loads_strict(parts[0], "items")
+    if not isinstance(value, list):
+        raise invalid("the items part must be a JSON array", field="items")
+    return value
+
+
+def parse_items_multipart(form: MultiDict[str, str], files: MultiDict[str, FileStorage],
+                          settings: Settings) -> list[ItemInput]:
+    _only_parts(form, files, frozenset({"items"}), frozenset({"image", "items"}))
+    meta = _items_part(form, files)
+    images = files.getlist("image")
+    _check_count(max(len(images), len(meta)), settings)
+    items = []
+    for index in range(max(len(images), len(meta))):
+        upload = read_upload(images[index], settings, {"index": index}) if index < len(images) else None
+        items.append(_parse_item(index, meta[index] if index < len(meta) else {}, settings,
+                                 upload=upload, json_image=False))
+    return _unique(items)
+
+
+# Search -----------------------------------------------------------------------------------
+
+def _parse_k(value: Any) -> int:
+    if value is None:
+        return DEFAULT_K
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_K:
+        raise invalid(f"k must be an integer in 1..{MAX_K}", field="k")
+    return value
+
+
+def _parse_weights(value: Any, present: list[str]) -> dict[str, float] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise invalid("weights must be a JSON object", field="weights")
+    _only_fields(value, frozenset(BLOCKS), {}, prefix="weights.")
+    for block, weight in value.items():
+        if not _is_number(weight) or not math.isfinite(weight) or weight < 0:
+            raise invalid(f"weights.{block} must be a finite number >= 0", field=f"weights.{block}")
+    if all(value.get(block, 1.0) == 0 for block in present):
+        raise invalid(f"the weights of the query's blocks ({', '.join(present)}) are all 0", field="weights")
+    return {block: float(weight) for block, weight in value.items()}
+
+
+def _parse_filter(value: Any) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise invalid("filter must be a JSON object of metadata key -> value", field="filter")
+    for key, wanted in value.items():
+        if wanted is not None and not isinstance(wanted, (str, bool, int, float)):
+            raise invalid("filter values must be strings, numbers, booleans or null", field=f"filter.{key}")
+        if isinstance(wanted, float) and not math.isfinite(wanted):
+            raise invalid("filter numbers must be finite", field=f"filter.{key}")
+    return value or None
+
+
+def _search_input(text: Any, image: ImageInput | None, k: Any, weights: Any, filter_: Any,
+                  settings: Settings) -> SearchInput:
+    parsed_text = _parse_text(text, settings, {})
+    present = [block for block, given in zip(BLOCKS, (image, parsed_text)) if given is not None]
+    if not present:
+        raise invalid("a search needs a text, an image or both", field="text")
+    return SearchInput(parsed_text, image, _parse_k(k), _parse_weights(weights, present), _parse_filter(filter_))
+
+
+def parse_search_json(body: dict[str, Any], settings: Settings) -> SearchInput:
+    _only_fields(body, SEARCH_FIELDS, {})
+    return _search_input(body.get("text"), parse_image(body.get("image"), settings, {}), body.get("k"),
+                         body.get("weights"), body.get("filter"), settings)
+
+
+def _form_json(form: MultiDict[str, str], name: str) -> Any:
+    raw = _single(form, name)
+    return None if raw is None else loads_strict(raw, name)
+
+
+def parse_search_multipart(form: MultiDict[str, str], files: MultiDict[str, FileStorage],
+                           settings: Settings) -> SearchInput:
+    _only_parts(form, files, SEARCH_FIELDS - {"image"}, frozenset({"image"}))
+    images = files.getlist("image")
+    if len(images) > 1:
+        raise invalid("a search takes at most one image part", field="image")
+    image = read_upload(images[0], settings, {}) if images else None
+    k = _single(form, "k")
+    if k is not None and not _DIGITS.match(k):
+        raise invalid(f"k must be an integer in 1..{MAX_K}", field="k")
+    return _search_input(_single(form, "text"), image, None if k is None else int(k),
+                         _form_json(form, "weights"), _form_json(form, "filter"), settings)
