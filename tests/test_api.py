@@ -5,8 +5,12 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import re
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -437,6 +441,16 @@ def test_index_page(client):
     resp = client.get("/")
     assert resp.status_code == 200 and resp.mimetype == "text/html"
     assert b"<title>mmsearch</title>" in resp.data and b"/openapi.json" in resp.data
+
+
+def test_the_api_never_imports_torch(redis_server, redis_client):
+    code = ("import sys; from api.wsgi import app; c = app.test_client(); "
+            "assert c.post('/v1/collections', json={'name': 'p'}).status_code == 201; "
+            "assert c.post('/v1/collections/p/items', json={'items': [{'text': 'a'}]}).status_code == 202; "
+            "assert 'torch' not in sys.modules, 'the API imported torch'")
+    env = {**os.environ, "REDIS_URL": redis_server, "MMSEARCH_API_KEYS": ""}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120,
+                   cwd=Path(__file__).resolve().parents[1])
 
 
 # OpenAPI --------------------------------------------------------------------------------
