@@ -97,6 +97,11 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _is_int_in(value: Any, low: int, high: int) -> bool:
+    """An integer (JSON's true/false are not) in low..high."""
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
 # Collections ------------------------------------------------------------------------------
 
 def _optional_str(body: dict[str, Any], field: str) -> str | None:
@@ -109,11 +114,10 @@ def _optional_str(body: dict[str, Any], field: str) -> str | None:
 def parse_new_collection(body: dict[str, Any]) -> NewCollection:
     _only_fields(body, COLLECTION_FIELDS, {})
     name = body.get("name")
-    if not isinstance(name, str) or not catalog.NAME_RE.match(name):
+    if not isinstance(name, str) or not catalog.NAME_RE.fullmatch(name):
         raise invalid(f"name must match {catalog.NAME_RE.pattern}", field="name")
     shards = body.get("shards")
-    if shards is not None and (not isinstance(shards, int) or isinstance(shards, bool)
-                               or not 1 <= shards <= catalog.MAX_SHARDS):
+    if shards is not None and not _is_int_in(shards, 1, catalog.MAX_SHARDS):
         raise invalid(f"shards must be an integer in 1..{catalog.MAX_SHARDS}", field="shards")
     thumbnails = body.get("store_thumbnails")
     if thumbnails is not None and not isinstance(thumbnails, bool):
@@ -160,7 +164,10 @@ def _resolved_path(raw: str, settings: Settings, where: dict[str, Any]) -> dict[
     if "\x00" in raw or relative.is_absolute():
         raise invalid("image.path must be a path relative to the ingest root", **where, field="image.path")
     root = settings.ingest_root.resolve()
-    target = (root / relative).resolve()
+    try:
+        target = (root / relative).resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop, a name too long...
+        raise invalid(f"image.path cannot be resolved: {exc}", **where, field="image.path") from exc
     if target == root or not target.is_relative_to(root):
         raise invalid("image.path leads outside the ingest root", **where, field="image.path")
     return {"path": str(target)}
@@ -311,7 +318,7 @@ def parse_items_multipart(form: MultiDict[str, str], files: MultiDict[str, FileS
 def _parse_k(value: Any) -> int:
     if value is None:
         return DEFAULT_K
-    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_K:
+    if not _is_int_in(value, 1, MAX_K):
         raise invalid(f"k must be an integer in 1..{MAX_K}", field="k")
     return value
 

@@ -97,6 +97,7 @@ def test_collection_crud(client, redis_client):
 @pytest.mark.parametrize("body, field", [
     ({"name": "Photos"}, "name"),
     ({"name": ""}, "name"),
+    ({"name": "photos\n"}, "name"),
     ({"shards": 2}, "name"),
     ({"name": "p", "shards": 0}, "shards"),
     ({"name": "p", "shards": catalog.MAX_SHARDS + 1}, "shards"),
@@ -200,12 +201,13 @@ def rooted(make_app, tmp_path, redis_client):
     (root / "sub" / "a.jpg").write_bytes(PNG)
     (tmp_path / "secret.jpg").write_bytes(PNG)
     (root / "escape.jpg").symlink_to(tmp_path / "secret.jpg")
+    (root / "loop.jpg").symlink_to(root / "loop.jpg")
     client = make_app(ingest_root=root).test_client()
     assert client.post("/v1/collections", json={"name": "photos"}).status_code == 201
     return client, root
 
 
-@pytest.mark.parametrize("path", ["../secret.jpg", "sub/../../secret.jpg", "/etc/passwd", "escape.jpg", ".", "a\x00b"])
+@pytest.mark.parametrize("path", ["../secret.jpg", "sub/../../secret.jpg", "/etc/passwd", "escape.jpg", "loop.jpg", ".", "a\x00b"])
 def test_paths_outside_the_ingest_root_are_refused(rooted, redis_client, path):
     client, _ = rooted
     resp = client.post("/v1/collections/photos/items", json={"items": [{"image": {"path": path}}]})
