@@ -21,7 +21,7 @@ from shared import keys, shardlog, staging
 from shared.config import Settings
 from shared.errors import MMSearchError, ModelUnavailableError
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}\Z")
 
 # Feature sizes of the registered image models (shared.image_models builds them; this table
 # lets the API answer without importing torch; a test keeps the two in step).
@@ -73,8 +73,12 @@ def check_models(settings: Settings, image_model: str, text_model: str) -> dict[
         raise ModelUnavailableError(
             "resnet50 weights are not on this machine (set MMSEARCH_RESNET50_WEIGHTS to a torchvision "
             "state_dict file); image_model 'efficientnet_lite0' works offline")
-    from shared.text_encoder import create_text_model
+    from shared.text_encoder import TEXT_MODELS, create_text_model
 
+    if text_model not in TEXT_MODELS and text_model != settings.text_model:
+        raise ModelUnavailableError(
+            f"unknown text_model {text_model!r}; available: {', '.join(sorted({*TEXT_MODELS, settings.text_model}))} "
+            "(a GloVe file is served when an operator sets it as MMSEARCH_TEXT_MODEL)")
     return {"image": IMAGE_MODEL_DIMS[image_model], "text": create_text_model(text_model).dim}
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from typing import Mapping
 
 import redis
 
@@ -16,13 +17,14 @@ from shared.config import Settings, get_settings
 EMBEDDED_PORT_DEFAULT = 6390
 
 
-def embedded_port() -> int:
-    return int(os.environ.get("MMSEARCH_REDIS_PORT", EMBEDDED_PORT_DEFAULT))
+def embedded_port(env: Mapping[str, str] | None = None) -> int:
+    env = os.environ if env is None else env
+    return int(env.get("MMSEARCH_REDIS_PORT") or EMBEDDED_PORT_DEFAULT)
 
 
-def redis_url(settings: Settings | None = None) -> str:
+def redis_url(settings: Settings | None = None, env: Mapping[str, str] | None = None) -> str:
     settings = settings or get_settings()
-    return settings.redis_url or f"redis://127.0.0.1:{embedded_port()}/0"
+    return settings.redis_url or f"redis://127.0.0.1:{embedded_port(env)}/0"
 
 
 def connect(settings: Settings | None = None) -> redis.Redis:

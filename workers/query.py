@@ -13,7 +13,7 @@ from typing import Any
 
 from celery import chord
 
-from shared import catalog, jobs, keys, queues
+from shared import catalog, jobs, keys, queues, staging
 from shared.errors import MMSearchError
 from shared.merge import merge_topk
 from shared.serializers import vector_to_b64
@@ -64,6 +64,9 @@ def search(self, collection: str, cid: str, text: str | None, image: dict[str, A
                                max_bytes=cfg.max_image_bytes)
         except MMSearchError as exc:
             return _finish(job_id, _error("invalid_item", f"query image: {exc}"))
+        finally:
+            if "staged" in image:
+                staging.release(r, [image["staged"]])
     try:
         fused = collection_encoder(coll.image_model, coll.text_model).query(rgb, text, weights)
     except ValueError as exc:

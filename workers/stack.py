@@ -86,7 +86,7 @@ class Stack:
             from shared.embedded_redis import wait_until_up
             from shared.redis_conn import embedded_port
 
-            wait_until_up(embedded_port(), proc=self.start_process("redis"))
+            wait_until_up(embedded_port(self.env), proc=self.start_process("redis"))
         for name in self.names():
             self.start_process(name)
 
@@ -106,7 +106,7 @@ class Stack:
         from shared import keys
         from shared.redis_conn import redis_url
 
-        client = redis_lib.Redis.from_url(redis_url(self.settings))
+        client = redis_lib.Redis.from_url(redis_url(self.settings, self.env))
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             for name, proc in self.procs.items():
