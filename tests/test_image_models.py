@@ -1,0 +1,77 @@
+"""Image encoders: real weights, real photos, the registry and its errors."""
+import numpy as np
+import pytest
+import torch
+
+from bench.photos import skimage_photos
+from shared import image_models
+from shared.catalog import IMAGE_MODEL_DIMS
+from shared.config import Settings
+from shared.errors import ModelUnavailableError
+from shared.imagedecode import decode_image, resize_for_model
+
+CAT_CLASSES = set(range(281, 286))  # tabby, tiger cat, Persian, Siamese, Egyptian cat
+PHOTOS = {p.name: p for p in skimage_photos()}
+
+
+def model_input(name: str) -> np.ndarray:
+    return resize_for_model(decode_image(PHOTOS[name].read_bytes()))
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    return image_models.create_image_model("efficientnet_lite0")
+
+
+def test_registry_builds_each_model_once(lite0):
+    assert image_models.create_image_model("efficientnet_lite0") is lite0
+    assert set(image_models.available_image_models()) == set(IMAGE_MODEL_DIMS)
+    assert lite0.dim == IMAGE_MODEL_DIMS["efficientnet_lite0"]
+
+
+def test_cat_photo_top_classes_are_cats(lite0):
+    enc = lite0.encode([model_input("chelsea"), model_input("coffee")])
+    cat_top3 = set(np.argsort(-enc.probs[0])[:3].tolist())
+    assert cat_top3 <= CAT_CLASSES, cat_top3
+    assert int(np.argmax(enc.probs[1])) == 967  # espresso
+    assert enc.features.shape == (2, 1280) and enc.features.dtype == np.float32
+    assert np.allclose(np.linalg.norm(enc.features, axis=1), 1.0, atol=1e-5)
+    assert np.allclose(enc.probs.sum(axis=1), 1.0, atol=1e-4)
+
+
+def test_batches_give_the_same_features_as_single_images(lite0):
+    imgs = [model_input("chelsea"), model_input("coffee"), model_input("rocket")]
+    together = lite0.encode(imgs).features
+    alone = np.concatenate([lite0.encode([img]).features for img in imgs])
+    assert np.allclose(together, alone, atol=1e-4)
+
+
+def test_wrong_input_shape_is_refused(lite0):
+    with pytest.raises(ValueError):
+        lite0.encode([np.zeros((100, 100, 3), np.uint8)])
+
+
+def test_unknown_model_names_the_available_ones():
+    with pytest.raises(ModelUnavailableError, match="efficientnet_lite0"):
+        image_models.create_image_model("vgg16")
+
+
+def _with_settings(monkeypatch, **overrides):
+    monkeypatch.setattr(image_models, "get_settings", lambda: Settings().with_overrides(overrides))
+
+
+def test_resnet50_without_weights_is_a_clear_error(monkeypatch, tmp_path):
+    _with_settings(monkeypatch, resnet50_weights=tmp_path / "missing.pth")
+    with pytest.raises(ModelUnavailableError, match="efficientnet_lite0"):
+        image_models._resnet50()
+
+
+def test_resnet50_loads_a_saved_state_dict(monkeypatch, tmp_path):
+    from torchvision.models import resnet50
+
+    path = tmp_path / "resnet50.pth"
+    torch.save(resnet50(weights=None).state_dict(), path)
+    _with_settings(monkeypatch, resnet50_weights=path, device="cpu")
+    model = image_models._resnet50()
+    enc = model.encode([model_input("chelsea")])
+    assert enc.features.shape == (1, 2048) and enc.probs.shape == (1, 1000)
