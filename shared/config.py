@@ -5,6 +5,7 @@ The README lists each variable; keep the two in step.
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -113,6 +114,19 @@ class Settings:
             snapshot_every=max(1, _int(env, "MMSEARCH_SNAPSHOT_EVERY", d.snapshot_every)),
             log_level=_str(env, "MMSEARCH_LOG_LEVEL", d.log_level).upper(),
         )
+
+    def refuse_open_listen(self) -> None:
+        """Without API keys the API may only listen on loopback: raise ValueError otherwise."""
+        if self.api_keys:
+            return
+        host = "127.0.0.1" if self.host == "localhost" else self.host
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise ValueError(f"refusing to listen on {self.host}: no MMSEARCH_API_KEYS are configured, "
+                             "so the API may only listen on loopback")
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> "Settings":
         """A copy with some fields replaced (tests and the app factory's test_config)."""

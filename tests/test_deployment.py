@@ -1,8 +1,10 @@
 """docker-compose.yml cannot run here (no Docker engine): check it against the Procfile."""
 import shlex
 
+import pytest
 import yaml
 
+from shared.config import Settings
 from workers.stack import PROCFILE, ROOT, read_procfile
 
 
@@ -43,3 +45,11 @@ def test_encode_service_reserves_a_gpu_and_flower_is_there():
     devices = services["encode"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["capabilities"] == ["gpu"]
     assert "flower" in services["flower"]["command"]
+
+
+def test_without_api_keys_only_loopback_is_allowed():
+    Settings(host="127.0.0.1").refuse_open_listen()
+    Settings(host="localhost").refuse_open_listen()
+    Settings(host="0.0.0.0", api_keys=("k",)).refuse_open_listen()
+    with pytest.raises(ValueError, match="loopback"):
+        Settings(host="0.0.0.0").refuse_open_listen()

@@ -7,7 +7,6 @@ kill and restart single processes.
 """
 from __future__ import annotations
 
-import ipaddress
 import os
 import signal
 import subprocess
@@ -33,15 +32,6 @@ def read_procfile(path: Path = PROCFILE) -> dict[str, str]:
             name, _, command = line.partition(":")
             roles[name.strip()] = command.strip()
     return roles
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class Stack:
@@ -79,9 +69,10 @@ class Stack:
         return names
 
     def start(self) -> None:
-        if not self.settings.api_keys and not is_loopback(self.settings.host):
-            raise SystemExit(f"refusing to listen on {self.settings.host}: no MMSEARCH_API_KEYS are "
-                             "configured, so the API may only listen on loopback")
+        try:
+            self.settings.refuse_open_listen()
+        except ValueError as exc:
+            raise SystemExit(str(exc)) from None
         if not self.settings.redis_url:
             from shared.embedded_redis import wait_until_up
             from shared.redis_conn import embedded_port
