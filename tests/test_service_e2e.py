@@ -227,3 +227,26 @@ def test_readyz_goes_503_while_a_shard_worker_is_down(stack, api, ingested):
     stack.start_process("shard.2")
     stack.wait_ready(timeout_s=120)
     assert api.search(text="cat", k=5)["shards"]["answered"] == 3
+
+
+def test_deleting_a_collection_removes_its_items_logs_and_snapshots(stack, api, ingested):
+    shards_dir = stack.settings.data_dir / "shards"
+    before = set(p.name for p in shards_dir.iterdir())
+    assert api.post("/collections", json={"name": "scratch", "shards": 2}).status_code == 201
+    photo = ingested["imagenet_08"]
+    resp = api.post("/collections/scratch/items", json={"items": [
+        {"id": "tent", "image": {"base64": b64(photo.read_bytes())}}]})
+    assert api.wait_job(resp.json()["job_id"])["state"] == "succeeded"
+    created = set(p.name for p in shards_dir.iterdir()) - before
+    assert len(created) == 1
+    assert api.delete("/collections/scratch").status_code == 202
+    assert api.get("/collections/scratch").status_code == 404
+    assert api.post("/collections/scratch/search", json={"text": "tent"}).status_code == 404
+    deadline = time.monotonic() + 30
+    while any((shards_dir / c).exists() for c in created):
+        assert time.monotonic() < deadline, "the shard owners kept the deleted collection's snapshots"
+        time.sleep(0.3)
+    # A new collection of the same name starts empty.
+    assert api.post("/collections", json={"name": "scratch"}).status_code == 201
+    assert api.get("/collections/scratch").json()["count"] == 0
+    assert api.get("/collections/scratch/items/tent").status_code == 404
