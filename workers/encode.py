@@ -43,30 +43,13 @@ def _fail(job_id: str, item: dict[str, Any], code: str, message: str) -> None:
     jobs.record_failure(redis_client(), job_id, item["index"], item["id"], code, message)
 
 
-@app.task(name=queues.ENCODE_ITEMS)
-def encode_items(job_id: str, collection: str, cid: str, items: list[dict[str, Any]]) -> dict[str, int]:
+def _encode_and_log(job_id: str, coll: catalog.Collection, todo: list[dict[str, Any]],
+                    outcome: dict[str, int]) -> None:
+    """Decode, encode and log the items of `todo`, counting each in the job."""
     from shared.encoding import collection_encoder
     from shared.imagedecode import make_thumbnail
 
     r = redis_client()
-    coll = catalog.get_collection(r, collection)
-    already = jobs.counted(r, job_id)
-    todo = [it for it in items if it["index"] not in already]
-    staged_keys = [it["image"]["staged"] for it in items if (it.get("image") or {}).get("staged")]
-    outcome = {"done": 0, "failed": 0, "skipped": len(items) - len(todo)}
-    if coll is None or coll.cid != cid:
-        for item in todo:
-            _fail(job_id, item, "not_found", f"collection {collection!r} no longer exists")
-        outcome["failed"] += len(todo)
-        return outcome
-    if jobs.is_cancelled(r, job_id):
-        for item in todo:
-            _fail(job_id, item, "cancelled", "the job was cancelled before this item ran")
-        staging.release(r, staged_keys)
-        outcome["failed"] += len(todo)
-        return outcome
-    jobs.mark_started(r, job_id)
-
     decoded = list(_decoders.map(_decode, todo))
     ready, images = [], []
     for item, image in zip(todo, decoded):
@@ -87,12 +70,42 @@ def encode_items(job_id: str, collection: str, cid: str, items: list[dict[str, A
         thumb = make_thumbnail(image) if image is not None and coll.store_thumbnails else None
         entry = shardlog.LogEntry("upsert", item["id"], encoded.vector, item.get("text"),
                                   item.get("metadata") or {}, encoded.has_image, thumb)
-        status = shardlog.log_item(r, cid, shard_for(item["id"], coll.shards), job_id, item["index"], entry)
+        status = shardlog.log_item(r, coll.cid, shard_for(item["id"], coll.shards), job_id, item["index"], entry)
         if status == shardlog.COLLECTION_GONE:
-            _fail(job_id, item, "not_found", f"collection {collection!r} was deleted")
+            _fail(job_id, item, "not_found", f"collection {coll.name!r} was deleted")
             outcome["failed"] += 1
         else:
             outcome["done"] += status == shardlog.LOGGED
+
+
+@app.task(name=queues.ENCODE_ITEMS)
+def encode_items(job_id: str, collection: str, cid: str, items: list[dict[str, Any]]) -> dict[str, int]:
+    r = redis_client()
+    coll = catalog.get_collection(r, collection)
+    already = jobs.counted(r, job_id)
+    todo = [it for it in items if it["index"] not in already]
+    staged_keys = [it["image"]["staged"] for it in items if (it.get("image") or {}).get("staged")]
+    outcome = {"done": 0, "failed": 0, "skipped": len(items) - len(todo)}
+    refusal = None
+    if coll is None or coll.cid != cid:
+        refusal = ("not_found", f"collection {collection!r} no longer exists")
+    elif jobs.is_cancelled(r, job_id):
+        refusal = ("cancelled", "the job was cancelled before this item ran")
+    if refusal is not None:
+        for item in todo:
+            _fail(job_id, item, *refusal)
+        outcome["failed"] += len(todo)
+    else:
+        jobs.mark_started(r, job_id)
+        try:
+            _encode_and_log(job_id, coll, todo, outcome)
+        except Exception:
+            # Never leave items uncounted (the job would stay running): fail what is left.
+            log.exception("job %s: encoding a batch failed", job_id)
+            left = [it for it in todo if it["index"] not in jobs.counted(r, job_id)]
+            for item in left:
+                _fail(job_id, item, "internal", "encoding failed on the worker; see its log")
+            outcome["failed"] += len(left)
     staging.release(r, staged_keys)
     log.info("job %s: %s", job_id, outcome)
     return outcome
