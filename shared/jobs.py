@@ -107,6 +107,7 @@ def _number(raw: dict[bytes, bytes], field: str) -> float | None:
 
 
 def _final_state(done: int, failed: int, cancelled: bool) -> str:
+    """`cancelled` only when the cancel request actually skipped items."""
     if cancelled:
         return "cancelled"
     if failed == 0:
@@ -139,7 +140,9 @@ def job_view(r: redis.Redis, job_id: str, ttl_s: int) -> dict[str, Any] | None:
         elif not _applied(r, _text(raw, "cid") or "", job_id):
             state = "running"
         else:
-            state = _final_state(done, failed, raw.get(b"cancel_requested") == b"1")
+            skipped = raw.get(b"cancel_requested") == b"1" and any(
+                json.loads(e).get("code") == "cancelled" for e in r.lrange(keys.job_errors(job_id), 0, -1))
+            state = _final_state(done, failed, skipped)
             pipe = r.pipeline()
             pipe.hsetnx(keys.job(job_id), "started_at", now())
             pipe.hset(keys.job(job_id), mapping={"state": state, "finished_at": now()})
