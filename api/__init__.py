@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 from flask import Blueprint, Flask
 
-from api import collections, items, jobs, ops, openapi, search, web
+from api import collections, items, jobs, metrics, ops, openapi, search, web
 from api.auth import require_api_key
 from api.broker import make_celery
 from api.context import EXTENSION, Services
@@ -45,6 +45,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.json.sort_keys = False
     app.extensions[EXTENSION] = Services(settings, connect(settings), make_celery(settings))
     register_error_handlers(app)
+    metrics.init_app(app)  # request ids, access log, request metrics, GET /metrics
     app.register_blueprint(_v1())
     for area in (ops, openapi, web):
         app.register_blueprint(area.bp)

@@ -180,6 +180,7 @@ def _parameters() -> dict[str, Schema]:
         "CollectionName": path("name", "Collection name.", {"type": "string", "pattern": catalog.NAME_RE.pattern}),
         "ItemId": path("item_id", "Item id (may contain '/').", {"type": "string", "maxLength": MAX_ID_CHARS}),
         "JobId": path("job_id", "Job id."),
+        "StaticFile": path("filename", "A file of the web page (app.js, app.css)."),
         "Async": {"name": "async", "in": "query", "required": False,
                   "description": "1: answer 202 with a search job whose result is the response body.",
                   "schema": {"type": "string", "enum": ["0", "1", "true", "false"], "default": "0"}},
@@ -217,6 +218,19 @@ def _operations(secured: bool) -> dict[str, dict[str, Schema]]:
                                    "missing_shards).", "content": {JSON_TYPE: {"schema": ref("Error")}}}})},
         "/openapi.json": {"get": op("This document", "operations", {"200": {
             "description": "OpenAPI 3.0 document.", "content": {JSON_TYPE: {"schema": {"type": "object"}}}}})},
+        "/metrics": {"get": {**op("Prometheus metrics (text exposition format)", "operations", {
+            "200": {"description": "Request counts and latencies, queue lengths, jobs by state, items per shard, "
+                                   "encode throughput, per-shard search latency (README, Monitoring).",
+                    "content": {"text/plain": {"schema": {"type": "string"}}}},
+            **({"401": {"description": "Missing or unknown API key.",
+                        "content": {JSON_TYPE: {"schema": ref("Error")}}}} if secured else {})}),
+            "security": [{"bearerAuth": []}] if secured else []}},
+        "/static/{filename}": {"get": op("A file of the web page", "operations", {
+            "200": {"description": "Script, stylesheet or page of the web page.",
+                    "content": {"application/javascript": {"schema": {"type": "string"}},
+                                "text/css": {"schema": {"type": "string"}}}},
+            "404": {"description": "No such file.", "content": {JSON_TYPE: {"schema": ref("Error")}}}},
+            ("StaticFile",))},
         "/v1/collections": {
             "get": op("List collections", "collections", ok("CollectionList", "All collections.")),
             "post": op("Create a collection", "collections",

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from shared import catalog, jobs, queues, shardlog, staging
+from shared import catalog, jobs, logs, metrics, queues, shardlog, staging
 from shared.errors import MMSearchError
 from shared.labels import shard_for
 from shared.sources import load_image_bytes
@@ -62,6 +62,7 @@ def _encode_and_log(job_id: str, coll: catalog.Collection, todo: list[dict[str, 
 
     encoder = collection_encoder(coll.image_model, coll.text_model)
     vectors = encoder.encode_items(images, [it.get("text") for it in ready])
+    metrics.record_encoded(r, sum(img is not None for img in images), sum(v is not None for v in vectors))
     for item, image, encoded in zip(ready, images, vectors):
         if encoded is None:
             _fail(job_id, item, "invalid_item", "the item has no image and no known word in its text")
@@ -80,6 +81,7 @@ def _encode_and_log(job_id: str, coll: catalog.Collection, todo: list[dict[str, 
 
 @app.task(name=queues.ENCODE_ITEMS)
 def encode_items(job_id: str, collection: str, cid: str, items: list[dict[str, Any]]) -> dict[str, int]:
+    logs.bind(job_id=job_id)  # every log line of this task names its job
     r = redis_client()
     coll = catalog.get_collection(r, collection)
     already = jobs.counted(r, job_id)

@@ -13,7 +13,7 @@ from typing import Any
 
 from celery import chord
 
-from shared import catalog, jobs, keys, queues, staging
+from shared import catalog, jobs, keys, logs, queues, staging
 from shared.errors import MMSearchError
 from shared.merge import merge_topk
 from shared.serializers import vector_to_b64
@@ -50,6 +50,7 @@ def search(self, collection: str, cid: str, text: str | None, image: dict[str, A
            weights: dict[str, float] | None, filter: dict[str, Any] | None, job_id: str | None = None):
     from shared.encoding import collection_encoder
 
+    logs.bind(job_id=job_id)  # async searches have a job; sync ones unbind the previous task's
     started = time.perf_counter()
     r, cfg = redis_client(), settings()
     coll = catalog.get_collection(r, collection)

@@ -9,9 +9,10 @@ from __future__ import annotations
 import base64
 import os
 import logging
+import time
 from typing import Any
 
-from shared import queues
+from shared import metrics, queues
 from shared.fusion import FusedQuery
 from shared.serializers import vector_from_b64
 from workers.celery_app import app
@@ -47,7 +48,9 @@ def shard_search(cid: str, shard: int, query: dict[str, Any], k: int,
     if state is None:
         return {"shard": shard, "hits": []}
     fused = _query_from_message(query)
+    started = time.perf_counter()
     hits = state.index.search(fused.vector, k, filter=filter or None, return_vectors=True)
+    metrics.record_shard_search(redis_client(), cid, shard, time.perf_counter() - started)
     return {"shard": shard, "hits": [
         {"id": h.id, "score": float(h.score), "scores": fused.score_parts(h.vector),
          "text": h.record.text, "metadata": h.record.metadata}
