@@ -21,7 +21,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q -rs
 
 up: $(STAMP)
-	$(PY) -m workers.stack
+	$(VENV)/bin/mmsearch up
 
 clean:
 	rm -rf $(VENV) data
