@@ -13,6 +13,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	# foolbox ships 20 real ImageNet photos used by tests and benchmarks; its own deps are not needed.
 	$(PY) -m pip install --quiet --no-deps foolbox==3.3.4
+	# The browser test drives Debian's chromium + chromium-driver (installed here when root).
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } || \
+	  echo "chromium/chromium-driver missing and not root: the browser test will be skipped"
 	touch $(STAMP)
 
 install: $(STAMP)

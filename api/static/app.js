@@ -228,6 +228,7 @@
   }
 
   function fmt(value) { return value === null || value === undefined ? "–" : Number(value).toFixed(3); }
+  function duration(ms) { return ms < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(1)} s`; }
 
   function scoreBar(label, value, kind) {
     const fill = el("span", { class: `bar-fill ${kind}` });
@@ -252,7 +253,7 @@
     const grid = $("#results");
     const hits = body.hits || [];
     const shards = body.shards || {};
-    let status = `${hits.length} hit${hits.length === 1 ? "" : "s"} in ${fmt(body.took_ms / 1000)} s`;
+    let status = `${hits.length} hit${hits.length === 1 ? "" : "s"} in ${duration(body.took_ms)}`;
     if (shards.total !== undefined) status += ` · ${shards.answered}/${shards.total} shards answered`;
     $("#status").textContent = status;
     if (shards.answered < shards.total) {
@@ -384,7 +385,7 @@
     }
     const errors = (body && body.errors || []).slice(0, 5).map((e) =>
       el("li", { text: `${e.id ?? `#${e.index}`}: ${e.code}: ${e.message}` }));
-    job.row.replaceChildren(
+    job.row.replaceChildren(...[
       el("div", { class: "job-head" },
         el("span", { class: `badge state-${jobState}`, text: jobState.replaceAll("_", " ") }),
         el("span", { class: "job-label", text: job.label || job.collection || "", title: job.id }),
@@ -392,7 +393,7 @@
           onclick: () => { state.jobs.delete(job.id); job.row.remove(); saveJobs(); } })),
       el("span", { class: "bar-track job-progress" }, fill),
       el("div", { class: "job-detail", text: detail }),
-      errors.length ? el("ul", { class: "job-errors" }, ...errors) : null);
+      errors.length ? el("ul", { class: "job-errors" }, ...errors) : null].filter(Boolean));
   }
 
   let polling = false;
