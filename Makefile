@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test up clean
+.PHONY: install test up clean bench-data
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,12 @@ test: $(STAMP)
 
 up: $(STAMP)
 	$(VENV)/bin/mmsearch up
+
+# Benchmark-only photos (bench/datasets.py): Debian packages downloaded, not installed.
+bench-data:
+	mkdir -p bench/data/debs && cd bench/data/debs && apt-get download opencv-doc plasma-workspace-wallpapers
+	mkdir -p bench/data/root
+	for deb in bench/data/debs/*.deb; do dpkg-deb -x "$$deb" bench/data/root; done
 
 clean:
 	rm -rf $(VENV) data

@@ -17,7 +17,7 @@ import numpy as np
 from shared.text_encoder import TextEncoder, create_text_model
 
 DEFAULT_TOP_K = 10
-DEFAULT_TEMPERATURE = 1.0
+DEFAULT_TEMPERATURE = 2.0
 # Hypernym levels added to each class name, and their weight: chosen on class-name retrieval
 # by broad words (cat, dog, bird, snake, car, fruit, insect): R-precision 0.34 without
 # hypernyms, 0.79 with these (bench/quality.py measures the effect on images).

@@ -22,7 +22,7 @@ from shared.text_encoder import create_text_model
 if TYPE_CHECKING:
     from shared.image_models import ImageModel
 
-CAPTION_CONSE_MIX = 0.5
+CAPTION_CONSE_MIX = 1.0
 
 
 @dataclass
