@@ -254,7 +254,10 @@ def _finish(response: Response) -> Response:
 def _teardown(_exc: BaseException | None) -> None:
     tokens = g.pop("mms_log_tokens", None)
     if tokens:
-        logs.unbind(tokens)
+        try:
+            logs.unbind(tokens)
+        except ValueError:  # bound in another context (a server that switches contexts): drop it
+            logs.bind(request_id=None)
 
 
 def _require_key() -> None:

@@ -69,10 +69,16 @@
     const key = apiKey();
     if (key) headers.set("Authorization", `Bearer ${key}`);
     let response;
-    try {
-      response = await fetch(path, { ...options, headers });
-    } catch (err) {
-      throw new ApiError(0, "network", `The API did not answer (${err.message})`);
+    for (let attempt = 0; ; attempt += 1) {
+      try {
+        response = await fetch(path, { ...options, headers });
+      } catch (err) {
+        throw new ApiError(0, "network", `The API did not answer (${err.message})`);
+      }
+      if (response.status !== 429 || attempt >= 2) break;
+      // rate limited: wait as told (at most 5 s), then try again
+      const wait = Math.min(5, Number(response.headers.get("Retry-After")) || 1);
+      await new Promise((resolve) => setTimeout(resolve, wait * 1000));
     }
     if (!response.ok) {
       let error = {};
