@@ -25,11 +25,13 @@ MULTIPART_TYPE = "multipart/form-data"
 JOB_STATES = ["queued", "running", "succeeded", "completed_with_errors", "failed", "cancelled"]
 ERRORS = {400: ("invalid_request", "The request is malformed; nothing was stored or enqueued."),
           401: ("unauthorized", "Missing or unknown API key."),
+          403: ("forbidden", "The API key lacks the scope this call needs (read, write or admin)."),
           404: ("not_found", "No such collection, item or job."),
           409: ("conflict", "The collection already exists."),
           413: ("payload_too_large", "Too many items, or a body or image over the limits."),
           415: ("unsupported_media_type", "The body is neither JSON nor multipart/form-data."),
           422: ("invalid_item", "The query image cannot be decoded."),
+          429: ("rate_limited", "Over MMSEARCH_RATE_LIMIT for this key or address; see Retry-After."),
           500: ("internal", "Unexpected error (never with a stack trace)."),
           503: ("unavailable", "Redis, the broker or a shard is not reachable, or the answer timed out.")}
 
@@ -187,7 +189,7 @@ def _parameters() -> dict[str, Schema]:
     }
 
 
-def _operations(secured: bool) -> dict[str, dict[str, Schema]]:
+def _operations(secured: bool, limited: bool = False) -> dict[str, dict[str, Schema]]:
     def op(summary: str, tag: str, responses: dict[str, Schema], params: tuple[str, ...] = (),
            body: Schema | None = None) -> Schema:
         operation: Schema = {"summary": summary, "tags": [tag], "responses": responses}
@@ -197,7 +199,8 @@ def _operations(secured: bool) -> dict[str, dict[str, Schema]]:
             operation["requestBody"] = body
         if tag != "operations":
             operation["security"] = [{"bearerAuth": []}] if secured else []
-            operation["responses"] = {**responses, **errors(*((401,) if secured else ()), 500, 503)}
+            operation["responses"] = {**responses, **errors(*((401, 403) if secured else ()),
+                                                            *((429,) if limited else ()), 500, 503)}
         return operation
 
     def ok(schema: str, description: str, status: int = 200) -> dict[str, Schema]:
@@ -282,13 +285,16 @@ def build_spec(settings: Settings) -> Schema:
                                 "metadata, poll jobs, search by text, image or both. Every error body is "
                                 "`Error`; JSON is `application/json; charset=utf-8`."},
         "tags": [{"name": n} for n in ("collections", "items", "search", "jobs", "operations")],
-        "paths": _operations(bool(settings.api_keys)),
+        "paths": _operations(bool(settings.api_keys), settings.rate_limit > 0),
         "components": {
             "schemas": _schemas(settings),
             "parameters": _parameters(),
             "responses": {code: json_body(ref("Error"), description) for code, description in ERRORS.values()},
             "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer",
-                                               "description": "Needed on /v1 when MMSEARCH_API_KEYS is set."}},
+                                               "description": "Needed on /v1 when MMSEARCH_API_KEYS is set. A key "
+                                                              "may be limited to scopes: read (GETs, search), "
+                                                              "write (ingest, item delete, job cancel), admin "
+                                                              "(collection create/delete); 403 without it."}},
         },
     }
 

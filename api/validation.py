@@ -7,11 +7,19 @@ whole and a well-formed one carries only what the workers can use.
 Rules where API.md is silent:
 - Unknown fields are refused everywhere; `null` counts as an absent optional field.
 - A text that is empty or only whitespace counts as no text.
-- Image sources: exactly one of `base64` (strict alphabet, no whitespace), `url` (http/https
-  with a host; fetching it is the encode worker's job, so an unreachable URL fails the item
-  alone) or `path` (relative to MMSEARCH_INGEST_ROOT; absolute paths and paths that lead out
-  of the root, through `..` or a symlink, are refused here; a missing file, like an
-  unreachable URL, fails only its item and is reported in the job's `errors`).
+- Image sources: exactly one of `base64` (strict alphabet, no whitespace), `url` or `path`.
+  A `url` must be http/https with a host, no credentials, no whitespace or control characters,
+  at most 8192 characters, and a host given as a literal IP address must be one the URL
+  policy allows (shared.sources: no loopback, private, link-local or metadata address unless
+  MMSEARCH_URL_ALLOW_PRIVATE says so); host names are resolved and checked by the worker, so
+  an unreachable or forbidden host fails the item alone. A `path` is relative to
+  MMSEARCH_INGEST_ROOT; absolute paths, paths that lead out of the root (through `..` or a
+  symlink), that cannot be resolved, or that name something other than a regular file (a
+  directory, a FIFO, a device) are refused here, a file over MMSEARCH_MAX_IMAGE_BYTES is a
+  413; a missing file, like an unreachable URL, fails only its item and is reported in the
+  job's `errors`.
+- Error messages echo at most a short prefix of what the client sent and never an internal
+  path (the ingest root stays private).
 - Uploaded images (base64 or file parts) must be non-empty and at most
   MMSEARCH_MAX_IMAGE_BYTES (413 above); whether they decode is checked by the workers.
 - Multipart ingest: file parts named `image` are items 0..n-1 in order; the optional `items`
@@ -29,9 +37,10 @@ import math
 import re
 import uuid
 from dataclasses import dataclass
+import os
+import stat
 from pathlib import Path
 from typing import Any, Union
-from urllib.parse import urlsplit
 
 from werkzeug.datastructures import FileStorage, MultiDict
 
@@ -39,6 +48,7 @@ from api.bodies import loads_strict
 from api.errors import ApiError
 from shared import catalog
 from shared.config import Settings
+from shared.sources import SourceError, address_allowed, check_url_syntax, literal_address
 
 # Uploaded bytes to stage for the workers, or a source they fetch: {"url": u} / {"path": abs}.
 ImageInput = Union[bytes, dict[str, str]]
@@ -84,9 +94,14 @@ def invalid(message: str, **details: Any) -> ApiError:
     return ApiError(400, "invalid_request", message, details)
 
 
+def _names(names: list[str]) -> list[str]:
+    """Client-chosen names as echoed in an error: at most 10, each at most 64 characters."""
+    return [n if len(n) <= 64 else n[:64] + "..." for n in names[:10]]
+
+
 def _only_fields(value: dict[str, Any], allowed: frozenset[str], where: dict[str, Any],
                  prefix: str = "") -> None:
-    unknown = sorted(set(value) - allowed)
+    unknown = _names(sorted(set(value) - allowed))
     if unknown:
         raise invalid(f"unknown field(s): {', '.join(prefix + u for u in unknown)}; "
                       f"allowed: {', '.join(sorted(allowed))}",
@@ -146,14 +161,15 @@ def _decode_base64(raw: str, settings: Settings, where: dict[str, Any]) -> bytes
     return _checked_upload(data, settings, "image.base64", where)
 
 
-def _checked_url(raw: str, where: dict[str, Any]) -> dict[str, str]:
+def _checked_url(raw: str, settings: Settings, where: dict[str, Any]) -> dict[str, str]:
     try:
-        parts = urlsplit(raw)
-        host = parts.hostname
-    except ValueError as exc:
-        raise invalid(f"image.url is not a valid URL: {exc}", **where, field="image.url") from exc
-    if parts.scheme not in ("http", "https") or not host:
-        raise invalid("image.url must be an http or https URL with a host", **where, field="image.url")
+        _, host, _ = check_url_syntax(raw)
+    except SourceError as exc:
+        raise invalid(f"image.url: {exc}", **where, field="image.url") from None
+    literal = literal_address(host)
+    if literal is not None and not address_allowed(literal, settings):
+        raise invalid(f"image.url: {literal} is not a public address; such URLs are refused",
+                      **where, field="image.url")
     return {"url": raw}
 
 
@@ -166,10 +182,23 @@ def _resolved_path(raw: str, settings: Settings, where: dict[str, Any]) -> dict[
     root = settings.ingest_root.resolve()
     try:
         target = (root / relative).resolve()
-    except (OSError, RuntimeError) as exc:  # a symlink loop, a name too long...
-        raise invalid(f"image.path cannot be resolved: {exc}", **where, field="image.path") from exc
+    except (OSError, RuntimeError, ValueError) as exc:  # a symlink loop, a name too long...
+        reason = getattr(exc, "strerror", None) or "symlink loop"
+        raise invalid(f"image.path cannot be resolved ({reason})", **where, field="image.path") from None
     if target == root or not target.is_relative_to(root):
         raise invalid("image.path leads outside the ingest root", **where, field="image.path")
+    try:
+        info = os.stat(target)
+    except FileNotFoundError:
+        return {"path": str(target)}  # fails its item alone (the file may yet appear)
+    except OSError as exc:
+        raise invalid(f"image.path cannot be read ({exc.strerror})", **where, field="image.path") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise invalid("image.path is not a regular file (a directory, FIFO or device)", **where, field="image.path")
+    if info.st_size > settings.max_image_bytes:
+        raise ApiError(413, "payload_too_large",
+                       f"image.path is {info.st_size} bytes; at most {settings.max_image_bytes} allowed",
+                       {**where, "field": "image.path", "max_image_bytes": settings.max_image_bytes})
     return {"path": str(target)}
 
 
@@ -192,7 +221,7 @@ def parse_image(value: Any, settings: Settings, where: dict[str, Any]) -> ImageI
     if kind == "base64":
         return _decode_base64(raw, settings, where)
     if kind == "url":
-        return _checked_url(raw, where)
+        return _checked_url(raw, settings, where)
     return _resolved_path(raw, settings, where)
 
 
@@ -280,7 +309,7 @@ def _single(form: MultiDict[str, str], name: str) -> str | None:
 
 def _only_parts(form: MultiDict[str, str], files: MultiDict[str, FileStorage],
                 fields: frozenset[str], file_parts: frozenset[str]) -> None:
-    unknown = sorted((set(form) - fields) | (set(files) - file_parts))
+    unknown = _names(sorted((set(form) - fields) | (set(files) - file_parts)))
     if unknown:
         raise invalid(f"unknown part(s): {', '.join(unknown)}; allowed: form fields "
                       f"{', '.join(sorted(fields)) or 'none'}, file parts {', '.join(sorted(file_parts))}",

@@ -44,6 +44,64 @@ def _str(env: Mapping[str, str], name: str, default: str | None) -> str | None:
     return default if raw is None or raw == "" else raw
 
 
+# API key scopes (MMSEARCH_API_KEYS="key1:read,key2:read+write,key3"; a key without a list has all).
+SCOPES = ("read", "write", "admin")
+
+
+def _api_keys(env: Mapping[str, str]) -> tuple[tuple[str, ...], dict[str, frozenset[str]]]:
+    """The keys of MMSEARCH_API_KEYS and the scope lists of those that have one.
+
+    Each comma-separated entry is `key` or `key:scope+scope...`; error messages name an entry by
+    its position, never by its key.
+    """
+    keys: list[str] = []
+    scopes: dict[str, frozenset[str]] = {}
+    entries = [e.strip() for e in (_str(env, "MMSEARCH_API_KEYS", "") or "").split(",")]
+    for position, entry in enumerate((e for e in entries if e), start=1):
+        key, colon, listed = entry.rpartition(":") if ":" in entry else (entry, "", "")
+        key = key.strip()
+        if not key:
+            raise ValueError(f"MMSEARCH_API_KEYS entry {position} has no key before its scopes")
+        if colon:
+            wanted = {s.strip().lower() for s in listed.replace("|", "+").split("+") if s.strip()}
+            unknown = sorted(wanted - set(SCOPES))
+            if not wanted or unknown:
+                raise ValueError(f"MMSEARCH_API_KEYS entry {position}: scopes must be a '+'-separated list "
+                                 f"of {', '.join(SCOPES)} (got {', '.join(unknown) or 'none'})")
+            scopes[key] = frozenset(wanted)
+        keys.append(key)
+    return tuple(keys), scopes
+
+
+def _rate_limit(env: Mapping[str, str], name: str) -> tuple[int, int]:
+    """`N/S` (N requests per S seconds) or `N` (per 60 s); unset, empty or 0: off (0, 60)."""
+    raw = (_str(env, name, "") or "").strip().lower()
+    if raw in ("", "0", "off", "false", "no"):
+        return 0, 60
+    count, _, window = raw.partition("/")
+    try:
+        limit, seconds = int(count), int(window) if window else 60
+    except ValueError as exc:
+        raise ValueError(f"{name} must look like 100/60 (requests per seconds), got {raw!r}") from exc
+    if limit < 0 or seconds < 1:
+        raise ValueError(f"{name} needs a count >= 0 and a window >= 1 s, got {raw!r}")
+    return limit, seconds
+
+
+def _allowed_networks(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """MMSEARCH_URL_ALLOW_PRIVATE as a comma list of CIDRs (a boolean word gives none)."""
+    raw = (_str(env, name, "") or "").strip().lower()
+    if raw in ("", "0", "1", "true", "false", "yes", "no", "on", "off"):
+        return ()
+    networks = []
+    for part in (p.strip() for p in raw.split(",") if p.strip()):
+        try:
+            networks.append(str(ipaddress.ip_network(part, strict=False)))
+        except ValueError as exc:
+            raise ValueError(f"{name} must be true/false or a comma list of CIDRs, got {part!r}") from exc
+    return tuple(networks)
+
+
 @dataclass(frozen=True)
 class Settings:
     """The whole configuration; field comments name the environment variable."""
@@ -54,7 +112,8 @@ class Settings:
     port: int = 8000                        # MMSEARCH_PORT
     shard_slots: int = 2                    # MMSEARCH_SHARDS: shard worker processes (slots)
     default_shards: int = 2                 # MMSEARCH_DEFAULT_COLLECTION_SHARDS
-    api_keys: tuple[str, ...] = ()          # MMSEARCH_API_KEYS (comma separated)
+    api_keys: tuple[str, ...] = ()          # MMSEARCH_API_KEYS (comma separated, scopes stripped)
+    api_key_scopes: Mapping[str, frozenset[str]] = field(default_factory=dict)  # key -> scopes (absent: all)
     ingest_root: Path | None = None         # MMSEARCH_INGEST_ROOT: where {"path": ...} images may live
     image_model: str = "efficientnet_lite0" # MMSEARCH_IMAGE_MODEL
     text_model: str = "glove-6b-50d"        # MMSEARCH_TEXT_MODEL (a name or a GloVe .txt path)
@@ -71,7 +130,13 @@ class Settings:
     job_ttl_s: int = 7 * 24 * 3600          # MMSEARCH_JOB_TTL_S: finished jobs expire after this
     staging_ttl_s: int = 24 * 3600          # MMSEARCH_STAGING_TTL_S: uploaded bytes kept this long
     url_timeout_s: float = 10.0             # MMSEARCH_URL_TIMEOUT_S: connect/read timeout for URL images
-    url_allow_private: bool = False         # MMSEARCH_URL_ALLOW_PRIVATE
+    url_allow_private: bool = False         # MMSEARCH_URL_ALLOW_PRIVATE (true: every non-public address)
+    url_allow_networks: tuple[str, ...] = ()  # MMSEARCH_URL_ALLOW_PRIVATE as a CIDR list (e.g. 127.0.0.0/8)
+    url_total_timeout_s: float = 30.0       # MMSEARCH_URL_TOTAL_TIMEOUT_S: whole download of one URL image
+    max_json_depth: int = 32                # MMSEARCH_MAX_JSON_DEPTH: nesting of JSON bodies and parts
+    max_string_chars: int = 65536           # MMSEARCH_MAX_STRING_CHARS: any JSON string but image.base64
+    rate_limit: int = 0                     # MMSEARCH_RATE_LIMIT "N/S": requests per window per key; 0 off
+    rate_limit_window_s: int = 60           # (the S of MMSEARCH_RATE_LIMIT)
     store_thumbnails: bool = True           # MMSEARCH_STORE_THUMBNAILS (collection default)
     snapshot_every: int = 5000              # MMSEARCH_SNAPSHOT_EVERY: log entries between snapshots
     log_level: str = "INFO"                 # MMSEARCH_LOG_LEVEL
@@ -80,7 +145,8 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
         env = os.environ if env is None else env
-        keys = _str(env, "MMSEARCH_API_KEYS", "") or ""
+        api_keys, api_key_scopes = _api_keys(env)
+        rate_limit, rate_limit_window_s = _rate_limit(env, "MMSEARCH_RATE_LIMIT")
         root = _str(env, "MMSEARCH_INGEST_ROOT", None)
         weights = _str(env, "MMSEARCH_RESNET50_WEIGHTS", None)
         d = cls()
@@ -92,7 +158,8 @@ class Settings:
             shard_slots=max(1, _int(env, "MMSEARCH_SHARDS", d.shard_slots)),
             default_shards=max(1, _int(env, "MMSEARCH_DEFAULT_COLLECTION_SHARDS",
                                        _int(env, "MMSEARCH_SHARDS", d.default_shards))),
-            api_keys=tuple(k.strip() for k in keys.split(",") if k.strip()),
+            api_keys=api_keys,
+            api_key_scopes=api_key_scopes,
             ingest_root=Path(root) if root else None,
             image_model=_str(env, "MMSEARCH_IMAGE_MODEL", d.image_model),
             text_model=_str(env, "MMSEARCH_TEXT_MODEL", d.text_model),
@@ -110,6 +177,12 @@ class Settings:
             staging_ttl_s=_int(env, "MMSEARCH_STAGING_TTL_S", d.staging_ttl_s),
             url_timeout_s=_float(env, "MMSEARCH_URL_TIMEOUT_S", d.url_timeout_s),
             url_allow_private=_bool(env, "MMSEARCH_URL_ALLOW_PRIVATE", d.url_allow_private),
+            url_allow_networks=_allowed_networks(env, "MMSEARCH_URL_ALLOW_PRIVATE"),
+            url_total_timeout_s=_float(env, "MMSEARCH_URL_TOTAL_TIMEOUT_S", d.url_total_timeout_s),
+            max_json_depth=max(2, _int(env, "MMSEARCH_MAX_JSON_DEPTH", d.max_json_depth)),
+            max_string_chars=max(1, _int(env, "MMSEARCH_MAX_STRING_CHARS", d.max_string_chars)),
+            rate_limit=rate_limit,
+            rate_limit_window_s=rate_limit_window_s,
             store_thumbnails=_bool(env, "MMSEARCH_STORE_THUMBNAILS", d.store_thumbnails),
             snapshot_every=max(1, _int(env, "MMSEARCH_SNAPSHOT_EVERY", d.snapshot_every)),
             log_level=_str(env, "MMSEARCH_LOG_LEVEL", d.log_level).upper(),
