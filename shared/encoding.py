@@ -51,6 +51,11 @@ class CollectionEncoder:
     def conse(self) -> ConSE:
         return create_conse(self.text_model.name)
 
+    def warm_up(self) -> None:
+        """Load every model and derived table now (workers call this at start)."""
+        self.text_model.encode("warm up")
+        self._image_blocks([np.zeros((self.image_model.input_size,) * 2 + (3,), np.uint8)])
+
     def _image_blocks(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         size = self.image_model.input_size
         enc = self.image_model.encode([resize_for_model(img, size) for img in images])

@@ -2,12 +2,24 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 
 from shared import queues
 from shared.logs import setup_logging
 from shared.redis_conn import wait_for_redis
 from workers.resources import settings
+
+
+def warm_up_default_models(**_: object) -> None:
+    """Load the default models now, so that no first request pays for it."""
+    from shared.encoding import collection_encoder
+
+    cfg = settings()
+    try:
+        collection_encoder(cfg.image_model, cfg.text_model).warm_up()
+    except Exception:  # a model that cannot load fails its items later, with a clear reason
+        logging.getLogger(__name__).exception("could not preload the default models")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -31,9 +43,14 @@ def main(argv: list[str] | None = None) -> None:
 
     common = ["--without-gossip", "--without-mingle", "-l", cfg.log_level]
     if args.role == "encode":
+        from celery import signals
+
+        # In each pool process, after the fork (CUDA must not be initialised before it).
+        signals.worker_process_init.connect(warm_up_default_models, weak=False)
         app.worker_main(["worker", "-Q", queues.ENCODE, "-P", "prefork", "-c", str(args.concurrency),
                          "-n", f"encode-{os.getpid()}@%h", *common])
     elif args.role == "query":
+        warm_up_default_models()  # the thread pool runs in this process
         app.worker_main(["worker", "-Q", queues.QUERY, "-P", "threads", "-c", str(args.concurrency),
                          "-n", f"query-{os.getpid()}@%h", *common])
     else:
