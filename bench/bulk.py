@@ -1,0 +1,109 @@
+"""Bulk vectors straight into the shard logs: a benchmark/test-only path for large collections.
+
+`bulk_insert` bypasses the API and the encoders. It takes fused vectors the caller already has
+(`synthetic_vectors`, or vectors encoded in-process) and appends one upsert entry per item to its
+shard's write log with `shardlog.log_item`, under an ordinary ingest job. The shard workers then
+index them like any other items, and the job goes final (`GET /v1/jobs/<id>`) once every shard
+has applied its entries. Nothing checks that the vectors came from the collection's models, and
+no thumbnails are stored: never use it for user data.
+
+`log_item` is queued on a Redis pipeline (a `Pipeline` is a `Redis`), a chunk of items per round
+trip; its return value is then meaningless and the script's replies come from `execute()`.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import redis
+
+from shared import jobs, keys, shardlog
+from shared.catalog import Collection
+from shared.fusion import fuse
+from shared.labels import shard_for
+
+CHUNK = 500          # items per pipelined round trip
+_ROWS = 10_000       # synthetic rows generated per step (bounds temporary memory)
+
+# Failure replies of shardlog's script (0: already counted; otherwise the appended entry's id).
+_JOB_GONE, _COLLECTION_GONE = -1, -2
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def synthetic_vectors(n: int, image_dim: int, text_dim: int, seed: int = 0, *,
+                      anchors: np.ndarray | None = None, clusters: int = 1000, spread: float = 0.5,
+                      mix: int = 3) -> np.ndarray:
+    """`n` fused item vectors (float32, n x (image_dim + text_dim)) drawn around `clusters`
+    centres, each block unit-normalised and fused with `shared.fusion.fuse`.
+
+    With `anchors` (fused vectors of real items, e.g. photos encoded with the collection's
+    models), each centre mixes `mix` random anchors (Dirichlet weights), both blocks with the
+    same weights, so the items lie where real features lie and real items inserted among them
+    are reachable the way they would be among real photos. Without anchors the centres are
+    random: image blocks non-negative like pooled CNN features after a ReLU, text blocks sharing
+    a common direction like GloVe vectors; real items are then far outliers among them.
+    Image blocks stay non-negative; `spread` is the norm of the noise added to each unit centre
+    block (larger: clusters overlap more). An item's text centre belongs to its image centre,
+    as ConSE derives an uncaptioned image's text block from its image.
+    """
+    rng = np.random.default_rng(seed)
+    if anchors is None:
+        image_centres = np.maximum(rng.standard_normal((clusters, image_dim), np.float32), 0)
+        text_centres = rng.standard_normal(text_dim, np.float32) + rng.standard_normal((clusters, text_dim), np.float32)
+    else:
+        anchors = np.asarray(anchors, dtype=np.float32)
+        if anchors.ndim != 2 or anchors.shape[1] != image_dim + text_dim:
+            raise ValueError(f"anchors must have shape (m, {image_dim + text_dim}), got {anchors.shape}")
+        picks = rng.integers(0, len(anchors), (clusters, mix))
+        weights = rng.dirichlet(np.full(mix, 0.5), clusters).astype(np.float32)
+        mixed = np.einsum("ck,ckd->cd", weights, anchors[picks])
+        image_centres, text_centres = mixed[:, :image_dim], mixed[:, image_dim:]
+    image_centres, text_centres = _unit_rows(image_centres), _unit_rows(text_centres)
+    out = np.empty((n, image_dim + text_dim), np.float32)
+    for start in range(0, n, _ROWS):
+        rows = min(_ROWS, n - start)
+        which = rng.integers(0, clusters, rows)
+        images = np.maximum(image_centres[which] + spread / np.sqrt(image_dim)
+                            * rng.standard_normal((rows, image_dim), np.float32), 0)
+        texts = text_centres[which] + spread / np.sqrt(text_dim) * rng.standard_normal((rows, text_dim), np.float32)
+        for row in range(rows):
+            out[start + row] = fuse(images[row], texts[row], image_dim, text_dim)
+    return out
+
+
+def bulk_insert(r: redis.Redis, coll: Collection, vectors: np.ndarray, ids: Sequence[str],
+                texts: Sequence[str | None] | None = None,
+                metadata: Sequence[dict[str, Any]] | None = None, *,
+                job_id: str | None = None, chunk: int = CHUNK) -> str:
+    """Append an upsert of every item to its shard's log under one ingest job; the job id.
+
+    Item `i` is the job's item `i`. Given the `job_id` of an existing job, items it already
+    counted are neither logged nor counted again (so an interrupted insert can be re-run);
+    an unknown `job_id` names the new job.
+    """
+    vectors = np.asarray(vectors, dtype=np.float32)
+    n, image_dim = len(ids), coll.dims["image"]
+    dim = image_dim + coll.dims["text"]
+    if vectors.shape != (n, dim):
+        raise ValueError(f"vectors must have shape ({n}, {dim}) for {n} ids, got {vectors.shape}")
+    for name, values in (("texts", texts), ("metadata", metadata)):
+        if values is not None and len(values) != n:
+            raise ValueError(f"{len(values)} {name} for {n} ids")
+    if job_id is None or not r.exists(keys.job(job_id)):
+        job_id = jobs.create_job(r, "ingest", coll.name, coll.cid, n, job_id=job_id)
+    for start in range(0, n, chunk):
+        pipe = r.pipeline(transaction=False)
+        for i in range(start, min(n, start + chunk)):
+            entry = shardlog.LogEntry("upsert", ids[i], vectors[i], texts[i] if texts is not None else None,
+                                      metadata[i] if metadata is not None else {},
+                                      has_image=bool(vectors[i, :image_dim].any()))
+            shardlog.log_item(pipe, coll.cid, shard_for(ids[i], coll.shards), job_id, i, entry)
+        for reply in pipe.execute():
+            if reply == _JOB_GONE:
+                raise RuntimeError(f"job {job_id} disappeared during the bulk insert")
+            if reply == _COLLECTION_GONE:
+                raise RuntimeError(f"collection {coll.name!r} was deleted during the bulk insert")
+    return job_id

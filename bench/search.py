@@ -1,0 +1,386 @@
+"""Search latency, throughput and recall of the real stack: `python -m bench.search [--quick]`.
+
+Starts the whole stack (`bench.service.running_stack`, 2 shard workers by default) and, for each
+size N and shard count, creates a collection holding N items: N - 26 synthetic fused vectors
+(`bench.bulk.synthetic_vectors`, appended with `bench.bulk.bulk_insert`) plus the 26 photos of
+foolbox and scikit-image ingested through the API without captions, so that image queries are
+real: a recompressed crop of each photo should find the photo first ("top-1"). The synthetic
+vectors are mixes of other real photos' vectors (foolbox's CIFAR samples, opencv-doc's photos and
+the Plasma wallpapers, encoded here), so the 26 photos are not outliers among them.
+
+Queries, k=10, through HTTP by 1, 8 (and 32 in the full run) client threads, each with its own
+`requests.Session`: text only (16 phrases, JSON), image (a crop, multipart) and fused (the crop
+and a word for what it shows, multipart). Per row: p50/p95/p99 latency, queries/s, recall@10
+against exact search over the same vectors (query vectors computed here with
+`shared.encoding.collection_encoder`, whose models are deterministic), and the top-1 rate.
+
+The floor: the same vectors in one in-process `ShardIndex`, searched with the same query
+vectors one at a time (with its top-1 and exact search's); "x floor" is the service's p50 over
+that p50. Where a 1-client query's time goes: the client's round trip, the API's `took_ms`, and
+the workers' stages from the Celery lines they log (search task received -> chord sent -> merge
+received -> merged, timestamps of ms resolution; shard_search runtimes), next to the query
+encoding and the index search timed here.
+
+Defaults: --quick: N = 10k; 1 and 4 shards; 1 and 8 clients (a few minutes). Full: N = 10k,
+100k and 1M (a size is skipped with a note when its copies would not fit in memory); 1, 2 and 4
+shards; 1, 8 and 32 clients. The last line of output is one JSON object: the headline row
+(text queries, 1 client, the largest size, 4 shards) and every row.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+import requests
+
+from bench.bulk import bulk_insert, synthetic_vectors
+from bench.datasets import cifar_photos, note, opencv_photos, tags_of, wallpapers
+from bench.photos import Photo, foolbox_photos, skimage_photos
+from bench.service import Service, TaskEvent, TaskLog, Upload, latency_ms, running_stack, runtimes, table
+from shared import queues
+from shared.catalog import Collection, get_collection
+from shared.imagedecode import decode_image
+from shared.shard_index import ItemRecord, ShardIndex
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the workers set it, before torch loads
+
+K = 10
+SEED = 20240611
+TEXT_QUERIES = (
+    "a dog on the beach", "a cat", "a cup of coffee", "fresh strawberries", "a red car",
+    "birds on a wire", "an old cannon", "a snare drum", "a rocket launch", "an astronaut",
+    "a motorcycle", "a thatched cottage", "geese on the grass", "a black leather shoe",
+    "tents among pine trees", "a beetle on a leaf",
+)
+KINDS = ("text", "image", "fused")
+INDEX_BATCH = 1000  # rows per ShardIndex.upsert when building the floor
+
+
+@dataclass(frozen=True)
+class Query:
+    kind: str
+    text: str | None
+    image: bytes | None
+    vector: np.ndarray
+    expect: str | None  # the photo a crop query should find first
+
+
+@dataclass
+class Cell:
+    """The answers of one (collection, kind, clients) run."""
+
+    latencies: list[float]
+    answers: list[tuple[int, dict[str, Any]]]  # (query index, response body)
+    wall_s: float
+
+
+def query_crop(data: bytes) -> bytes:
+    """A recompressed off-centre crop (75% of each side, 2/3 scale, JPEG quality 60)."""
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    h, w = bgr.shape[:2]
+    crop = bgr[int(h * 0.15):int(h * 0.9), int(w * 0.1):int(w * 0.85)]
+    crop = cv2.resize(crop, (crop.shape[1] * 2 // 3, crop.shape[0] * 2 // 3), interpolation=cv2.INTER_AREA)
+    ok, buf = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, 60])
+    if not ok:
+        raise ValueError("OpenCV could not encode the crop")
+    return buf.tobytes()
+
+
+def build_queries(encoder: Any, photos: list[Photo]) -> tuple[dict[str, list[Query]], dict[str, float]]:
+    """The queries of each kind with their vectors; mean in-process encode ms per kind."""
+    queries: dict[str, list[Query]] = {kind: [] for kind in KINDS}
+    encode_s: dict[str, list[float]] = {kind: [] for kind in KINDS}
+    encoder.query(decode_image(query_crop(photos[0].read_bytes())), "a cat", None)  # warm-up
+
+    def add(kind: str, text: str | None, image: bytes | None, expect: str | None) -> None:
+        t0 = time.perf_counter()
+        fused = encoder.query(decode_image(image) if image is not None else None, text, None)
+        encode_s[kind].append(time.perf_counter() - t0)
+        queries[kind].append(Query(kind, text, image, fused.vector, expect))
+
+    for text in TEXT_QUERIES:
+        add("text", text, None, None)
+    for photo in photos:
+        crop = query_crop(photo.read_bytes())
+        add("image", None, crop, photo.name)
+        add("fused", (tags_of(photo) or ("photo",))[0], crop, photo.name)
+    return queries, {kind: round(float(np.mean(s)) * 1000, 2) for kind, s in encode_s.items()}
+
+
+def run_clients(svc: Service, name: str, queries: list[Query], clients: int, total: int) -> Cell:
+    """`total` queries (cycling through `queries`) spread over `clients` threads."""
+    lock = threading.Lock()
+    cell = Cell([], [], 0.0)
+
+    def client(first: int) -> None:
+        with requests.Session() as session:
+            for i in range(first, total, clients):
+                q = queries[i % len(queries)]
+                seconds, body = svc.search(session, name, text=q.text, image=q.image, k=K)
+                with lock:
+                    cell.latencies.append(seconds)
+                    cell.answers.append((i % len(queries), body))
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(client, range(clients)))
+    cell.wall_s = time.perf_counter() - t0
+    return cell
+
+
+def encode_photos(encoder: Any, photos: list[Photo]) -> np.ndarray:
+    """Fused vectors of uncaptioned photos, as the encode workers make them."""
+    return np.stack([e.vector for e in encoder.encode_items([decode_image(p.read_bytes()) for p in photos],
+                                                            [None] * len(photos))])
+
+
+def top1(queries: list[Query], firsts: list[str | None]) -> float | None:
+    """Share of the queries with an expected photo whose first hit is that photo."""
+    pairs = [(q.expect, first) for q, first in zip(queries, firsts) if q.expect]
+    return round(sum(e == f for e, f in pairs) / len(pairs), 3) if pairs else None
+
+
+def worker_stages(events: list[TaskEvent]) -> dict[str, float | None]:
+    """Mean ms per search of what the workers logged during a run of sequential searches: the
+    search task (received -> ignored, as it replaces itself by the chord: decode and encode the
+    query, send the shard tasks), the shards and the chord join (-> merge_hits received), the
+    merge (-> merge_hits succeeded), their sum, and Celery's runtime of one shard_search task."""
+    marks: dict[str, dict[str, float]] = {}
+    for e in events:
+        if e.task in (queues.SEARCH, queues.MERGE_HITS):
+            marks.setdefault(e.task_id, {})[f"{e.task} {e.event}"] = e.at
+    stages: dict[str, list[float]] = {"query_task_ms": [], "shards_join_ms": [], "merge_ms": [], "workers_ms": []}
+    for m in marks.values():
+        times = [m.get(f"{queues.SEARCH} received"), m.get(f"{queues.SEARCH} ignored"),
+                 m.get(f"{queues.MERGE_HITS} received"), m.get(f"{queues.MERGE_HITS} succeeded")]
+        if None in times:
+            continue
+        received, sent, merging, merged = times
+        for name, seconds in (("query_task_ms", sent - received), ("shards_join_ms", merging - sent),
+                              ("merge_ms", merged - merging), ("workers_ms", merged - received)):
+            stages[name].append(seconds)
+    out: dict[str, float | None] = {name: round(float(np.mean(v)) * 1000, 1) if v else None
+                                    for name, v in stages.items()}
+    shard_runs = runtimes(events).get(queues.SHARD_SEARCH, [])
+    out["shard_task_ms"] = round(float(np.mean(shard_runs)) * 1000, 1) if shard_runs else None
+    return out
+
+
+def exact_top(vectors: np.ndarray, ids: list[str], queries: list[Query]) -> list[list[str]]:
+    scores = np.stack([q.vector for q in queries]) @ vectors.T
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :K]
+    return [[ids[j] for j in row] for row in top]
+
+
+def recall(found: list[str], exact: list[str]) -> float:
+    return len(set(found) & set(exact)) / len(exact)
+
+
+def fill(svc: Service, name: str, shards: int, vectors: np.ndarray, ids: list[str],
+         photos: list[Photo]) -> float:
+    """Create the collection, bulk-insert the synthetic items, ingest the photos; seconds until
+    both jobs were final."""
+    svc.create_collection(name, shards)
+    coll: Collection = get_collection(svc.redis, name)
+    t0 = time.perf_counter()
+    bulk_job = bulk_insert(svc.redis, coll, vectors, ids)
+    photo_job = svc.post_items(name, [Upload(p.name, p.read_bytes()) for p in photos])
+    timings = svc.wait_jobs([bulk_job, photo_job], timeout_s=3600, poll_s=0.5)
+    seconds = max(t.final_s for t in timings.values()) - t0
+    states = {t.body["state"] for t in timings.values()}
+    count = svc.collection(name)["count"]
+    if states != {"succeeded"} or count != len(ids) + len(photos):
+        raise RuntimeError(f"filling {name}: jobs {states}, {count} items searchable of {len(ids) + len(photos)}")
+    return seconds
+
+
+def floor(vectors: np.ndarray, ids: list[str], queries: dict[str, list[Query]],
+          exact: dict[str, list[list[str]]], repeats: int) -> dict[str, Any]:
+    """One in-process ShardIndex of all vectors: build time; per query kind latency, recall@10
+    and top-1, and exact search's top-1."""
+    index = ShardIndex(vectors.shape[1])
+    t0 = time.perf_counter()
+    for start in range(0, len(ids), INDEX_BATCH):
+        batch = ids[start:start + INDEX_BATCH]
+        index.upsert(batch, vectors[start:start + INDEX_BATCH], [ItemRecord(i) for i in batch])
+    out: dict[str, Any] = {"build_s": round(time.perf_counter() - t0, 1)}
+    for kind, qs in queries.items():
+        seconds, recalls, firsts = [], [], []
+        for _ in range(repeats):
+            for q, truth in zip(qs, exact[kind]):
+                t = time.perf_counter()
+                hits = index.search(q.vector, K, return_vectors=True)
+                seconds.append(time.perf_counter() - t)
+                recalls.append(recall([h.id for h in hits], truth))
+                firsts.append(hits[0].id)
+        out[kind] = {**latency_ms(seconds), "recall_at_10": round(float(np.mean(recalls)), 4),
+                     "top1": top1(qs * repeats, firsts), "exact_top1": top1(qs, [t[0] for t in exact[kind]])}
+    return out
+
+
+def fits_in_memory(n: int, dim: int, collections: int) -> bool:
+    """Whether the copies of N vectors fit: per collection its log in Redis and its shard
+    indexes (~3 copies with graph and records); here the vectors, the floor index and a spare."""
+    with open("/proc/meminfo") as f:
+        available_kb = next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:"))
+    return n * dim * 4 * (3 * collections + 3) < 0.8 * available_kb * 1024
+
+
+def parse_ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one run measures."""
+
+    sizes: list[int]
+    shard_counts: list[int]
+    client_counts: list[int]
+    passes: int      # a run sends max(passes x the kind's queries, clients x per_client) queries
+    per_client: int
+    repeats: int     # passes over the queries when timing the floor
+
+
+@dataclass
+class Results:
+    """Every figure of a run, as the JSON line reports them."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    breakdown: list[dict[str, Any]] = field(default_factory=list)
+    fills: list[dict[str, Any]] = field(default_factory=list)
+    floors: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+
+def measure_collection(svc: Service, name: str, queries: dict[str, list[Query]],
+                       exact: dict[str, list[list[str]]], encode_ms: dict[str, float], plan: Plan,
+                       labels: dict[str, int], results: Results) -> None:
+    """Every (kind, clients) run against one filled collection."""
+    tasks = TaskLog(svc.log_dir)
+    for kind, qs in queries.items():
+        run_clients(svc, name, qs, 1, 2)  # warm-up (models, connections)
+        for clients in plan.client_counts:
+            tasks.mark()
+            cell = run_clients(svc, name, qs, clients, max(plan.passes * len(qs), clients * plan.per_client))
+            events = tasks.since_mark()
+            recalls = [recall([h["id"] for h in body["hits"]], exact[kind][i]) for i, body in cell.answers]
+            row = {**labels, "kind": kind, "clients": clients, "queries": len(cell.latencies),
+                   **latency_ms(cell.latencies), "qps": round(len(cell.latencies) / cell.wall_s, 1),
+                   "recall_at_10": round(float(np.mean(recalls)), 4),
+                   "top1": top1([qs[i] for i, _ in cell.answers],
+                                [body["hits"][0]["id"] if body["hits"] else None for _, body in cell.answers])}
+            results.rows.append(row)
+            if clients == 1:
+                results.breakdown.append({
+                    **labels, "kind": kind, "client_ms": row["mean_ms"],
+                    "api_took_ms": round(float(np.mean([b["took_ms"] for _, b in cell.answers])), 1),
+                    "encode_here_ms": encode_ms[kind], **worker_stages(events)})
+
+
+def run(svc: Service, plan: Plan) -> Results:
+    """Fill, query and delete each collection; the floor of each size."""
+    from shared.catalog import check_models
+    from shared.encoding import collection_encoder
+
+    settings = svc.stack.settings
+    dims = check_models(settings, settings.image_model, settings.text_model)
+    encoder = collection_encoder(settings.image_model, settings.text_model)
+    photos = foolbox_photos() + skimage_photos()
+    queries, encode_ms = build_queries(encoder, photos)
+    photo_vectors = encode_photos(encoder, photos)
+    anchors = encode_photos(encoder, cifar_photos() + opencv_photos() + wallpapers())
+    results = Results()
+    for n in plan.sizes:
+        if not fits_in_memory(n, dims["image"] + dims["text"], len(plan.shard_counts)):
+            note(f"N={n}: {len(plan.shard_counts)} collections of {n} vectors would not fit in memory; skipped")
+            continue
+        synthetic = synthetic_vectors(n - len(photos), dims["image"], dims["text"], seed=SEED, anchors=anchors)
+        syn_ids = [f"syn-{i}" for i in range(len(synthetic))]
+        vectors = np.concatenate([synthetic, photo_vectors])
+        ids = syn_ids + [p.name for p in photos]
+        exact = {kind: exact_top(vectors, ids, qs) for kind, qs in queries.items()}
+        for shards in plan.shard_counts:
+            name = f"n{n}-s{shards}"
+            fill_s = fill(svc, name, shards, synthetic, syn_ids, photos)
+            results.fills.append({"items": n, "shards": shards, "fill_s": round(fill_s, 1),
+                                  "items_per_s": round(n / fill_s, 1)})
+            measure_collection(svc, name, queries, exact, encode_ms, plan, {"items": n, "shards": shards}, results)
+            svc.session.delete(f"{svc.url}/collections/{name}", timeout=60)
+        del synthetic
+        results.floors[n] = floor(vectors, ids, queries, exact, plan.repeats)
+    return results
+
+
+def report(results: Results, slots: int, load: list[float]) -> None:
+    """The tables (the JSON line is printed by main)."""
+    floors = results.floors
+    for row in results.rows:
+        row["x_floor"] = round(row["p50_ms"] / floors[row["items"]][row["kind"]]["p50_ms"], 1)
+    for b in results.breakdown:
+        b["index_here_ms"] = floors[b["items"]][b["kind"]]["mean_ms"]
+    print(f"\n== fill: bulk vectors + 26 photos through the API, until both jobs are final ({slots} shard workers)")
+    print(table(["items", "shards", "seconds", "items/s"],
+                [[f["items"], f["shards"], f["fill_s"], f["items_per_s"]] for f in results.fills]))
+    print(f"\n== searches through HTTP, k={K} (latency ms; x floor: p50 / in-process index p50)")
+    print(table(["items", "shards", "kind", "clients", "queries", "p50", "p95", "p99", "qps", "recall@10",
+                 "top-1", "x floor"],
+                [[r["items"], r["shards"], r["kind"], r["clients"], r["queries"], r["p50_ms"], r["p95_ms"],
+                  r["p99_ms"], r["qps"], r["recall_at_10"], r["top1"], r["x_floor"]] for r in results.rows]))
+    print("\n== floor: one in-process ShardIndex of the same vectors, one query at a time (ms)")
+    print(table(["items", "build s", "kind", "p50", "p95", "recall@10", "top-1", "exact top-1"],
+                [[n, f["build_s"], kind, f[kind]["p50_ms"], f[kind]["p95_ms"], f[kind]["recall_at_10"],
+                  f[kind]["top1"], f[kind]["exact_top1"]] for n, f in floors.items() for kind in KINDS]))
+    print("\n== where a 1-client query's time goes (mean ms). client: HTTP round trip; API took: the API's own\n"
+          "   wall time; workers: search task received -> merge_hits done (from the workers' log lines, ms\n"
+          "   resolution): query task (decode, encode, send the chord) + shards & chord join + merge;\n"
+          "   shard task: Celery's runtime of one shard_search (shards run in parallel); here: the same\n"
+          "   query encoding and a search of one index of all items in this process")
+    print(table(["items", "shards", "kind", "client", "API took", "workers", "query task", "shards+join",
+                 "merge", "shard task", "encode here", "index here"],
+                [[b["items"], b["shards"], b["kind"], b["client_ms"], b["api_took_ms"], b["workers_ms"],
+                  b["query_task_ms"], b["shards_join_ms"], b["merge_ms"], b["shard_task_ms"], b["encode_here_ms"],
+                  b["index_here_ms"]] for b in results.breakdown]))
+    print(f"\nload average at the end (other processes share these cores): {load}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.search", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="10k items, 1 and 4 shards, 1 and 8 clients")
+    parser.add_argument("--sizes", type=parse_ints, help="collection sizes (default: 10000 quick; 10000,100000,1000000)")
+    parser.add_argument("--shards", type=parse_ints, help="shard counts (default: 1,4 quick; 1,2,4)")
+    parser.add_argument("--clients", type=parse_ints, help="concurrent clients (default: 1,8 quick; 1,8,32)")
+    parser.add_argument("--slots", type=int, default=2, help="shard worker processes (MMSEARCH_SHARDS)")
+    args = parser.parse_args(argv)
+    plan = Plan(sizes=args.sizes or ([10_000] if args.quick else [10_000, 100_000, 1_000_000]),
+                shard_counts=args.shards or ([1, 4] if args.quick else [1, 2, 4]),
+                client_counts=args.clients or ([1, 8] if args.quick else [1, 8, 32]),
+                passes=2 if args.quick else 4, per_client=8 if args.quick else 16, repeats=3 if args.quick else 5)
+    with running_stack(slots=args.slots) as svc:
+        results = run(svc, plan)
+        load = [round(x, 2) for x in os.getloadavg()]
+    report(results, args.slots, load)
+
+    rows = results.rows
+    largest = max(r["items"] for r in rows)
+    headline_shards = 4 if 4 in plan.shard_counts else max(plan.shard_counts)
+    head = next(r for r in rows if (r["items"], r["shards"], r["kind"], r["clients"]) ==
+                (largest, headline_shards, "text", 1))
+    summary = {"p50_ms": head["p50_ms"], "p95_ms": head["p95_ms"], "qps": head["qps"],
+               "recall_at_10": head["recall_at_10"], "items": largest, "shards": headline_shards,
+               "quick": args.quick, "slots": args.slots, "cores": os.cpu_count(), "load_average": load,
+               "rows": rows, "floor": results.floors, "fill": results.fills, "breakdown": results.breakdown}
+    sys.stdout.flush()
+    print(json.dumps(summary, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()

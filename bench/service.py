@@ -1,0 +1,265 @@
+"""Shared helpers of the service benchmarks (`bench/ingest.py`, `bench/search.py`).
+
+- `running_stack`: the real stack (`workers.stack.Stack`, i.e. the Procfile's processes) on a
+  temporary data dir and free ports, stopped again however the benchmark ends (SIGTERM included);
+- `Service`: a small HTTP client of that stack (collections, multipart ingest, job polling,
+  searches) plus its Redis client and log folder;
+- `TaskLog`: Celery's "Task <name>[<id>] received / ignored / succeeded in <s>s" lines in the
+  stack's logs, read between two marks, to see where the time of a phase went;
+- the benchmark photos as in-memory JPEGs, latency percentiles and plain-text tables.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from datetime import datetime
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import cv2
+import numpy as np
+import redis
+import requests
+
+from bench.datasets import opencv_photos
+from bench.photos import Photo, foolbox_photos, skimage_photos
+from workers.stack import Stack
+
+FINAL_STATES = ("succeeded", "completed_with_errors", "failed", "cancelled")
+
+
+def free_port() -> int:
+    """A TCP port that nothing on loopback listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- the stack ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Upload:
+    """One item of a multipart ingest request."""
+
+    id: str
+    image: bytes
+    text: str | None = None
+
+
+@dataclass(frozen=True)
+class JobTiming:
+    """When a polled job had every item counted (encoded and logged) and when it went final."""
+
+    counted_s: float
+    final_s: float
+    body: dict[str, Any]
+
+
+class Service:
+    """HTTP client of a running stack (one `requests.Session` for the calls made here)."""
+
+    def __init__(self, stack: Stack, data_dir: Path) -> None:
+        from shared.redis_conn import redis_url
+
+        self.stack = stack
+        self.data_dir = data_dir
+        self.log_dir = data_dir / "logs"
+        self.url = f"{stack.api_url}/v1"
+        self.session = requests.Session()
+        self.redis = redis.Redis.from_url(redis_url(stack.settings, stack.env))
+
+    def _check(self, resp: requests.Response, status: int) -> dict[str, Any]:
+        if resp.status_code != status:
+            raise RuntimeError(f"{resp.request.method} {resp.url}: {resp.status_code} {resp.text[:500]}")
+        return resp.json()
+
+    def create_collection(self, name: str, shards: int) -> dict[str, Any]:
+        resp = self.session.post(f"{self.url}/collections", json={"name": name, "shards": shards}, timeout=60)
+        return self._check(resp, 201)
+
+    def collection(self, name: str) -> dict[str, Any]:
+        return self._check(self.session.get(f"{self.url}/collections/{name}", timeout=60), 200)
+
+    def post_items(self, name: str, items: Sequence[Upload]) -> str:
+        """One multipart ingest request; the job id."""
+        files = [("image", (f"{i}.jpg", item.image, "application/octet-stream")) for i, item in enumerate(items)]
+        meta = [{"id": item.id, **({"text": item.text} if item.text else {})} for item in items]
+        resp = self.session.post(f"{self.url}/collections/{name}/items", files=files,
+                                 data={"items": json.dumps(meta)}, timeout=300)
+        return self._check(resp, 202)["job_id"]
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return self._check(self.session.get(f"{self.url}/jobs/{job_id}", timeout=60), 200)
+
+    def wait_jobs(self, job_ids: Sequence[str], timeout_s: float, poll_s: float = 0.05) -> dict[str, JobTiming]:
+        """Poll every job until it is final; perf_counter times of 'all counted' and 'final'."""
+        counted: dict[str, float] = {}
+        done: dict[str, JobTiming] = {}
+        deadline = time.monotonic() + timeout_s
+        while len(done) < len(job_ids):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(job_ids) - len(done)} job(s) not final within {timeout_s}s")
+            for job_id in job_ids:
+                if job_id in done:
+                    continue
+                body = self.job(job_id)
+                now = time.perf_counter()
+                if body["done"] + body["failed"] >= body["total"]:
+                    counted.setdefault(job_id, now)
+                if body["state"] in FINAL_STATES:
+                    done[job_id] = JobTiming(counted[job_id], now, body)
+            time.sleep(poll_s)
+        return done
+
+    def ingest(self, name: str, items: Sequence[Upload], timeout_s: float = 600) -> None:
+        """Ingest and wait; raises unless every item succeeded."""
+        for timing in self.wait_jobs([self.post_items(name, items)], timeout_s).values():
+            if timing.body["state"] != "succeeded":
+                raise RuntimeError(f"ingest into {name} ended {timing.body['state']}: {timing.body['errors'][:3]}")
+
+    def search(self, session: requests.Session, name: str, *, text: str | None = None,
+               image: bytes | None = None, k: int = 10) -> tuple[float, dict[str, Any]]:
+        """One synchronous search (multipart when it has an image); (seconds, response body)."""
+        url = f"{self.url}/collections/{name}/search"
+        t0 = time.perf_counter()
+        if image is None:
+            resp = session.post(url, json={"text": text, "k": k}, timeout=60)
+        else:
+            form = {"k": str(k), **({"text": text} if text else {})}
+            resp = session.post(url, files=[("image", ("query.jpg", image, "application/octet-stream"))],
+                                data=form, timeout=60)
+        elapsed = time.perf_counter() - t0
+        return elapsed, self._check(resp, 200)
+
+
+@contextmanager
+def running_stack(slots: int = 2, env: Mapping[str, str] | None = None,
+                  ready_timeout_s: float = 240) -> Iterator[Service]:
+    """Start the whole stack (embedded Redis, API, encode, query, `slots` shard workers) on a
+    temporary data dir and free ports; stop it and delete the data dir on the way out."""
+    data_dir = Path(tempfile.mkdtemp(prefix="mmsearch-bench-"))
+    full_env = dict(os.environ)
+    full_env.pop("REDIS_URL", None)
+    full_env.update({"MMSEARCH_DATA_DIR": str(data_dir), "MMSEARCH_PORT": str(free_port()),
+                     "MMSEARCH_REDIS_PORT": str(free_port()), "MMSEARCH_SHARDS": str(slots),
+                     "MMSEARCH_SEARCH_TIMEOUT_S": "60", "MMSEARCH_LOG_LEVEL": "INFO", **(env or {})})
+    stack = Stack(full_env, log_dir=data_dir / "logs")
+    # SIGTERM unwinds like Ctrl-C, so the finally below stops the stack's process groups.
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        stack.start()
+        stack.wait_ready(timeout_s=ready_timeout_s)
+        yield Service(stack, data_dir)
+    finally:
+        stack.stop()
+        signal.signal(signal.SIGTERM, previous)
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+# -- task timings from the workers' logs --------------------------------------------------------
+
+_TASK_LINE = re.compile(
+    rb"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \S+ \[\d+\] \S+: [^\n]*?Task (\S+)\[([^\]]+)\] "
+    rb"(received|ignored|succeeded in ([0-9.eE+-]+)s)", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class TaskEvent:
+    """One Celery log line about a task: `event` is received, ignored or succeeded."""
+
+    at: float                 # the line's timestamp, seconds since the epoch (ms resolution)
+    task: str
+    task_id: str
+    event: str
+    runtime_s: float | None   # Celery's own runtime, on "succeeded" lines
+
+
+class TaskLog:
+    """Celery's task lines (received / ignored / "succeeded in <s>s") that the stack's workers
+    logged between `mark()` and `since_mark()`."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.offsets: dict[Path, int] = {}
+
+    def mark(self) -> None:
+        self.offsets = {p: p.stat().st_size for p in self.log_dir.glob("*.log")}
+
+    def since_mark(self) -> list[TaskEvent]:
+        events = []
+        for path in sorted(self.log_dir.glob("*.log")):
+            with open(path, "rb") as f:
+                f.seek(self.offsets.get(path, 0))
+                for m in _TASK_LINE.finditer(f.read()):
+                    stamp = datetime.strptime(m[1].decode(), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+                    events.append(TaskEvent(stamp, m[2].decode(), m[3].decode(), m[4].decode().split()[0],
+                                            float(m[5]) if m[5] else None))
+        return sorted(events, key=lambda e: e.at)
+
+
+def runtimes(events: Sequence[TaskEvent]) -> dict[str, list[float]]:
+    """task name -> Celery's runtimes (seconds) of its successful runs."""
+    out: dict[str, list[float]] = {}
+    for e in events:
+        if e.runtime_s is not None:
+            out.setdefault(e.task, []).append(e.runtime_s)
+    return out
+
+
+# -- photos ------------------------------------------------------------------------------------
+
+def real_photos() -> list[Photo]:
+    """foolbox's ImageNet photos, scikit-image's photos and opencv-doc's natural photos
+    (the last only after `make bench-data`)."""
+    return foolbox_photos() + skimage_photos() + opencv_photos()
+
+
+def jpeg_with_long_side(data: bytes, long_side: int, quality: int = 90) -> bytes:
+    """The image scaled so its longer side is `long_side` px, re-encoded as JPEG."""
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    scale = long_side / max(bgr.shape[:2])
+    size = (max(1, round(bgr.shape[1] * scale)), max(1, round(bgr.shape[0] * scale)))
+    bgr = cv2.resize(bgr, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
+    ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise ValueError("OpenCV could not encode the JPEG")
+    return buf.tobytes()
+
+
+# -- figures -----------------------------------------------------------------------------------
+
+def latency_ms(seconds: Sequence[float]) -> dict[str, float]:
+    """p50/p95/p99 and mean of latencies, in milliseconds."""
+    ms = np.asarray(seconds, dtype=np.float64) * 1000
+    p50, p95, p99 = np.percentile(ms, [50, 95, 99])
+    return {"p50_ms": round(float(p50), 2), "p95_ms": round(float(p95), 2),
+            "p99_ms": round(float(p99), 2), "mean_ms": round(float(ms.mean()), 2)}
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.0f}" if abs(value) >= 1000 else f"{value:.1f}" if abs(value) >= 10 else f"{value:.3g}"
+    return str(value)
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A plain-text table, columns right-aligned except the first; None shows as "-"."""
+    cells = [[str(h) for h in headers]] + [[_cell(v) for v in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = []
+    for n, row in enumerate(cells):
+        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
