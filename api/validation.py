@@ -61,6 +61,7 @@ BLOCKS = ("image", "text")
 MAX_ID_CHARS = 256
 DEFAULT_K = 10
 MAX_K = 1000
+MAX_WEIGHT = 1e6  # large enough for any ratio; sums of larger ones could overflow in scoring
 _DIGITS = re.compile(r"^[0-9]{1,9}$")
 
 
@@ -110,6 +111,14 @@ def _only_fields(value: dict[str, Any], allowed: frozenset[str], where: dict[str
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _as_float(value: int | float) -> float:
+    """A JSON number as a float; NaN for what no float holds (10**400), which fails every range."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.nan
 
 
 def _is_int_in(value: Any, low: int, high: int) -> bool:
@@ -359,8 +368,8 @@ def _parse_weights(value: Any, present: list[str]) -> dict[str, float] | None:
         raise invalid("weights must be a JSON object", field="weights")
     _only_fields(value, frozenset(BLOCKS), {}, prefix="weights.")
     for block, weight in value.items():
-        if not _is_number(weight) or not math.isfinite(weight) or weight < 0:
-            raise invalid(f"weights.{block} must be a finite number >= 0", field=f"weights.{block}")
+        if not _is_number(weight) or not 0 <= _as_float(weight) <= MAX_WEIGHT:
+            raise invalid(f"weights.{block} must be a number in 0..{MAX_WEIGHT:g}", field=f"weights.{block}")
     if all(value.get(block, 1.0) == 0 for block in present):
         raise invalid(f"the weights of the query's blocks ({', '.join(present)}) are all 0", field="weights")
     return {block: float(weight) for block, weight in value.items()}
