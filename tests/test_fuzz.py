@@ -14,6 +14,7 @@ import base64
 import io
 import json
 import os
+import tempfile
 from typing import Any
 from urllib.parse import quote
 
@@ -21,9 +22,12 @@ import pytest
 import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis.configuration import set_hypothesis_home_dir
 
 from api import create_app
 
+# Hypothesis's caches go to the temp folder, not into the work tree.
+set_hypothesis_home_dir(os.path.join(tempfile.gettempdir(), "mmsearch-hypothesis"))
 FUZZ = settings(derandomize=True, deadline=None, database=None, print_blob=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                        HealthCheck.filter_too_much])
