@@ -39,7 +39,7 @@ import threading
 import time
 from pathlib import Path
 from typing import Any, Union
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import quote, urljoin, urlsplit
 
 import redis
 
@@ -52,6 +52,7 @@ MAX_URL_CHARS = 8192
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 CHUNK_BYTES = 64 * 1024
 USER_AGENT = "mmsearch-image-fetcher/1"
+URL_SAFE = "/%?=&;:@!$'()*+,~-._[]"  # kept as sent; anything else (non-ASCII) is percent-encoded
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 _NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
@@ -286,7 +287,7 @@ def _get_once(url: str, settings: Settings, watchdog: _Watchdog) -> tuple[str | 
     if time.monotonic() >= watchdog.deadline:
         raise TimeoutError
     parts = urlsplit(url)
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    target = quote((parts.path or "/") + (f"?{parts.query}" if parts.query else ""), safe=URL_SAFE)
     cls = _PinnedHTTPS if scheme == "https" else _PinnedHTTP
     conn = cls(host, port, addrs, settings.url_timeout_s, watchdog)
     try:

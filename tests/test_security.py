@@ -209,6 +209,7 @@ def image_server():
     photo = PHOTOS[SEEDS["cat"]].read_bytes()
     srv.routes = {
         "/photo.png": lambda h: _send(h, 200, photo, {"Content-Type": "image/png"}),
+        "/caf%C3%A9-%E2%98%83.png": lambda h: _send(h, 200, photo, {"Content-Type": "image/png"}),
         "/redirect-private": _redirect("http://10.0.0.1/x.jpg"),
         "/redirect-metadata": _redirect("http://169.254.169.254/latest/meta-data/iam/"),
         "/redirect-loopback": _redirect("http://127.0.0.1:1/healthz"),
@@ -394,6 +395,7 @@ def test_redirects_and_oversize_bodies(watched_sockets, image_server, path, code
 def test_allowed_url_is_fetched_from_the_checked_address(watched_sockets, image_server):
     data = sources.fetch_url(image_server.base + "/photo.png", LOOPBACK_ONLY)
     assert data == PHOTOS[SEEDS["cat"]].read_bytes() and watched_sockets == [IMAGE_HOST]
+    assert sources.fetch_url(image_server.base + "/caf\u00e9-\u2603.png", LOOPBACK_ONLY) == data  # sent quoted
 
 
 def test_dns_is_asked_once_and_the_checked_address_is_used(monkeypatch, watched_sockets, image_server):
@@ -1092,10 +1094,11 @@ def test_image_bombs_and_corrupt_files_fail_alone(api, seeded):
     run_batch(api, "images", upload, multipart=True)
 
 
-def test_a_bomb_as_a_query_image_is_a_4xx(api, seeded):
-    for data in (BOMBS["png-real-12000x12000-zeros"], corrupt_files()["jpeg-truncated-half"]):
-        resp = api.call("POST", SEARCH, files={"image": ("q.png", data)})
-        api.check_error("images", resp, 422, "invalid_item")
+@pytest.mark.parametrize("name", [*BOMBS, *corrupt_files()])
+def test_bombs_and_corrupt_files_as_query_images_are_422(api, seeded, name):
+    data = {**BOMBS, **corrupt_files()}[name]
+    resp = api.call("POST", SEARCH, files={"image": ("q.png", data)}, data={"text": "cat"})
+    api.check_error("images", resp, 422, "invalid_item")
 
 
 def test_embedded_redis_of_the_stack_listens_on_loopback_only(stack):
