@@ -18,7 +18,7 @@ from werkzeug.exceptions import HTTPException
 log = logging.getLogger(__name__)
 
 # Error code of each HTTP status Werkzeug may raise by itself; others use Werkzeug's name.
-HTTP_CODES = {400: "invalid_request", 401: "unauthorized", 404: "not_found",
+HTTP_CODES = {400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
               405: "method_not_allowed", 409: "conflict", 413: "payload_too_large",
               415: "unsupported_media_type", 422: "invalid_item", 429: "rate_limited",
               500: "internal", 503: "unavailable"}
