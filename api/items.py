@@ -25,7 +25,7 @@ from api.errors import ApiError
 from api.jobs import accepted
 from api.validation import (ItemInput, image_source, is_valid_id, parse_items_json,
                             parse_items_multipart)
-from shared import catalog, jobs, keys, queues, shardlog, staging
+from shared import catalog, jobs, queues, shardlog, slots, staging
 from shared.labels import shard_for
 
 bp = Blueprint("items", __name__, url_prefix="/collections/<name>/items")
@@ -34,7 +34,7 @@ bp = Blueprint("items", __name__, url_prefix="/collections/<name>/items")
 def _enqueue(coll: catalog.Collection, items: list[ItemInput]) -> str:
     """Create the ingest job, stage the uploads, send the encode tasks; the job id."""
     svc = services()
-    job_id = jobs.create_job(svc.redis, "ingest", coll.name, coll.cid, len(items))
+    job_id = jobs.create_job(svc.redis, "ingest", coll.name, coll.cid, len(items), ids=[item.id for item in items])
     uploads = {i: item.image for i, item in enumerate(items) if isinstance(item.image, bytes)}
     staged = staging.stage(svc.redis, coll.cid, job_id, uploads, svc.settings.staging_ttl_s)
     messages = [{"index": i, "id": item.id, "text": item.text, "metadata": item.metadata,
@@ -71,8 +71,8 @@ def _look_up(name: str, item_id: str, thumbnail: bool) -> dict[str, Any]:
     svc = services()
     shard = shard_for(item_id, coll.shards)
     slot = queues.slot_for_shard(shard, svc.settings.shard_slots)
-    if not svc.redis.exists(keys.slot_owner(slot)):
-        raise ApiError(503, "unavailable", f"shard {shard} has no live owner", {"shard": shard, "slot": slot})
+    if not slots.live_slots(svc.redis, [slot]):
+        raise ApiError(503, "unavailable", f"shard {shard} has no live owner or replica", {"shard": shard, "slot": slot})
     timeout = svc.settings.shard_timeout_s
     result = svc.celery.send_task(
         queues.GET_ITEM, queue=queues.shard_queue(slot), expires=timeout,

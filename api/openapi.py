@@ -165,6 +165,12 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
             "shards": obj({"total": {"type": "integer"}, "answered": {"type": "integer"},
                            "message": {"type": "string", "description": "Why some shards did not answer."}},
                           ("total", "answered")),
+            "consistency": obj({
+                "after_job": {"type": "string"},
+                "counted": {"type": "boolean", "description": "The job had counted all its items when the search started."},
+                "applied": {"type": "boolean", "description": "Every shard that answered had applied the job's entries."},
+                "met": {"type": "boolean", "description": "counted, applied, and every shard answered."}},
+                ("after_job", "counted", "applied", "met")),
         }, ("hits", "k", "took_ms", "shards")),
         "Health": obj({"status": {"type": "string", "enum": ["ok"]}}, ("status",)),
         "Ready": obj({"status": {"type": "string", "enum": ["ready"]}, "redis": {"type": "string"},
@@ -186,6 +192,10 @@ def _parameters() -> dict[str, Schema]:
         "Async": {"name": "async", "in": "query", "required": False,
                   "description": "1: answer 202 with a search job whose result is the response body.",
                   "schema": {"type": "string", "enum": ["0", "1", "true", "false"], "default": "0"}},
+        "AfterJob": {"name": "after_job", "in": "query", "required": False,
+                     "description": "Read-your-writes: each shard first applies (within the shard deadline) what "
+                                    "this job of the collection logged; the answer's `consistency` says if it did.",
+                     "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}},
     }
 
 
@@ -267,7 +277,7 @@ def _operations(secured: bool, limited: bool = False) -> dict[str, dict[str, Sch
             "post": op("Search by text, image or both", "search", {
                 **ok("SearchResult", "The hits."),
                 **ok("Accepted", "With async=1: a search job whose result is the SearchResult.", 202),
-                **errors(400, 404, 413, 415, 422)}, (*coll, "Async"), search_body),
+                **errors(400, 404, 413, 415, 422)}, (*coll, "Async", "AfterJob"), search_body),
         },
         "/v1/jobs/{job_id}": {
             "get": op("Job status", "jobs", {**ok("Job", "The job."), **errors(404)}, job),

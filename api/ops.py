@@ -1,4 +1,5 @@
-"""Operations: /healthz (the process lives) and /readyz (Redis answers, every shard owned)."""
+"""Operations: /healthz (the process lives) and /readyz (Redis answers, every shard served by its
+owner or a read replica)."""
 from __future__ import annotations
 
 import redis
@@ -6,7 +7,7 @@ from flask import Blueprint, Response, jsonify
 
 from api.context import services
 from api.errors import ApiError
-from shared import catalog, keys, queues
+from shared import catalog, queues, slots as slot_leases
 
 bp = Blueprint("ops", __name__)
 
@@ -25,10 +26,7 @@ def readyz() -> Response:
         slot_of = {(c.name, s): queues.slot_for_shard(s, svc.settings.shard_slots)
                    for c in collections for s in range(c.shards)}
         slots = sorted(set(slot_of.values()))
-        pipe = svc.redis.pipeline(transaction=False)
-        for slot in slots:
-            pipe.exists(keys.slot_owner(slot))
-        live = {slot for slot, alive in zip(slots, pipe.execute()) if alive}
+        live = slot_leases.live_slots(svc.redis, slots)
     except redis.exceptions.RedisError as exc:
         raise ApiError(503, "unavailable", "Redis does not answer",
                        {"redis": f"unreachable ({type(exc).__name__})"}) from exc

@@ -5,9 +5,14 @@ API waits for its result up to MMSEARCH_SEARCH_TIMEOUT_S (503 after that) and an
 merged hits, `took_ms` being the API's own wall time; a worker error body becomes the HTTP
 error it names. With `?async=1` the id is also a "search" job's id, which the query worker
 finishes with the same body, and the answer is 202 at once.
+
+`?after_job=<job id>` asks for read-your-writes: each shard waits (within the shard deadline)
+until it has applied what that job of this collection logged to it, and the answer carries
+`consistency: {"after_job", "counted", "applied", "met"}`.
 """
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -20,12 +25,13 @@ from api.context import services
 from api.errors import ApiError, HTTP_CODES
 from api.jobs import accepted
 from api.validation import SearchInput, image_source, invalid, parse_search_json, parse_search_multipart
-from shared import jobs, queues, staging
+from shared import jobs, keys, queues, staging
 
 bp = Blueprint("search", __name__, url_prefix="/collections/<name>/search")
 
 STATUS_OF_CODE = {code: status for status, code in HTTP_CODES.items()}
 ASYNC_VALUES = {"1": True, "true": True, "0": False, "false": False}
+JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
 
 
 def _is_async() -> bool:
@@ -33,6 +39,21 @@ def _is_async() -> bool:
     if raw not in ASYNC_VALUES:
         raise invalid("async must be 1 or 0 (true or false)", field="async")
     return ASYNC_VALUES[raw]
+
+
+def _after_job(cid: str) -> str | None:
+    """The `after_job` query parameter: a job of this collection (404 / 400 otherwise)."""
+    job_id = request.args.get("after_job")
+    if job_id is None:
+        return None
+    if not JOB_ID.match(job_id):
+        raise invalid("after_job must be a job id", field="after_job")
+    owner = services().redis.hget(keys.job(job_id), "cid")
+    if owner is None:
+        raise ApiError(404, "not_found", f"job {job_id!r} does not exist (or has expired)", {"job_id": job_id})
+    if owner.decode() != cid:
+        raise invalid(f"job {job_id!r} belongs to another collection", field="after_job")
+    return job_id
 
 
 def _parse() -> SearchInput:
@@ -59,6 +80,7 @@ def search(name: str) -> Response | tuple[Response, int]:
     started = time.perf_counter()
     coll = require_collection(name)
     is_async = _is_async()
+    after_job = _after_job(coll.cid)
     query = _parse()
     svc = services()
     sid = jobs.new_job_id()
@@ -67,6 +89,8 @@ def search(name: str) -> Response | tuple[Response, int]:
         staged = staging.stage(svc.redis, coll.cid, sid, {0: query.image}, svc.settings.staging_ttl_s)[0]
     kwargs = {"collection": name, "cid": coll.cid, "text": query.text, "image": image_source(query.image, staged),
               "k": query.k, "weights": query.weights, "filter": query.filter, "job_id": sid if is_async else None}
+    if after_job:
+        kwargs["after_job"] = after_job
     if is_async:
         jobs.create_job(svc.redis, "search", name, coll.cid, 1, job_id=sid)
     result = svc.celery.send_task(queues.SEARCH, kwargs=kwargs, task_id=sid, queue=queues.QUERY)

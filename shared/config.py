@@ -139,6 +139,10 @@ class Settings:
     rate_limit_window_s: int = 60           # (the S of MMSEARCH_RATE_LIMIT)
     store_thumbnails: bool = True           # MMSEARCH_STORE_THUMBNAILS (collection default)
     snapshot_every: int = 5000              # MMSEARCH_SNAPSHOT_EVERY: log entries between snapshots
+    task_time_limit_s: int = 900            # MMSEARCH_TASK_TIME_LIMIT_S: hard limit of one task (visibility timeout above it)
+    task_max_deliveries: int = 3            # MMSEARCH_TASK_MAX_DELIVERIES: encode task starts before its items fail
+    job_stall_s: float = 600.0              # MMSEARCH_JOB_STALL_S: no progress this long and nothing queued: items fail
+    shard_replicas: int = 0                 # MMSEARCH_SHARD_REPLICAS: read replicas per slot that `mmsearch up` starts
     log_level: str = "INFO"                 # MMSEARCH_LOG_LEVEL
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -185,6 +189,10 @@ class Settings:
             rate_limit_window_s=rate_limit_window_s,
             store_thumbnails=_bool(env, "MMSEARCH_STORE_THUMBNAILS", d.store_thumbnails),
             snapshot_every=max(1, _int(env, "MMSEARCH_SNAPSHOT_EVERY", d.snapshot_every)),
+            task_time_limit_s=max(2, _int(env, "MMSEARCH_TASK_TIME_LIMIT_S", d.task_time_limit_s)),
+            task_max_deliveries=max(1, _int(env, "MMSEARCH_TASK_MAX_DELIVERIES", d.task_max_deliveries)),
+            job_stall_s=max(1.0, _float(env, "MMSEARCH_JOB_STALL_S", d.job_stall_s)),
+            shard_replicas=max(0, _int(env, "MMSEARCH_SHARD_REPLICAS", d.shard_replicas)),
             log_level=_str(env, "MMSEARCH_LOG_LEVEL", d.log_level).upper(),
         )
 

@@ -3,8 +3,13 @@
 An ingest or delete job counts each item once (per-item outcome hash, checked and updated in
 one Lua script, so a redelivered task never double-counts). Its state is derived on read:
 `queued` until a worker starts it, `running` until every item is counted *and* every shard it
-wrote to has applied its entries (so a `succeeded` job's items are searchable), then final.
+wrote to has applied its entries, on its owner and on every live read replica (so a
+`succeeded` job's items are searchable whichever process answers), then final.
 Search jobs (`?async=1`) are written by the query worker with their result.
+
+Every job is also in `mms:jobs:active` until it is seen final, and records `updated_at` at each
+counted item, so the stuck-job reaper (workers.reaper) can find jobs that stopped moving and
+fail their uncounted items with a reason (`fail_uncounted`) instead of leaving them `running`.
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 if redis.call('HSETNX', KEYS[2], ARGV[1], 'failed') == 0 then return 0 end
 redis.call('HINCRBY', KEYS[1], 'failed', 1)
 redis.call('HSETNX', KEYS[1], 'started_at', ARGV[3])
+redis.call('HSET', KEYS[1], 'updated_at', ARGV[3])
 redis.call('RPUSH', KEYS[3], ARGV[2])
 return 1
 """
@@ -40,20 +46,62 @@ def new_job_id() -> str:
 
 
 def create_job(r: redis.Redis, kind: str, collection: str, cid: str, total: int,
-               job_id: str | None = None) -> str:
+               job_id: str | None = None, ids: list[str] | None = None) -> str:
+    """A new job record; `ids` (item ids in index order) lets a reaped item be named."""
     job_id = job_id or new_job_id()
-    r.hset(keys.job(job_id), mapping={
+    created = now()
+    pipe = r.pipeline()
+    pipe.hset(keys.job(job_id), mapping={
         "kind": kind, "collection": collection, "cid": cid, "total": total,
-        "done": 0, "failed": 0, "created_at": now(),
+        "done": 0, "failed": 0, "created_at": created,
     })
+    if ids:
+        pipe.rpush(keys.job_ids(job_id), *ids)
+    pipe.zadd(keys.ACTIVE_JOBS, {job_id: created})
+    pipe.execute()
     return job_id
 
 
 def mark_started(r: redis.Redis, job_id: str) -> None:
-    r.hsetnx(keys.job(job_id), "started_at", now())
+    """A worker started on the job's items: the first start time, and progress for the reaper."""
+    t = now()
+    pipe = r.pipeline()
+    pipe.hsetnx(keys.job(job_id), "started_at", t)
+    pipe.hset(keys.job(job_id), "updated_at", t)
+    pipe.execute()
 
 
-def record_failure(r: redis.Redis, job_id: str, index: int, item_id: str, code: str, message: str) -> bool:
+def last_progress(r: redis.Redis, job_id: str) -> float | None:
+    """When the job last moved (created, started, an item counted); None for an unknown job."""
+    values = r.hmget(keys.job(job_id), "created_at", "started_at", "updated_at", "finished_at")
+    if values[0] is None:
+        return None
+    return max(float(v) for v in values if v is not None)
+
+
+def item_ids(r: redis.Redis, job_id: str) -> list[str | None]:
+    """The item ids the job was created with (empty when it was created without them)."""
+    return [i.decode() for i in r.lrange(keys.job_ids(job_id), 0, -1)]
+
+
+def fail_uncounted(r: redis.Redis, job_id: str, code: str, message: str) -> int:
+    """Count every item of the job that has no outcome yet as failed with `code`; how many."""
+    total = r.hget(keys.job(job_id), "total")
+    if total is None:
+        return 0
+    already = counted(r, job_id)
+    missing = [i for i in range(int(total)) if i not in already]
+    if not missing:
+        return 0
+    ids = item_ids(r, job_id)
+    failed = 0
+    for index in missing:
+        item_id = ids[index] if index < len(ids) else None
+        failed += record_failure(r, job_id, index, item_id, code, message)
+    return failed
+
+
+def record_failure(r: redis.Redis, job_id: str, index: int, item_id: str | None, code: str, message: str) -> bool:
     """Count item `index` as failed (once). False when it was already counted."""
     error = json.dumps({"index": index, "id": item_id, "code": code, "message": message})
     result = r.eval(_RECORD_FAILURE, 3, keys.job(job_id), keys.job_items(job_id),
@@ -93,6 +141,7 @@ def set_search_result(r: redis.Redis, job_id: str, result: dict[str, Any] | None
     pipe.hset(keys.job(job_id), mapping=fields)
     for key in keys.job_keys(job_id):
         pipe.expire(key, ttl_s)
+    pipe.zrem(keys.ACTIVE_JOBS, job_id)
     pipe.execute()
 
 
@@ -119,12 +168,29 @@ def _applied(r: redis.Redis, cid: str, job_id: str) -> bool:
     marks = r.hgetall(keys.job_marks(job_id))
     if not marks:
         return True
+    if not r.sismember(keys.LIVE_CIDS, cid):
+        return True  # the collection was deleted: no shard will apply anything, nothing to wait for
     pipe = r.pipeline()
     shards = [int(s) for s in marks]
     for shard in shards:
-        pipe.hget(keys.shard_state(cid, shard), "applied")
-    applied = pipe.execute()
-    return all(at_least(a, marks[str(s).encode()]) for s, a in zip(shards, applied))
+        pipe.hgetall(keys.shard_state(cid, shard))
+    states = pipe.execute()
+    replicas: list[tuple[str, bytes, bytes]] = []  # (lease key, position, mark) of replica positions
+    for shard, state in zip(shards, states):
+        mark = marks[str(shard).encode()]
+        if not at_least(state.get(b"applied"), mark):
+            return False
+        for field, position in state.items():
+            if field.startswith(b"replica."):  # replica.<slot>.<n>: counts while its lease lives
+                _, slot, n = field.decode().split(".")
+                replicas.append((keys.slot_replica(int(slot), int(n)), position, mark))
+    behind = [lease for lease, position, mark in replicas if not at_least(position, mark)]
+    if not behind:
+        return True
+    pipe = r.pipeline()
+    for lease in behind:
+        pipe.exists(lease)
+    return not any(pipe.execute())
 
 
 def job_view(r: redis.Redis, job_id: str, ttl_s: int) -> dict[str, Any] | None:
@@ -148,6 +214,7 @@ def job_view(r: redis.Redis, job_id: str, ttl_s: int) -> dict[str, Any] | None:
             pipe.hset(keys.job(job_id), mapping={"state": state, "finished_at": now()})
             for key in keys.job_keys(job_id):
                 pipe.expire(key, ttl_s)
+            pipe.zrem(keys.ACTIVE_JOBS, job_id)
             pipe.execute()
             raw = r.hgetall(keys.job(job_id))
     errors = [json.loads(e) for e in r.lrange(keys.job_errors(job_id), 0, 999)]

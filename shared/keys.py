@@ -26,6 +26,25 @@ def slot_owner(slot: int) -> str:
     return f"{PREFIX}:owner:{slot}"
 
 
+def slot_replica(slot: int, n: int) -> str:
+    """Lease of the `n`th read replica of a shard slot (renewed like the owner's)."""
+    return f"{PREFIX}:replica:{slot}:{n}"
+
+
+ACTIVE_JOBS = f"{PREFIX}:jobs:active"          # zset: job id -> created_at, until the reaper sees it final
+REAPER_LOCK = f"{PREFIX}:reaper"               # one stuck-job reaper at a time
+
+
+def deliveries(task_id: str) -> str:
+    """Counter: how many times an encode task has started (poison messages stop at a limit)."""
+    return f"{PREFIX}:deliveries:{task_id}"
+
+
+def search_replies(search_id: str) -> str:
+    """List: the per-shard answers of one search, pushed by the shard workers."""
+    return f"{PREFIX}:replies:{search_id}"
+
+
 def job(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}"
 
@@ -44,8 +63,13 @@ def job_marks(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}:marks"
 
 
+def job_ids(job_id: str) -> str:
+    """List: the item ids of an ingest job in request order (to name items that never ran)."""
+    return f"{PREFIX}:job:{job_id}:ids"
+
+
 def job_keys(job_id: str) -> list[str]:
-    return [job(job_id), job_items(job_id), job_errors(job_id), job_marks(job_id)]
+    return [job(job_id), job_items(job_id), job_errors(job_id), job_marks(job_id), job_ids(job_id)]
 
 
 def staged(cid: str, job_id: str, index: int) -> str:

@@ -27,6 +27,7 @@ local id = redis.call('XADD', KEYS[2], '*', unpack(ARGV, 5))
 redis.call('HSET', KEYS[4], ARGV[3], 'done')
 redis.call('HINCRBY', KEYS[3], 'done', 1)
 redis.call('HSETNX', KEYS[3], 'started_at', ARGV[4])
+redis.call('HSET', KEYS[3], 'updated_at', ARGV[4])
 redis.call('HSET', KEYS[5], ARGV[2], id)
 return id
 """
@@ -98,8 +99,21 @@ def read_entries(r: redis.Redis, positions: dict[str, str], count: int, block_ms
 
 
 def trim_before(r: redis.Redis, cid: str, shard: int, covered_id: str) -> int:
-    """Drop entries strictly older than `covered_id` (which a verified snapshot covers)."""
+    """Drop entries strictly older than `covered_id` (which a verified snapshot covers).
+
+    The shard state's `trimmed` field says so first: a reader (a replica, or an owner whose
+    lease lapsed) whose position is older than it may have missed entries and must reload a
+    snapshot instead of reading on. Written before the trim, so whoever finds entries missing
+    also finds the mark.
+    """
+    r.hset(keys.shard_state(cid, shard), "trimmed", covered_id)
     return r.xtrim(keys.shard_log(cid, shard), minid=covered_id, approximate=False)
+
+
+def trimmed_before(r: redis.Redis, cid: str, shard: int) -> str | None:
+    """The log position before which the shard's entries may have been trimmed (None: never)."""
+    value = r.hget(keys.shard_state(cid, shard), "trimmed")
+    return value.decode() if value else None
 
 
 def delete_logs(r: redis.Redis, cid: str, shards: Iterable[int]) -> None:

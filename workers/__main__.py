@@ -28,7 +28,11 @@ def main(argv: list[str] | None = None) -> None:
     enc = sub.add_parser("encode", help="encode items (queue 'encode')")
     enc.add_argument("-c", "--concurrency", type=int, default=1, help="encode processes")
     shard = sub.add_parser("shard", help="own one shard slot (queue 'shard.<slot>')")
-    shard.add_argument("--slot", type=int, default=None, help="slot to own (default: first free)")
+    shard.add_argument("--slot", type=int, default=None,
+                       help="slot to own or replicate (default: the first free slot; for a replica, "
+                            "the slot with the fewest replicas)")
+    shard.add_argument("--replica", action="store_true",
+                       help="a read replica: follow the slot's logs and answer its searches, never write")
     shard.add_argument("-c", "--concurrency", type=int, default=4, help="search threads")
     query = sub.add_parser("query", help="encode and fan out searches (queue 'query')")
     query.add_argument("-c", "--concurrency", type=int, default=8, help="query threads")
@@ -50,13 +54,17 @@ def main(argv: list[str] | None = None) -> None:
         app.worker_main(["worker", "-Q", queues.ENCODE, "-P", "prefork", "-c", str(args.concurrency),
                          "-n", f"encode-{os.getpid()}@%h", *common])
     elif args.role == "query":
+        from workers.reaper import Reaper
+        from workers.resources import redis_client
+
         warm_up_default_models()  # the thread pool runs in this process
+        Reaper(redis_client(), cfg).start()  # stuck jobs get their items failed (one query worker acts)
         app.worker_main(["worker", "-Q", queues.QUERY, "-P", "threads", "-c", str(args.concurrency),
                          "-n", f"query-{os.getpid()}@%h", *common])
     else:
         from workers import shard as shard_worker
 
-        shard_worker.run(args.slot, args.concurrency)
+        shard_worker.run(args.slot, args.concurrency, replica=args.replica)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,18 @@ One task carries a batch of items of one job. Images are fetched and decoded in 
 pool, encoded in one model batch, fused with their text, and each item is appended to its
 shard's log and counted in its job in one atomic step. A bad item fails alone, with a reason in
 the job's errors; a redelivered task skips the items its job already counted.
+
+Messages are acknowledged late: a worker killed mid-batch leaves its message unacknowledged and
+Redis hands it to a worker again after the visibility timeout (or at once when only the pool
+process died). Each start of a task is counted in Redis by task id; a message that has started
+`MMSEARCH_TASK_MAX_DELIVERIES` times without finishing (a poison batch that kills its worker)
+fails its uncounted items with `retries_exhausted` instead of looping for ever. A batch that
+runs past the soft time limit fails what it has not counted with `timeout`.
+
+Losing Redis mid-batch (a restart) fails nothing: the task rejects its message with requeue
+(or, while Redis is still away, leaves it unacknowledged for the visibility timeout), so the
+batch runs again and skips what was already counted. A task that merely raised would be
+acknowledged as failed and its message gone with its items uncounted.
 """
 from __future__ import annotations
 
@@ -12,8 +24,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
+import redis
+from celery.exceptions import Reject, SoftTimeLimitExceeded
 
-from shared import catalog, jobs, logs, metrics, queues, shardlog, staging
+from shared import catalog, jobs, keys, logs, metrics, queues, shardlog, staging
 from shared.errors import MMSearchError
 from shared.labels import shard_for
 from shared.sources import load_image_bytes
@@ -79,20 +93,55 @@ def _encode_and_log(job_id: str, coll: catalog.Collection, todo: list[dict[str, 
             outcome["done"] += status == shardlog.LOGGED
 
 
-@app.task(name=queues.ENCODE_ITEMS)
-def encode_items(job_id: str, collection: str, cid: str, items: list[dict[str, Any]]) -> dict[str, int]:
+def count_delivery(task_id: str | None) -> int:
+    """This start of the task is its n-th (1 the first time); kept as long as a job."""
+    if not task_id:
+        return 1
+    r, key = redis_client(), keys.deliveries(task_id)
+    pipe = r.pipeline()
+    pipe.incr(key)
+    pipe.expire(key, settings().job_ttl_s)
+    return int(pipe.execute()[0])
+
+
+REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+
+@app.task(name=queues.ENCODE_ITEMS, bind=True)
+def encode_items(self, job_id: str, collection: str, cid: str, items: list[dict[str, Any]]) -> dict[str, int]:
     logs.bind(job_id=job_id)  # every log line of this task names its job
+    try:
+        return _encode_items(self.request.id, job_id, collection, cid, items)
+    except REDIS_DOWN as exc:
+        log.warning("job %s: Redis went away during the batch (%s); handing the message back", job_id, exc)
+        try:  # this start does not count against the delivery limit
+            if self.request.id:
+                redis_client().decr(keys.deliveries(self.request.id))
+        except REDIS_DOWN:
+            pass
+        raise Reject(exc, requeue=True) from exc
+
+
+def _encode_items(task_id: str | None, job_id: str, collection: str, cid: str,
+                  items: list[dict[str, Any]]) -> dict[str, int]:
     r = redis_client()
     coll = catalog.get_collection(r, collection)
     already = jobs.counted(r, job_id)
     todo = [it for it in items if it["index"] not in already]
     staged_keys = [it["image"]["staged"] for it in items if (it.get("image") or {}).get("staged")]
     outcome = {"done": 0, "failed": 0, "skipped": len(items) - len(todo)}
+    delivery = count_delivery(task_id) if todo else 1
+    limit = settings().task_max_deliveries
     refusal = None
     if coll is None or coll.cid != cid:
         refusal = ("not_found", f"collection {collection!r} no longer exists")
     elif jobs.is_cancelled(r, job_id):
         refusal = ("cancelled", "the job was cancelled before this item ran")
+    elif delivery > limit:
+        log.error("job %s: task %s started %d times (limit %d); failing its items", job_id, task_id,
+                  delivery, limit)
+        refusal = ("retries_exhausted", f"the batch holding this item was started {delivery - 1} times and its "
+                   "worker never finished it (MMSEARCH_TASK_MAX_DELIVERIES)")
     if refusal is not None:
         for item in todo:
             _fail(job_id, item, *refusal)
@@ -101,13 +150,21 @@ def encode_items(job_id: str, collection: str, cid: str, items: list[dict[str, A
         jobs.mark_started(r, job_id)
         try:
             _encode_and_log(job_id, coll, todo, outcome)
-        except Exception:
+        except REDIS_DOWN:
+            raise  # nothing is failed for that: the batch runs again
+        except Exception as exc:
             # Never leave items uncounted (the job would stay running): fail what is left.
-            log.exception("job %s: encoding a batch failed", job_id)
+            timeout = isinstance(exc, SoftTimeLimitExceeded)
+            log.exception("job %s: encoding a batch %s", job_id, "ran out of time" if timeout else "failed")
             left = [it for it in todo if it["index"] not in jobs.counted(r, job_id)]
             for item in left:
-                _fail(job_id, item, "internal", "encoding failed on the worker; see its log")
+                if timeout:
+                    _fail(job_id, item, "timeout", "encoding the batch took longer than MMSEARCH_TASK_TIME_LIMIT_S")
+                else:
+                    _fail(job_id, item, "internal", "encoding failed on the worker; see its log")
             outcome["failed"] += len(left)
     staging.release(r, staged_keys)
+    if task_id:
+        r.delete(keys.deliveries(task_id))
     log.info("job %s: %s", job_id, outcome)
     return outcome

@@ -1,8 +1,18 @@
-"""A renewed lease on a shard slot, so that each slot has exactly one owner at a time.
+"""Renewed leases on shard slots: one owner per slot, and any number of read replicas.
 
 The owner holds `mms:owner:<slot>` with a short expiry and renews it every second; a killed
 owner's lease lapses within `LEASE_MS` and a restarted (or standby) process takes it over. An
 owner that finds its lease taken by someone else stops at once rather than write beside them.
+
+While Redis is unreachable nothing can be renewed: `held()` turns false `LEASE_MS` after the
+last successful renewal, and the owner stops writing (no snapshots, no log trims, no published
+positions) until it renews again; it keeps answering searches from memory. When Redis is back
+(e.g. restarted from its AOF, where the lease has expired meanwhile) the owner takes its
+expired lease back if nobody else took the slot, else it exits.
+
+A read replica holds `mms:replica:<slot>:<n>` (the first free n) the same way, so the API and
+the query workers see the slot served while its owner is down; a replica never exits over its
+lease, it takes another free replica lease of its slot.
 """
 from __future__ import annotations
 
@@ -16,48 +26,115 @@ import uuid
 import redis
 
 from shared import keys
+from shared.slots import MAX_REPLICAS
 
 log = logging.getLogger(__name__)
 
 LEASE_MS = 5000
 RENEW_S = 1.0
 
+# 1: renewed; 2: had expired and nobody held it, taken back; 0: someone else holds it.
 _RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 2
 end
 return 0
 """
 
+_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+
 
 class SlotLease:
-    def __init__(self, r: redis.Redis, slot: int) -> None:
+    """The owner's lease on a slot (or, as `ReplicaLease`, a replica's)."""
+
+    role = "owner"
+
+    def __init__(self, r: redis.Redis, slot: int, key: str | None = None) -> None:
         self.r = r
         self.slot = slot
+        self.key = key or keys.slot_owner(slot)
         self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._stop = threading.Event()
+        self._valid_until = 0.0
+        self._unreachable = False
+        self.retaken = 0  # times the lease was taken back after it had lapsed
 
     def try_acquire(self) -> bool:
-        return bool(self.r.set(keys.slot_owner(self.slot), self.token, nx=True, px=LEASE_MS))
+        sent = time.monotonic()
+        if self.r.set(self.key, self.token, nx=True, px=LEASE_MS):
+            self._valid_until = sent + LEASE_MS / 1000
+            return True
+        return False
+
+    def held(self) -> bool:
+        """True while the lease is certainly ours: renewed less than LEASE_MS ago."""
+        return time.monotonic() < self._valid_until
+
+    def renew(self) -> bool:
+        """One renewal; False when Redis did not answer. Calls `lost()` when another holds it."""
+        sent = time.monotonic()
+        try:
+            result = self.r.eval(_RENEW, 1, self.key, self.token, LEASE_MS)
+        except redis.exceptions.RedisError as exc:
+            if not self._unreachable:
+                log.warning("slot %d: cannot renew the %s lease (%s); %s", self.slot, self.role, exc,
+                            "still held" if self.held() else "lapsed")
+            self._unreachable = True
+            return False
+        if self._unreachable:
+            log.info("slot %d: Redis answers again", self.slot)
+            self._unreachable = False
+        if result in (1, 2):
+            if result == 2:
+                self.retaken += 1
+                log.warning("slot %d: the %s lease had lapsed (Redis unreachable?); taken back", self.slot, self.role)
+            self._valid_until = sent + LEASE_MS / 1000
+            return True
+        self._valid_until = 0.0
+        self.lost()
+        return True
+
+    def lost(self) -> None:
+        log.critical("slot %d: lease lost to another owner; exiting", self.slot)
+        os._exit(3)
 
     def _renew_forever(self) -> None:
         while not self._stop.wait(RENEW_S):
-            try:
-                held = self.r.eval(_RENEW, 1, keys.slot_owner(self.slot), self.token, LEASE_MS)
-            except redis.exceptions.RedisError as exc:
-                log.warning("slot %d: cannot renew the lease (%s)", self.slot, exc)
-                continue
-            if not held:
-                log.critical("slot %d: lease lost to another owner; exiting", self.slot)
-                os._exit(3)
+            self.renew()
 
     def start_renewing(self) -> None:
         threading.Thread(target=self._renew_forever, name=f"lease-{self.slot}", daemon=True).start()
 
     def release(self) -> None:
         self._stop.set()
-        self.r.eval("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
-                    1, keys.slot_owner(self.slot), self.token)
+        self._valid_until = 0.0
+        try:
+            self.r.eval(_RELEASE, 1, self.key, self.token)
+        except redis.exceptions.RedisError as exc:  # it lapses by itself
+            log.warning("slot %d: could not release the %s lease (%s)", self.slot, self.role, exc)
+
+
+class ReplicaLease(SlotLease):
+    """A read replica's lease; losing it means taking another free replica lease of the slot."""
+
+    role = "replica"
+
+    def lost(self) -> None:
+        for n in range(MAX_REPLICAS):
+            key = keys.slot_replica(self.slot, n)
+            sent = time.monotonic()
+            if self.r.set(key, self.token, nx=True, px=LEASE_MS):
+                log.warning("slot %d: replica lease %s was taken; now holding %s", self.slot, self.key, key)
+                self.key = key
+                self._valid_until = sent + LEASE_MS / 1000
+                return
+        log.error("slot %d: no free replica lease (at most %d replicas per slot)", self.slot, MAX_REPLICAS)
 
 
 def claim_slot(r: redis.Redis, slots: int, wanted: int | None = None, poll_s: float = 0.5) -> SlotLease:
@@ -72,5 +149,23 @@ def claim_slot(r: redis.Redis, slots: int, wanted: int | None = None, poll_s: fl
                 return lease
         if not announced:
             log.info("no free shard slot among %s; waiting for one", candidates)
+            announced = True
+        time.sleep(poll_s)
+
+
+def claim_replica(r: redis.Redis, slots: int, wanted: int | None = None, poll_s: float = 0.5) -> ReplicaLease:
+    """Take a replica lease on slot `wanted`, or on the slot with the fewest replicas (the
+    first free replica number n, slots in order for each n)."""
+    candidates = [wanted] if wanted is not None else list(range(slots))
+    announced = False
+    while True:
+        for n in range(MAX_REPLICAS):
+            for slot in candidates:
+                lease = ReplicaLease(r, slot, keys.slot_replica(slot, n))
+                if lease.try_acquire():
+                    lease.start_renewing()
+                    return lease
+        if not announced:
+            log.info("every replica lease of slots %s is taken; waiting for one", candidates)
             announced = True
         time.sleep(poll_s)

@@ -7,6 +7,17 @@ applied position and item count to Redis, and snapshots to `MMSEARCH_DATA_DIR/sh
 On start it loads the newest verified snapshot (falling back to the previous one) and replays
 the log after it. The log is trimmed only up to the position the *previous* snapshot covers,
 so that fallback always has the entries it needs.
+
+A shard whose log was trimmed (the shard state's `trimmed` mark) but that has no verified
+snapshot cannot be rebuilt: it is refused loudly (searches report it as not answered) rather
+than served with items missing, until a snapshot appears. A reader whose position is older
+than the trim mark (a replica that fell behind, an owner whose lease lapsed while another took
+the slot) reloads the newest snapshot instead of reading on past the gap.
+
+With `replica=True` the same class follows the logs as a read replica: it loads the owner's
+snapshots from the same data directory and applies the logs, but never writes a snapshot,
+trims a log, publishes a position or removes a directory. With a `lease`, an owner writes
+(snapshots, trims, published positions) only while the lease is certainly held.
 """
 from __future__ import annotations
 
@@ -26,12 +37,14 @@ from shared.config import Settings
 from shared.errors import SnapshotError
 from shared.queues import slot_for_shard
 from shared.shard_index import ItemRecord, ShardIndex
+from shared.streamids import at_least
 
 log = logging.getLogger(__name__)
 
 APPLY_BATCH = 256
 IDLE_SNAPSHOT_S = 2.0
 REFRESH_S = 1.0
+RETRY_REFUSED_S = 30.0  # a shard that could not be rebuilt is tried again this often
 SNAPSHOT, PREVIOUS = "snapshot.bin", "snapshot.prev.bin"
 
 ShardKey = tuple[str, int]
@@ -48,16 +61,30 @@ class ShardState:
         self.last_write = 0.0
 
 
+class Unrecoverable(Exception):
+    """The shard's log was trimmed and no verified snapshot covers the trimmed part."""
+
+
 class ShardOwner:
-    def __init__(self, slot: int, settings: Settings, r: redis.Redis) -> None:
+    def __init__(self, slot: int, settings: Settings, r: redis.Redis, *, replica: bool = False,
+                 lease=None) -> None:
         self.slot = slot
         self.settings = settings
         self.r = r
+        self.replica = replica
+        self.lease = lease  # a workers.lease.SlotLease; None: writes are always allowed (tests)
         self.shards: dict[ShardKey, ShardState] = {}
         self.collections: dict[str, Collection] = {}
+        self.refused: dict[ShardKey, tuple[str, float]] = {}  # shards that cannot be served: why, since
+        self.reloads = 0  # snapshot reloads after finding the log trimmed past the position
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.caught_up = threading.Event()  # set once the logs were read to their end after start
+
+    def may_write(self) -> bool:
+        """Snapshots, trims and published positions: only an owner that holds its lease."""
+        return not self.replica and (self.lease is None or self.lease.held())
 
     # -- ownership and loading -------------------------------------------------------------
     def owns(self, shard: int) -> bool:
@@ -67,21 +94,45 @@ class ShardOwner:
         return self.settings.data_dir / "shards" / cid / str(shard)
 
     def _load(self, coll: Collection, shard: int) -> ShardState:
+        """The newest verified snapshot that the log can continue, else an empty index when the
+        log was never trimmed; Unrecoverable otherwise."""
         directory = self.shard_dir(coll.cid, shard)
-        directory.mkdir(parents=True, exist_ok=True)
+        if not self.replica:
+            directory.mkdir(parents=True, exist_ok=True)
+        trimmed = shardlog.trimmed_before(self.r, coll.cid, shard)
         for name in (SNAPSHOT, PREVIOUS):
             path = directory / name
             if not path.exists():
                 continue
             try:
                 index, position = ShardIndex.load(path)
-                log.info("shard %s/%d: loaded %s (%d items, log position %s)",
-                         coll.name, shard, name, len(index), position)
-                return ShardState(directory, index, position)
             except SnapshotError as exc:
                 log.error("shard %s/%d: refusing %s: %s", coll.name, shard, name, exc)
+                continue
+            if trimmed and not at_least(position, trimmed):
+                log.error("shard %s/%d: %s covers the log up to %s but the log was trimmed up to %s",
+                          coll.name, shard, name, position, trimmed)
+                continue
+            log.info("shard %s/%d: loaded %s (%d items, log position %s)%s",
+                     coll.name, shard, name, len(index), position, " as a replica" if self.replica else "")
+            return ShardState(directory, index, position)
+        if trimmed:
+            raise Unrecoverable(f"the log of shard {coll.name}/{shard} was trimmed up to {trimmed} and no "
+                                f"verified snapshot in {directory} covers it")
         dim = coll.dims["image"] + coll.dims["text"]
         return ShardState(directory, ShardIndex(dim), "0-0")
+
+    def _try_load(self, coll: Collection, shard: int) -> ShardState | None:
+        key = (coll.cid, shard)
+        try:
+            state = self._load(coll, shard)
+        except Unrecoverable as exc:
+            if self.refused.get(key, ("",))[0] != str(exc):
+                log.critical("slot %d: not serving shard: %s", self.slot, exc)
+            self.refused[key] = (str(exc), time.monotonic())
+            return None
+        self.refused.pop(key, None)
+        return state
 
     def refresh(self) -> None:
         """Pick up new collections, drop deleted ones."""
@@ -91,12 +142,22 @@ class ShardOwner:
             for cid, coll in live.items():
                 for shard in range(coll.shards):
                     if self.owns(shard) and (cid, shard) not in self.shards:
-                        self.shards[(cid, shard)] = self._load(coll, shard)
-                        self._publish((cid, shard))
+                        refused = self.refused.get((cid, shard))
+                        if refused and time.monotonic() - refused[1] < RETRY_REFUSED_S:
+                            continue
+                        state = self._try_load(coll, shard)
+                        if state is not None:
+                            self.shards[(cid, shard)] = state
+                            self._publish((cid, shard))
             for key in [k for k in self.shards if k[0] not in live]:
                 state = self.shards.pop(key)
-                shutil.rmtree(state.directory, ignore_errors=True)
+                if not self.replica:
+                    shutil.rmtree(state.directory, ignore_errors=True)
                 log.info("dropped shard %s/%d of a deleted collection", *key)
+            for key in [k for k in self.refused if k[0] not in live]:
+                self.refused.pop(key)
+        if self.replica:
+            return
         # Snapshots of collections deleted while no owner was running.
         for cid_dir in (self.settings.data_dir / "shards").glob("*"):
             if cid_dir.name not in live:
@@ -104,15 +165,52 @@ class ShardOwner:
 
     def get(self, cid: str, shard: int) -> ShardState | None:
         state = self.shards.get((cid, shard))
-        if state is None:
+        if state is None and (cid, shard) not in self.refused:
             self.refresh()
             state = self.shards.get((cid, shard))
         return state
 
     # -- applying the log ------------------------------------------------------------------
+    def replica_field(self) -> str:
+        """The shard-state field where this replica publishes its position: `replica.<slot>.<n>`
+        (n from its lease), so that a job is final only once every live replica applied it."""
+        n = self.lease.key.rsplit(":", 1)[1] if self.lease is not None else "0"
+        return f"replica.{self.slot}.{n}"
+
     def _publish(self, key: ShardKey) -> None:
         state = self.shards[key]
+        if self.replica:
+            if self.lease is None or self.lease.held():
+                self.r.hset(keys.shard_state(*key), self.replica_field(), state.position)
+            return
+        if not self.may_write():
+            return
         self.r.hset(keys.shard_state(*key), mapping={"applied": state.position, "count": len(state.index)})
+
+    def unpublish(self) -> None:
+        """A replica that stops removes its positions (a lapsed lease would make them ignored anyway)."""
+        if not self.replica:
+            return
+        field = self.replica_field()
+        pipe = self.r.pipeline(transaction=False)
+        for key in list(self.shards):
+            pipe.hdel(keys.shard_state(*key), field)
+        pipe.execute()
+
+    def _reload(self, key: ShardKey) -> None:
+        """The log was trimmed past this shard's position: start again from the newest snapshot."""
+        coll = self.collections.get(key[0])
+        if coll is None:
+            return
+        self.reloads += 1
+        log.warning("slot %d: shard %s/%d fell behind the trimmed log; reloading its snapshot",
+                    self.slot, coll.name, key[1])
+        state = self._try_load(coll, key[1])
+        with self._lock:
+            if state is None:
+                self.shards.pop(key, None)
+            else:
+                self.shards[key] = state
 
     def _apply(self, key: ShardKey, entries: list[tuple[str, shardlog.LogEntry]]) -> None:
         state = self.shards[key]
@@ -136,16 +234,27 @@ class ShardOwner:
             state.last_write = time.monotonic()
             self._publish(key)
 
-    def step(self, block_ms: int = 200) -> int:
-        """Apply what the logs hold beyond each shard's position; returns entries applied."""
+    def step(self, block_ms: int | None = 200) -> int:
+        """Apply what the logs hold beyond each shard's position; returns the entries handled
+        (0: every shard is at the end of its log)."""
         with self._lock:
             current = list(self.shards.items())
         positions = {keys.shard_log(*k): s.position for k, s in current}
         by_stream = {keys.shard_log(*k): k for k, _ in current}
         applied = 0
-        for stream, entries in shardlog.read_entries(self.r, positions, APPLY_BATCH * 4, block_ms):
-            key = by_stream.get(stream)
-            if key is None or key not in self.shards:
+        replies = shardlog.read_entries(self.r, positions, APPLY_BATCH * 4, block_ms)
+        read = [(by_stream.get(stream), entries) for stream, entries in replies]
+        read = [(key, entries) for key, entries in read if key is not None and key in self.shards]
+        if read:
+            # Marked before any trim: a position older than the mark may have skipped entries.
+            pipe = self.r.pipeline(transaction=False)
+            for key, _ in read:
+                pipe.hget(keys.shard_state(*key), "trimmed")
+            marks = pipe.execute()
+        for (key, entries), mark in zip(read, marks if read else []):
+            if mark and not at_least(positions[keys.shard_log(*key)], mark):
+                self._reload(key)
+                applied += len(entries)  # superseded by the snapshot: progress all the same
                 continue
             self._apply(key, entries)
             applied += len(entries)
@@ -153,6 +262,8 @@ class ShardOwner:
 
     # -- snapshots -------------------------------------------------------------------------
     def snapshot(self, key: ShardKey) -> None:
+        if not self.may_write():
+            return
         state = self.shards[key]
         current, previous = state.directory / SNAPSHOT, state.directory / PREVIOUS
         older_position = None
@@ -164,7 +275,7 @@ class ShardOwner:
                 older_position = None
         state.index.save(current, state.position)
         state.unsaved = 0
-        if older_position:
+        if older_position and self.may_write():
             shardlog.trim_before(self.r, key[0], key[1], older_position)
 
     def snapshot_due(self) -> None:
@@ -190,11 +301,13 @@ class ShardOwner:
                     self.refresh()
                     last_refresh = time.monotonic()
                 if not self.shards:
+                    self.caught_up.set()
                     self._stop.wait(0.2)
                     continue
-                self.step()
+                if not self.step(block_ms=200 if self.caught_up.is_set() else None):
+                    self.caught_up.set()
                 self.snapshot_due()
-            except redis.exceptions.ConnectionError as exc:
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
                 log.warning("slot %d: Redis unreachable (%s); retrying", self.slot, exc)
                 self._stop.wait(1.0)
             except Exception:  # keep applying; one bad entry must not stop the shard
@@ -207,7 +320,12 @@ class ShardOwner:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop applying and, as an owner, snapshot every shard with unsaved entries."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
-        self.snapshot_all()
+        try:
+            self.snapshot_all()
+            self.unpublish()
+        except redis.exceptions.RedisError as exc:  # the snapshots are written; only the trim failed
+            log.warning("slot %d: snapshots on stop could not trim the logs (%s)", self.slot, exc)

@@ -1,9 +1,11 @@
 """Runs the whole stack on one machine from the Procfile (what `make up` starts).
 
-Each Procfile role runs as its own process group (shard workers `MMSEARCH_SHARDS` times); the
-embedded Redis is started first and waited for when no `REDIS_URL` is set. Ctrl-C (or SIGTERM)
-stops the workers gracefully, then Redis. The end-to-end tests drive the same class to start,
-kill and restart single processes.
+Each Procfile role runs as its own process group (shard workers `MMSEARCH_SHARDS` times, and
+`MMSEARCH_SHARD_REPLICAS` read replicas per slot); the embedded Redis is started first and
+waited for when no `REDIS_URL` is set. Ctrl-C (or SIGTERM) stops the workers gracefully (SIGTERM
+to each process, whose Celery warm shutdown finishes the task in hand; a shard owner snapshots),
+then Redis, so the next start loads what this one had. The end-to-end tests drive the same class
+to start, kill and restart single processes.
 """
 from __future__ import annotations
 
@@ -23,6 +25,8 @@ from shared.logs import setup_logging
 ROOT = Path(__file__).resolve().parent.parent
 PROCFILE = ROOT / "Procfile"
 WORKER_ROLES = ("api", "encode", "shard", "query")
+# Roles the Procfile does not list (honcho would start one of each by default).
+EXTRA_ROLES = {"replica": "python -m workers shard --replica"}
 
 
 def read_procfile(path: Path = PROCFILE) -> dict[str, str]:
@@ -42,7 +46,7 @@ class Stack:
         # The Procfile's `python`/`gunicorn` are this interpreter's.
         self.env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{self.env.get('PATH', '')}"
         self.settings = Settings.from_env(self.env)
-        self.roles = read_procfile()
+        self.roles = {**EXTRA_ROLES, **read_procfile()}
         self.log_dir = log_dir
         self.procs: dict[str, subprocess.Popen] = {}
 
@@ -66,6 +70,7 @@ class Stack:
     def names(self) -> list[str]:
         names = ["api", "encode", "query"]
         names += [f"shard.{i + 1}" for i in range(self.settings.shard_slots)]
+        names += [f"replica.{i + 1}" for i in range(self.settings.shard_slots * self.settings.shard_replicas)]
         return names
 
     def start(self) -> None:
@@ -81,10 +86,15 @@ class Stack:
         for name in self.names():
             self.start_process(name)
 
-    def signal(self, name: str, sig: int = signal.SIGKILL) -> None:
+    def signal(self, name: str, sig: int = signal.SIGKILL, group: bool = True) -> None:
+        """Send `sig` to the process `name` (with `group`, to every process of its group: a
+        SIGKILL then takes the Celery pool processes too, as a machine crash would)."""
         proc = self.procs[name]
         try:
-            os.killpg(proc.pid, sig)
+            if group:
+                os.killpg(proc.pid, sig)
+            else:
+                os.kill(proc.pid, sig)
         except ProcessLookupError:
             pass
         if sig == signal.SIGKILL:
@@ -113,12 +123,16 @@ class Stack:
         raise TimeoutError(f"the stack was not ready within {timeout_s}s")
 
     def stop(self, timeout_s: float = 20.0) -> None:
-        """SIGTERM every worker (then Redis last), SIGKILL what is left after the timeout."""
+        """SIGTERM every worker (then Redis last), SIGKILL what is left after the timeout.
+
+        SIGTERM goes to each process itself, not its group: a Celery worker's main process then
+        waits for its pool to finish the task in hand (warm shutdown) instead of losing the pool
+        process to the signal first."""
         order = [n for n in self.procs if n != "redis"] + (["redis"] if "redis" in self.procs else [])
         for group in ([n for n in order if n != "redis"], ["redis"]):
             for name in group:
                 if name in self.procs and self.procs[name].poll() is None:
-                    self.signal(name, signal.SIGTERM)
+                    self.signal(name, signal.SIGTERM, group=False)
             deadline = time.monotonic() + timeout_s
             for name in group:
                 if name not in self.procs:
