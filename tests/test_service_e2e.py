@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import signal
 import time
 
@@ -14,8 +13,7 @@ import pytest
 import requests
 
 from bench.photos import all_photos
-from tests.conftest import free_port
-from workers.stack import Stack
+from tests.conftest import running_stack
 
 pytestmark = pytest.mark.slow
 
@@ -43,19 +41,8 @@ def recompressed_crop(data: bytes) -> bytes:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("mmsearch-data")
-    env = dict(os.environ)
-    env.pop("REDIS_URL", None)
-    env.update({"MMSEARCH_DATA_DIR": str(data_dir), "MMSEARCH_PORT": str(free_port()),
-                "MMSEARCH_REDIS_PORT": str(free_port()), "MMSEARCH_SHARDS": "2",
-                "MMSEARCH_DEFAULT_COLLECTION_SHARDS": "3", "MMSEARCH_SEARCH_TIMEOUT_S": "30",
-                "MMSEARCH_LOG_LEVEL": "INFO"})
-    st = Stack(env, log_dir=data_dir / "logs")
-    try:
-        st.start()
-        st.wait_ready(timeout_s=180)
+    with running_stack(data_dir, MMSEARCH_DEFAULT_COLLECTION_SHARDS="3") as st:
         yield st
-    finally:
-        st.stop()
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ import os
 import re
 import shutil
 import time
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -27,8 +26,8 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.photos import all_photos
-from tests.conftest import free_port
-from workers.stack import ROOT, Stack
+from tests.conftest import running_stack
+from workers.stack import ROOT
 
 KEY = "web-test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -97,19 +96,9 @@ def recompressed_crop(data: bytes) -> bytes:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("mmsearch-web")
-    env = dict(os.environ)
-    env.pop("REDIS_URL", None)
-    env.update({"MMSEARCH_DATA_DIR": str(data_dir), "MMSEARCH_PORT": str(free_port()),
-                "MMSEARCH_REDIS_PORT": str(free_port()), "MMSEARCH_SHARDS": "2",
-                "MMSEARCH_DEFAULT_COLLECTION_SHARDS": "2", "MMSEARCH_SEARCH_TIMEOUT_S": "30",
-                "MMSEARCH_API_KEYS": KEY, "MMSEARCH_LOG_FORMAT": "json", "MMSEARCH_LOG_LEVEL": "INFO"})
-    st = Stack(env, log_dir=data_dir / "logs")
-    try:
-        st.start()
-        st.wait_ready(timeout_s=180)
+    with running_stack(data_dir, MMSEARCH_DEFAULT_COLLECTION_SHARDS="2", MMSEARCH_API_KEYS=KEY,
+                       MMSEARCH_LOG_FORMAT="json") as st:
         yield st
-    finally:
-        st.stop()
 
 
 def wait_job(base: str, job_id: str, timeout_s: float = 180) -> dict:
