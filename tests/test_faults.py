@@ -271,3 +271,410 @@ def test_a_trimmed_log_without_a_snapshot_is_refused_not_served_partially(shard_
     drain(again)
     assert again.get(coll.cid, 0) is None
     assert "trimmed" in again.refused[(coll.cid, 0)][0]
+
+
+# ==============================================================================================
+# Stack level: the real processes, killed with SIGKILL while work is in flight.
+#
+# Most items come through the bulk-vector path (bench.bulk: fused vectors appended to the shard
+# logs under ordinary ingest jobs, from this test process); real photos come through the API
+# and the encode worker. Bulk items have no image to search with, so "found by its own vector"
+# sends `mmsearch.shard_search` with the item's vector straight to its shard's queue (answered
+# by the owner or a replica, whichever takes it): the test-only path.
+# ==============================================================================================
+
+import base64
+import json
+import os
+import random
+import re
+import signal
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import redis as redis_lib
+import requests
+
+from bench.bulk import bulk_insert, synthetic_vectors
+from bench.photos import all_photos
+from shared.embedded_redis import wait_until_up
+from shared.labels import shard_for
+from shared.serializers import vector_to_b64
+from tests.conftest import free_port
+from workers.stack import Stack
+
+FAULT_SEED = int(os.environ.get("MMSEARCH_FAULT_SEED", "7"))
+BULK_JOBS, BULK_PER_JOB = 30, 100      # 3000 items through the bulk-vector path
+COPIES = 3                             # each real photo ingested 3 times under distinct ids
+SHARDS = 4
+FINAL = ("succeeded", "completed_with_errors", "failed", "cancelled")
+KILLS = ["shard", "shard", "replica", "encode", "encode", "query", "redis"]
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+class FaultStack:
+    """The stack, its Redis, and what the ingest put in (filled by the first test)."""
+
+    def __init__(self, stack: Stack, env: dict[str, str]) -> None:
+        self.stack = stack
+        self.env = env
+        self.port = int(env["MMSEARCH_REDIS_PORT"])
+        self.api = f"{stack.api_url}/v1"
+        self.r = redis_lib.Redis(host="127.0.0.1", port=self.port, socket_timeout=30)
+        self.celery = make_celery(stack.settings.with_overrides({"redis_url": f"redis://127.0.0.1:{self.port}/0"}))
+        self.vectors: dict[str, np.ndarray] = {}   # bulk item id -> its vector
+        self.photo_ids: dict[str, list[str]] = {}  # photo name -> the ids of its copies
+        self.jobs: list[str] = []
+        self.kills: dict[str, int] = {}
+        self.coll: catalog.Collection | None = None
+
+    # -- processes -------------------------------------------------------------------------
+    def slot_of(self, name: str) -> int | None:
+        """The slot whose owner or replica lease the process `name` holds now."""
+        pid = self.stack.procs[name].pid
+        for slot in range(self.stack.settings.shard_slots):
+            for key in slots.liveness_keys(slot):
+                token = self.r.get(key)
+                if token and token.decode().split(":")[1] == str(pid):
+                    return slot
+        return None
+
+    def holder(self, role: str, slot: int) -> str:
+        names = [n for n in self.stack.procs if n.startswith(role + ".")]
+        return next(n for n in names if self.slot_of(n) == slot)
+
+    def wait_serving(self, name: str, timeout_s: float) -> None:
+        """Until the shard process `name` holds a lease and has replayed the logs (its log says so)."""
+        deadline = time.monotonic() + timeout_s
+        log_file = self.stack.log_dir / f"{name}.log"
+        pid = self.stack.procs[name].pid
+        while not (self.slot_of(name) is not None and
+                   re.search(rf"\[{pid}\] workers\.shard: slot \d+: caught up", log_file.read_text())):
+            assert self.stack.procs[name].poll() is None, f"{name} exited"
+            assert time.monotonic() < deadline, f"{name} did not come back within {timeout_s} s"
+            time.sleep(0.2)
+
+    def kill(self, name: str) -> None:
+        self.stack.signal(name, signal.SIGKILL)
+        kind = name.split(".")[0]
+        self.kills[kind] = self.kills.get(kind, 0) + 1
+
+    def restart(self, name: str) -> None:
+        proc = self.stack.start_process(name)
+        if name == "redis":
+            wait_until_up(self.port, timeout_s=60, proc=proc)
+
+    # -- API -------------------------------------------------------------------------------
+    def call(self, method: str, path: str, retry_s: float = 60, **kw):
+        """An API call, retried through 503s and refused connections (Redis restarts)."""
+        deadline = time.monotonic() + retry_s
+        while True:
+            try:
+                resp = requests.request(method, self.api + path, timeout=60, **kw)
+                if resp.status_code != 503 or time.monotonic() > deadline:
+                    return resp
+            except requests.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+            time.sleep(0.5)
+
+    def job(self, job_id: str) -> dict:
+        return self.call("GET", f"/jobs/{job_id}").json()
+
+    def wait_final(self, job_ids: list[str], timeout_s: float) -> dict[str, dict]:
+        deadline = time.monotonic() + timeout_s
+        views: dict[str, dict] = {}
+        while True:
+            for job_id in job_ids:
+                if views.get(job_id, {}).get("state") not in FINAL:
+                    views[job_id] = self.job(job_id)
+            open_jobs = [j for j in job_ids if views[j]["state"] not in FINAL]
+            if not open_jobs:
+                return views
+            assert time.monotonic() < deadline, f"jobs not final: {[views[j] for j in open_jobs[:3]]}"
+            time.sleep(1.0)
+
+    # -- checks ----------------------------------------------------------------------------
+    def get_items(self, ids: list[str]) -> dict[str, int]:
+        """HTTP status of GET item for each id (16 at a time)."""
+        def get(item_id: str) -> tuple[str, int]:
+            return item_id, self.call("GET", f"/collections/faults/items/{item_id}").status_code
+        with ThreadPoolExecutor(16) as pool:
+            return dict(pool.map(get, ids))
+
+    def top_hits_by_vector(self, ids: list[str], timeout_s: float = 60) -> dict[str, tuple[str, float] | None]:
+        """Each bulk item's top hit on its own shard, searched with its own vector (test-only path)."""
+        coll, slots_n = self.coll, self.stack.settings.shard_slots
+        run = uuid.uuid4().hex[:8]
+        reply = {item_id: keys.search_replies(f"fault-{run}-{item_id}") for item_id in ids}
+        for item_id in ids:
+            shard = shard_for(item_id, coll.shards)
+            message = {"vector": vector_to_b64(self.vectors[item_id]), "image_dim": coll.dims["image"],
+                       "image": None, "text": None, "weights": {}}
+            self.celery.send_task(queues.SHARD_SEARCH, queue=queues.shard_queue(queues.slot_for_shard(shard, slots_n)),
+                                  ignore_result=True, kwargs={"cid": coll.cid, "shard": shard, "query": message,
+                                                              "k": 1, "reply_to": reply[item_id]})
+        found: dict[str, tuple[str, float] | None] = {}
+        deadline = time.monotonic() + timeout_s
+        while len(found) < len(ids) and time.monotonic() < deadline:
+            waiting = [i for i in ids if i not in found]
+            pipe = self.r.pipeline(transaction=False)
+            for item_id in waiting:
+                pipe.lpop(reply[item_id])
+            for item_id, raw in zip(waiting, pipe.execute()):
+                if raw is not None:
+                    hits = json.loads(raw)["hits"]
+                    found[item_id] = (hits[0]["id"], hits[0]["score"]) if hits else None
+            time.sleep(0.2)
+        return found
+
+
+@pytest.fixture(scope="module")
+def faults(tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("mmsearch-faults")
+    env = dict(os.environ)
+    env.pop("REDIS_URL", None)
+    env.update({"MMSEARCH_DATA_DIR": str(data_dir), "MMSEARCH_PORT": str(free_port()),
+                "MMSEARCH_REDIS_PORT": str(free_port()), "MMSEARCH_SHARDS": "2", "MMSEARCH_SHARD_REPLICAS": "1",
+                "MMSEARCH_TASK_TIME_LIMIT_S": "10", "MMSEARCH_TASK_MAX_DELIVERIES": "6",
+                "MMSEARCH_JOB_STALL_S": "120", "MMSEARCH_SNAPSHOT_EVERY": "300",
+                "MMSEARCH_SHARD_TIMEOUT_S": "3", "MMSEARCH_SEARCH_TIMEOUT_S": "20", "MMSEARCH_LOG_LEVEL": "INFO"})
+    stack = Stack(env, log_dir=data_dir / "logs")
+    fs = FaultStack(stack, env)
+    try:
+        stack.start()
+        stack.wait_ready(timeout_s=180)
+        yield fs
+    finally:
+        fs.stack.stop()
+
+
+def _bulk_ingest(fs: FaultStack, stop_at: float, errors: list[BaseException]) -> None:
+    """BULK_JOBS bulk jobs, spread until `stop_at`; a Redis restart makes a job resume by its id."""
+    try:
+        r = redis_lib.Redis(host="127.0.0.1", port=fs.port, socket_timeout=30)
+        dims = fs.coll.dims
+        pause = max(0.1, (stop_at - time.monotonic()) / BULK_JOBS)
+        for j in range(BULK_JOBS):
+            ids = [f"bulk-{j}-{i}" for i in range(BULK_PER_JOB)]
+            vectors = synthetic_vectors(BULK_PER_JOB, dims["image"], dims["text"], seed=1000 + j, clusters=50)
+            fs.vectors.update(zip(ids, vectors))
+            job_id = uuid.uuid4().hex
+            while True:
+                try:
+                    bulk_insert(r, fs.coll, vectors, ids, job_id=job_id, chunk=25)
+                    break
+                except (redis_lib.ConnectionError, redis_lib.TimeoutError):
+                    time.sleep(0.5)
+            fs.jobs.append(job_id)
+            time.sleep(pause)
+    except BaseException as exc:  # noqa: BLE001 - reported by the test
+        errors.append(exc)
+
+
+def _photo_ingest(fs: FaultStack, at: list[float], errors: list[BaseException]) -> None:
+    """Copy c of every photo in one JSON request at time at[c]; a 503 is retried (new job)."""
+    try:
+        photos = all_photos()
+        for copy, when in enumerate(at):
+            time.sleep(max(0.0, when - time.monotonic()))
+            items = [{"id": f"{p.name}-{copy}", "image": {"base64": b64(p.read_bytes())}} for p in photos]
+            resp = fs.call("POST", "/collections/faults/items", retry_s=120, json={"items": items})
+            assert resp.status_code == 202, resp.text
+            fs.jobs.append(resp.json()["job_id"])
+            for p in photos:
+                fs.photo_ids.setdefault(p.name, []).append(f"{p.name}-{copy}")
+    except BaseException as exc:  # noqa: BLE001
+        errors.append(exc)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_sigkills_during_ingest_lose_nothing_and_duplicate_nothing(faults):
+    fs = faults
+    resp = fs.call("POST", "/collections", json={"name": "faults", "shards": SHARDS})
+    assert resp.status_code == 201, resp.text
+    fs.coll = catalog.get_collection(fs.r, "faults")
+    rng = random.Random(FAULT_SEED)
+    started = time.monotonic()
+    window = 48.0
+    errors: list[BaseException] = []
+    threads = [threading.Thread(target=_bulk_ingest, args=(fs, started + window, errors)),
+               threading.Thread(target=_photo_ingest, args=(fs, [started + 1, started + 14, started + 27], errors))]
+    for t in threads:
+        t.start()
+
+    # The kills: each kind at a random moment of its own part of the window, then a restart.
+    kinds = KILLS[:]
+    rng.shuffle(kinds)
+    step = (window - 4) / len(kinds)
+    timeline = []
+    for n, kind in enumerate(kinds):
+        time.sleep(max(0.0, started + 3 + n * step + rng.uniform(0, step * 0.6) - time.monotonic()))
+        if kind in ("shard", "replica"):
+            name = f"{kind}.{rng.randint(1, 2)}"
+        else:
+            name = kind
+        fs.kill(name)
+        # Redis stays away longer than a lease (5 s): the owners' and replicas' leases lapse.
+        down = rng.uniform(5.5, 7.5) if kind == "redis" else rng.uniform(0.2, 2.0)
+        timeline.append((round(time.monotonic() - started, 1), name, round(down, 1)))
+        time.sleep(down)
+        fs.restart(name)
+    for t in threads:
+        t.join(timeout=180)
+    assert not errors, errors
+    print(f"\nkills (s after start, process, seconds down): {timeline}")
+
+    # Every job reaches a final state, with every item done.
+    views = fs.wait_final(list(fs.jobs), timeout_s=240)
+    fs.stack.wait_ready(timeout_s=180)
+    bad = {j: (v["state"], v["done"], v["failed"], v["errors"][:2]) for j, v in views.items()
+           if v["state"] != "succeeded" or v["done"] != v["total"]}
+    assert not bad, bad
+    photo_items = [i for ids in fs.photo_ids.values() for i in ids]
+    expected = sorted(fs.vectors) + sorted(photo_items)
+    assert sum(v["done"] for v in views.values()) == len(expected) == len(set(expected))
+
+    # Counted once, stored once: the owners' item counts add up to the distinct ids.
+    assert fs.call("GET", "/collections/faults").json()["count"] == len(expected)
+
+    # Every item is found by id...
+    statuses = fs.get_items(expected)
+    lost_by_id = sorted(i for i, status in statuses.items() if status != 200)
+    # ... and by its own vector: bulk items through the shard queues (owner or replica answers),
+    # photos by their image through the API (the COPIES identical copies, each once, on top).
+    top = fs.top_hits_by_vector(sorted(fs.vectors))
+    lost_by_vector = sorted(i for i in fs.vectors if top.get(i) is None or top[i][0] != i or top[i][1] < 0.999)
+    photos = {p.name: p for p in all_photos()}
+    wrong_photos = {}
+    duplicates = 0
+    for name, ids in fs.photo_ids.items():
+        body = fs.call("POST", "/collections/faults/search",
+                       json={"image": {"base64": b64(photos[name].read_bytes())}, "k": COPIES + 2}).json()
+        hit_ids = [h["id"] for h in body["hits"]]
+        duplicates += len(hit_ids) - len(set(hit_ids))
+        assert body["shards"] == {"total": SHARDS, "answered": SHARDS}
+        if set(hit_ids[:COPIES]) != set(ids):
+            wrong_photos[name] = hit_ids
+    summary = {"items_ingested": len(expected), "bulk_items": len(fs.vectors), "photo_items": len(photo_items),
+               "jobs": len(views), "kills": fs.kills, "lost_by_id": len(lost_by_id),
+               "lost_by_vector": len(lost_by_vector) + len(wrong_photos), "duplicates": duplicates,
+               "seed": FAULT_SEED}
+    print("fault summary:", json.dumps(summary))
+    assert not lost_by_id, lost_by_id[:10]
+    assert not lost_by_vector, [(i, top.get(i)) for i in lost_by_vector[:10]]
+    assert not wrong_photos, wrong_photos
+    assert duplicates == 0
+    assert sum(fs.kills.values()) == len(KILLS)
+
+
+def _ids_of_slot(fs: FaultStack, slot: int) -> list[str]:
+    every = sorted(fs.vectors) + [i for ids in fs.photo_ids.values() for i in ids]
+    return [i for i in every if queues.slot_for_shard(shard_for(i, SHARDS), 2) == slot]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_corrupt_newest_snapshot_falls_back_to_the_previous_one_on_the_stack(faults):
+    fs = faults
+    assert fs.coll is not None, "needs the ingest of the previous test"
+    slot = fs.slot_of("shard.1")
+    owned = [s for s in range(SHARDS) if queues.slot_for_shard(s, 2) == slot]
+    counts = {s: int(fs.r.hget(keys.shard_state(fs.coll.cid, s), "count")) for s in owned}
+    # The owner and the slot's replica go down, so only the recovered owner can answer.
+    replica = fs.holder("replica", slot)
+    fs.kill("shard.1")
+    fs.kill(replica)
+    for s in owned:
+        directory = fs.stack.settings.data_dir / "shards" / fs.coll.cid / str(s)
+        assert (directory / PREVIOUS).exists()
+        newest = directory / SNAPSHOT
+        data = bytearray(newest.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        newest.write_bytes(bytes(data))
+    fs.restart("shard.1")
+    fs.wait_serving("shard.1", timeout_s=120)
+    log_text = (fs.stack.log_dir / "shard.1.log").read_text()
+    assert len(re.findall(r"refusing snapshot\.bin: .*checksum", log_text)) >= len(owned)
+    assert len(re.findall(r"loaded snapshot\.prev\.bin", log_text)) >= len(owned)
+    for s in owned:
+        assert int(fs.r.hget(keys.shard_state(fs.coll.cid, s), "count")) == counts[s]
+    ids = _ids_of_slot(fs, slot)
+    statuses = fs.get_items(ids)
+    assert all(status == 200 for status in statuses.values()), \
+        [i for i, status in statuses.items() if status != 200][:10]
+    fs.restart(replica)
+    fs.stack.wait_ready(timeout_s=120)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_search_during_a_shard_outage_answers_in_time_with_the_shards_that_answered(faults):
+    fs = faults
+    assert fs.coll is not None, "needs the ingest of the previous test"
+    slot = fs.slot_of("shard.2")
+    owner, replica = "shard.2", fs.holder("replica", slot)
+    readyz = f"{fs.stack.api_url}/readyz"
+    assert requests.get(readyz, timeout=5).status_code == 200
+    fs.kill(owner)
+    fs.kill(replica)
+    # At once: the slot's leases still live, its queue has nobody; the search waits the shard
+    # deadline (3 s) and no longer.
+    started = time.monotonic()
+    body = fs.call("POST", "/collections/faults/search", json={"text": "a cat", "k": 5}).json()
+    took = time.monotonic() - started
+    assert body["shards"]["answered"] == SHARDS // 2 < body["shards"]["total"] == SHARDS
+    assert "not searched" in body["shards"]["message"]
+    assert took < fs.stack.settings.shard_timeout_s + 5, took
+    deadline = time.monotonic() + 15
+    while requests.get(readyz, timeout=5).status_code != 503:
+        assert time.monotonic() < deadline, "readyz never went 503"
+        time.sleep(0.2)
+    details = requests.get(readyz, timeout=5).json()["error"]["details"]
+    assert details["missing_slots"] == [slot]
+    started = time.monotonic()
+    body = fs.call("POST", "/collections/faults/search", json={"text": "a cat", "k": 5}, retry_s=0).json()
+    assert body["shards"]["answered"] == SHARDS // 2 and time.monotonic() - started < 3
+    missing_id = _ids_of_slot(fs, slot)[0]
+    assert fs.call("GET", f"/collections/faults/items/{missing_id}", retry_s=0).status_code == 503
+    fs.restart(owner)
+    fs.restart(replica)
+    fs.stack.wait_ready(timeout_s=120)
+    body = fs.call("POST", "/collections/faults/search", json={"text": "a cat", "k": 5}).json()
+    assert body["shards"] == {"total": SHARDS, "answered": SHARDS}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_sigterm_stop_keeps_everything_for_the_next_start(faults):
+    fs = faults
+    assert fs.coll is not None, "needs the ingest of the previous test"
+    # One more job, stopped right after it is final: the stop must snapshot it.
+    photo = all_photos()[0]
+    resp = fs.call("POST", "/collections/faults/items",
+                   json={"items": [{"id": "last-one", "image": {"base64": b64(photo.read_bytes())}}]})
+    assert fs.wait_final([resp.json()["job_id"]], timeout_s=60)[resp.json()["job_id"]]["state"] == "succeeded"
+    count = fs.call("GET", "/collections/faults").json()["count"]
+    fs.stack.stop()
+    assert all(p.poll() is not None for p in fs.stack.procs.values())
+    assert not [n for n, p in fs.stack.procs.items() if p.returncode == -signal.SIGKILL], \
+        {n: p.returncode for n, p in fs.stack.procs.items()}
+
+    again = Stack(fs.env, log_dir=fs.stack.log_dir)
+    fs.stack = again
+    again.start()
+    again.wait_ready(timeout_s=180)
+    assert fs.call("GET", "/collections/faults").json()["count"] == count
+    sample = random.Random(FAULT_SEED).sample(sorted(fs.vectors), 200) + ["last-one"]
+    statuses = fs.get_items(sample)
+    assert all(status == 200 for status in statuses.values())
+    top = fs.top_hits_by_vector(sample[:-1])
+    assert all(top[i] is not None and top[i][0] == i for i in sample[:-1])
+    hits = fs.call("POST", "/collections/faults/search",
+                   json={"image": {"base64": b64(photo.read_bytes())}, "k": COPIES + 1}).json()["hits"]
+    assert "last-one" in [h["id"] for h in hits]

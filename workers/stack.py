@@ -61,7 +61,10 @@ class Stack:
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             out = open(self.log_dir / f"{name}.log", "ab")
-        proc = subprocess.Popen(["bash", "-c", f"exec {self.roles[role]}"], cwd=ROOT, env=self.env,
+        command = self.roles[role]
+        if role == "replica":  # replica.<n> follows slot (n - 1) mod MMSEARCH_SHARDS, restarted or not
+            command += f" --slot {(int(name.split('.')[1]) - 1) % self.settings.shard_slots}"
+        proc = subprocess.Popen(["bash", "-c", f"exec {command}"], cwd=ROOT, env=self.env,
                                 stdout=out, stderr=subprocess.STDOUT if out else None,
                                 start_new_session=True)
         self.procs[name] = proc
