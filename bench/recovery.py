@@ -84,7 +84,8 @@ def _log_stamp(line: str) -> float:
 
 
 def _process_recovery(env: dict[str, str], log_path: Path, timeout_s: float = 900) -> dict[str, float]:
-    """Start `python -m workers shard --slot 0`; seconds from its start to its load and catch-up lines."""
+    """Start `python -m workers shard --slot 0`; seconds from its start to its load and catch-up
+    lines. Stopped with SIGTERM once its Celery worker is up (it then snapshots what it replayed)."""
     started = time.time()
     with open(log_path, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "workers", "shard", "--slot", "0", "-c", "1"],
@@ -94,7 +95,7 @@ def _process_recovery(env: dict[str, str], log_path: Path, timeout_s: float = 90
         while time.monotonic() < deadline:
             text = log_path.read_text(errors="replace")
             caught = [line for line in text.splitlines() if "caught up with the logs" in line]
-            if caught:
+            if caught and re.search(r"ready\.", text):
                 loaded = [line for line in text.splitlines() if "loaded snapshot" in line]
                 owning = [line for line in text.splitlines() if "owning shard slot" in line]
                 return {"process_to_lease_s": round(_log_stamp(owning[0]) - started, 2),
@@ -144,6 +145,7 @@ def recovery(n: int, log_entries: int, work: Path) -> dict[str, Any]:
             raise RuntimeError(f"recovered {check['items']} items of {n}")
         del owner
 
+        snapshot_mb = round((directory / SNAPSHOT).stat().st_size / 2**20, 1)
         print("recovery: recovering as a shard worker process...", file=sys.stderr, flush=True)
         env = dict(os.environ)
         env.pop("REDIS_URL", None)
@@ -151,7 +153,7 @@ def recovery(n: int, log_entries: int, work: Path) -> dict[str, Any]:
                     "MMSEARCH_LOG_LEVEL": "INFO"})
         process = _process_recovery(env, work / "shard.log")
         return {"vectors": n, "snapshot_items": covered, "log_entries": log_entries,
-                "snapshot_mb": round((directory / SNAPSHOT).stat().st_size / 2**20, 1),
+                "snapshot_mb": snapshot_mb,
                 "build_snapshot_s": round(build_s, 1), "write_log_s": round(log_s, 1),
                 "load_snapshot_s": round(t1 - t0, 2), "replay_log_s": round(t2 - t1, 2),
                 "recover_s": round(t2 - t0, 2),

@@ -8,19 +8,37 @@ Stack level (marked slow; CI runs them): see the second half of the file.
 """
 from __future__ import annotations
 
+import base64
 import contextvars
+import json
+import os
+import random
+import re
+import signal
+import threading
 import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+import redis as redis_lib
+import requests
 
 from api.broker import make_celery
+from bench.bulk import bulk_insert, synthetic_vectors
+from bench.photos import all_photos
 from shared import catalog, jobs, keys, queues, shardlog, slots
 from shared.config import Settings
+from shared.embedded_redis import wait_until_up
+from shared.labels import shard_for
+from shared.serializers import vector_to_b64
 from shared.shardlog import LogEntry
+from tests.conftest import free_port
 from workers import lease as lease_mod
 from workers import reaper
 from workers.shard_owner import PREVIOUS, SNAPSHOT, ShardOwner
+from workers.stack import Stack
 
 rng = np.random.default_rng(11)
 
@@ -273,6 +291,32 @@ def test_a_trimmed_log_without_a_snapshot_is_refused_not_served_partially(shard_
     assert "trimmed" in again.refused[(coll.cid, 0)][0]
 
 
+def test_a_shard_search_waits_for_the_position_it_was_asked_to_see(shard_setup, monkeypatch):
+    import workers.shard as shard_worker
+
+    r, settings, coll = shard_setup
+    owner = ShardOwner(0, settings, r)
+    monkeypatch.setattr(shard_worker, "_owner", owner)
+    monkeypatch.setattr(shard_worker, "redis_client", lambda: r)
+    log_items(r, coll, ["a"])
+    drain(owner)
+    job, vectors = log_items(r, coll, ["b"])
+    mark = r.hget(keys.job_marks(job), "0").decode()
+    query = {"vector": vector_to_b64(vectors["b"]), "image_dim": coll.dims["image"], "image": None,
+             "text": None, "weights": {}}
+    # Nobody applies "b": the shard answers at its deadline, and says it is behind.
+    started = time.monotonic()
+    body = shard_worker.shard_search(coll.cid, 0, query, 1, min_position=mark, wait_until=time.time() + 0.5)
+    assert body["applied"] is False and body["hits"][0]["id"] == "a" and time.monotonic() - started >= 0.45
+    # Applied while it waits: it answers as soon as it has, with "b".
+    threading.Timer(0.3, drain, args=(owner,)).start()
+    reply = keys.search_replies("t1")
+    body = shard_worker.shard_search(coll.cid, 0, query, 1, reply_to=reply, min_position=mark,
+                                     wait_until=time.time() + 10)
+    assert body["applied"] is True and body["hits"][0]["id"] == "b"
+    assert json.loads(r.lpop(reply)) == body  # what the query worker gathers
+
+
 # ==============================================================================================
 # Stack level: the real processes, killed with SIGKILL while work is in flight.
 #
@@ -283,26 +327,6 @@ def test_a_trimmed_log_without_a_snapshot_is_refused_not_served_partially(shard_
 # by the owner or a replica, whichever takes it): the test-only path.
 # ==============================================================================================
 
-import base64
-import json
-import os
-import random
-import re
-import signal
-import threading
-import uuid
-from concurrent.futures import ThreadPoolExecutor
-
-import redis as redis_lib
-import requests
-
-from bench.bulk import bulk_insert, synthetic_vectors
-from bench.photos import all_photos
-from shared.embedded_redis import wait_until_up
-from shared.labels import shard_for
-from shared.serializers import vector_to_b64
-from tests.conftest import free_port
-from workers.stack import Stack
 
 FAULT_SEED = int(os.environ.get("MMSEARCH_FAULT_SEED", "7"))
 BULK_JOBS, BULK_PER_JOB = 30, 100      # 3000 items through the bulk-vector path
@@ -647,6 +671,31 @@ def test_a_search_during_a_shard_outage_answers_in_time_with_the_shards_that_ans
     fs.stack.wait_ready(timeout_s=120)
     body = fs.call("POST", "/collections/faults/search", json={"text": "a cat", "k": 5}).json()
     assert body["shards"] == {"total": SHARDS, "answered": SHARDS}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_read_your_writes_after_a_job(faults):
+    fs = faults
+    assert fs.coll is not None, "needs the ingest of the previous test"
+    resp = fs.call("POST", "/collections/faults/items",
+                   json={"items": [{"id": "ryw-1", "text": "zebra crossing at midnight"}]})
+    job_id = resp.json()["job_id"]
+    deadline = time.monotonic() + 60
+    while (view := fs.job(job_id))["done"] + view["failed"] < view["total"]:  # encoded and logged
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    # At once, without waiting for the job to go final: the shards (owner or replica) catch up first.
+    body = fs.call("POST", f"/collections/faults/search?after_job={job_id}",
+                   json={"text": "zebra crossing at midnight", "k": 3}).json()
+    assert body["consistency"] == {"after_job": job_id, "counted": True, "applied": True, "met": True}
+    assert body["hits"][0]["id"] == "ryw-1"
+    assert fs.call("POST", "/collections/faults/search?after_job=0123456789abcdef",
+                   json={"text": "x"}).status_code == 404
+    assert fs.call("POST", "/collections", json={"name": "other"}).status_code == 201
+    resp = fs.call("POST", f"/collections/other/search?after_job={job_id}", json={"text": "x"})
+    assert resp.status_code == 400 and resp.json()["error"]["details"]["field"] == "after_job"
+    assert fs.call("DELETE", "/collections/other").status_code in (202, 204)
 
 
 @pytest.mark.slow

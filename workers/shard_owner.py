@@ -6,7 +6,10 @@ batches (the index's write lock is held per batch, so searches are not starved),
 applied position and item count to Redis, and snapshots to `MMSEARCH_DATA_DIR/shards/<cid>/<s>`.
 On start it loads the newest verified snapshot (falling back to the previous one) and replays
 the log after it. The log is trimmed only up to the position the *previous* snapshot covers,
-so that fallback always has the entries it needs.
+so that fallback always has the entries it needs. A new snapshot is written completely
+(`snapshot.new.bin`, atomic and fsynced) before the rotation renames, so a crash at any moment
+leaves a complete newest snapshot. No snapshot is taken before the first replay after a start
+is done, so that a restarted owner serves as soon as it has caught up.
 
 A shard whose log was trimmed (the shard state's `trimmed` mark) but that has no verified
 snapshot cannot be rebuilt: it is refused loudly (searches report it as not answered) rather
@@ -46,6 +49,7 @@ IDLE_SNAPSHOT_S = 2.0
 REFRESH_S = 1.0
 RETRY_REFUSED_S = 30.0  # a shard that could not be rebuilt is tried again this often
 SNAPSHOT, PREVIOUS = "snapshot.bin", "snapshot.prev.bin"
+PENDING = "snapshot.new.bin"  # complete and verified, not yet rotated in (a crash between two renames)
 
 ShardKey = tuple[str, int]
 
@@ -59,6 +63,14 @@ class ShardState:
         self.position = position
         self.unsaved = 0
         self.last_write = 0.0
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class Unrecoverable(Exception):
@@ -100,7 +112,7 @@ class ShardOwner:
         if not self.replica:
             directory.mkdir(parents=True, exist_ok=True)
         trimmed = shardlog.trimmed_before(self.r, coll.cid, shard)
-        for name in (SNAPSHOT, PREVIOUS):
+        for name in (SNAPSHOT, PENDING, PREVIOUS):
             path = directory / name
             if not path.exists():
                 continue
@@ -266,15 +278,20 @@ class ShardOwner:
             return
         state = self.shards[key]
         current, previous = state.directory / SNAPSHOT, state.directory / PREVIOUS
-        older_position = None
+        pending = state.directory / PENDING
+        # Written in full first, then rotated: there is always a complete newest snapshot on disk.
+        state.index.save(pending, state.position)
+        state.unsaved = 0
         if current.exists():
             os.replace(current, previous)
+        os.replace(pending, current)
+        _fsync_dir(state.directory)
+        older_position = None
+        if previous.exists():
             try:
-                older_position = ShardIndex.read_position(previous)
+                older_position = ShardIndex.read_position(previous)  # verified again before the trim
             except SnapshotError:
                 older_position = None
-        state.index.save(current, state.position)
-        state.unsaved = 0
         if older_position and self.may_write():
             shardlog.trim_before(self.r, key[0], key[1], older_position)
 
@@ -306,7 +323,8 @@ class ShardOwner:
                     continue
                 if not self.step(block_ms=200 if self.caught_up.is_set() else None):
                     self.caught_up.set()
-                self.snapshot_due()
+                if self.caught_up.is_set():  # no snapshot pause before the first replay is done
+                    self.snapshot_due()
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
                 log.warning("slot %d: Redis unreachable (%s); retrying", self.slot, exc)
                 self._stop.wait(1.0)
