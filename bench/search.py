@@ -16,10 +16,9 @@ against exact search over the same vectors (query vectors computed here with
 
 The floor: the same vectors in one in-process `ShardIndex`, searched with the same query
 vectors one at a time (with its top-1 and exact search's); "x floor" is the service's p50 over
-that p50. Where a 1-client query's time goes: the client's round trip, the API's `took_ms`, and
-the workers' stages from the Celery lines they log (search task received -> chord sent -> merge
-received -> merged, timestamps of ms resolution; shard_search runtimes), next to the query
-encoding and the index search timed here.
+that p50. Where a 1-client query's time goes: the client's round trip, the API's `took_ms`, the
+Celery runtimes of the search task and of one shard_search task (from the lines the workers
+log), next to the query encoding and the index search timed here.
 
 Defaults: --quick: N = 10k; 1 and 4 shards; 1 and 8 clients (a few minutes). Full: N = 10k,
 100k and 1M (a size is skipped with a note when its copies would not fit in memory); 1, 2 and 4
@@ -150,29 +149,15 @@ def top1(queries: list[Query], firsts: list[str | None]) -> float | None:
 
 
 def worker_stages(events: list[TaskEvent]) -> dict[str, float | None]:
-    """Mean ms per search of what the workers logged during a run of sequential searches: the
-    search task (received -> ignored, as it replaces itself by the chord: decode and encode the
-    query, send the shard tasks), the shards and the chord join (-> merge_hits received), the
-    merge (-> merge_hits succeeded), their sum, and Celery's runtime of one shard_search task."""
-    marks: dict[str, dict[str, float]] = {}
-    for e in events:
-        if e.task in (queues.SEARCH, queues.MERGE_HITS):
-            marks.setdefault(e.task_id, {})[f"{e.task} {e.event}"] = e.at
-    stages: dict[str, list[float]] = {"query_task_ms": [], "shards_join_ms": [], "merge_ms": [], "workers_ms": []}
-    for m in marks.values():
-        times = [m.get(f"{queues.SEARCH} received"), m.get(f"{queues.SEARCH} ignored"),
-                 m.get(f"{queues.MERGE_HITS} received"), m.get(f"{queues.MERGE_HITS} succeeded")]
-        if None in times:
-            continue
-        received, sent, merging, merged = times
-        for name, seconds in (("query_task_ms", sent - received), ("shards_join_ms", merging - sent),
-                              ("merge_ms", merged - merging), ("workers_ms", merged - received)):
-            stages[name].append(seconds)
-    out: dict[str, float | None] = {name: round(float(np.mean(v)) * 1000, 1) if v else None
-                                    for name, v in stages.items()}
-    shard_runs = runtimes(events).get(queues.SHARD_SEARCH, [])
-    out["shard_task_ms"] = round(float(np.mean(shard_runs)) * 1000, 1) if shard_runs else None
-    return out
+    """Mean Celery runtimes (ms) the workers logged during a run: the search task (decode and
+    encode the query, send the shard tasks, gather their answers, merge) and one shard_search
+    task (the shards of a query run in parallel)."""
+    times = runtimes(events)
+
+    def mean_ms(task: str) -> float | None:
+        return round(float(np.mean(times[task])) * 1000, 1) if times.get(task) else None
+
+    return {"search_task_ms": mean_ms(queues.SEARCH), "shard_task_ms": mean_ms(queues.SHARD_SEARCH)}
 
 
 def exact_top(vectors: np.ndarray, ids: list[str], queries: list[Query]) -> list[list[str]]:
@@ -320,6 +305,10 @@ def run(svc: Service, plan: Plan) -> Results:
     return results
 
 
+def _minus(total: float | None, *parts: float | None) -> float | None:
+    return None if total is None or None in parts else round(total - sum(parts), 1)
+
+
 def report(results: Results, slots: int, load: list[float]) -> None:
     """The tables (the JSON line is printed by main)."""
     floors = results.floors
@@ -339,15 +328,18 @@ def report(results: Results, slots: int, load: list[float]) -> None:
     print(table(["items", "build s", "kind", "p50", "p95", "recall@10", "top-1", "exact top-1"],
                 [[n, f["build_s"], kind, f[kind]["p50_ms"], f[kind]["p95_ms"], f[kind]["recall_at_10"],
                   f[kind]["top1"], f[kind]["exact_top1"]] for n, f in floors.items() for kind in KINDS]))
-    print("\n== where a 1-client query's time goes (mean ms). client: HTTP round trip; API took: the API's own\n"
-          "   wall time; workers: search task received -> merge_hits done (from the workers' log lines, ms\n"
-          "   resolution): query task (decode, encode, send the chord) + shards & chord join + merge;\n"
-          "   shard task: Celery's runtime of one shard_search (shards run in parallel); here: the same\n"
-          "   query encoding and a search of one index of all items in this process")
-    print(table(["items", "shards", "kind", "client", "API took", "workers", "query task", "shards+join",
-                 "merge", "shard task", "encode here", "index here"],
-                [[b["items"], b["shards"], b["kind"], b["client_ms"], b["api_took_ms"], b["workers_ms"],
-                  b["query_task_ms"], b["shards_join_ms"], b["merge_ms"], b["shard_task_ms"], b["encode_here_ms"],
+    for b in results.breakdown:
+        b["api_hops_ms"] = _minus(b["api_took_ms"], b["search_task_ms"])
+        b["fan_out_gather_ms"] = _minus(b["search_task_ms"], b["encode_here_ms"], b["shard_task_ms"])
+    print("\n== where a 1-client query's time goes (mean ms). client: HTTP round trip; API took: the API's\n"
+          "   own wall time; search task / shard task: Celery runtimes from the workers' logs (the shards\n"
+          "   run in parallel); API hops = API took - search task (broker, result backend, API work);\n"
+          "   fan-out+gather = search task - encode - shard task; encode / index here: the same query\n"
+          "   encoding and a search of one index of all items, in this process")
+    print(table(["items", "shards", "kind", "client", "API took", "API hops", "search task", "fan-out+gather",
+                 "shard task", "encode here", "index here"],
+                [[b["items"], b["shards"], b["kind"], b["client_ms"], b["api_took_ms"], b["api_hops_ms"],
+                  b["search_task_ms"], b["fan_out_gather_ms"], b["shard_task_ms"], b["encode_here_ms"],
                   b["index_here_ms"]] for b in results.breakdown]))
     print(f"\nload average at the end (other processes share these cores): {load}")
 

@@ -177,6 +177,7 @@ class TaskEvent:
     """One Celery log line about a task: `event` is received, ignored or succeeded."""
 
     at: float                 # the line's timestamp, seconds since the epoch (ms resolution)
+    process: str              # the stack's process that logged it (its log file's stem: "shard.1")
     task: str
     task_id: str
     event: str
@@ -201,8 +202,8 @@ class TaskLog:
                 f.seek(self.offsets.get(path, 0))
                 for m in _TASK_LINE.finditer(f.read()):
                     stamp = datetime.strptime(m[1].decode(), "%Y-%m-%d %H:%M:%S,%f").timestamp()
-                    events.append(TaskEvent(stamp, m[2].decode(), m[3].decode(), m[4].decode().split()[0],
-                                            float(m[5]) if m[5] else None))
+                    events.append(TaskEvent(stamp, path.stem, m[2].decode(), m[3].decode(),
+                                            m[4].decode().split()[0], float(m[5]) if m[5] else None))
         return sorted(events, key=lambda e: e.at)
 
 
