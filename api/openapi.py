@@ -226,7 +226,7 @@ def _operations(secured: bool, limited: bool = False) -> dict[str, dict[str, Sch
             "description": "HTML page.", "content": {"text/html": {"schema": {"type": "string"}}}}})},
         "/healthz": {"get": op("Liveness", "operations", ok("Health", "The API process lives."))},
         "/readyz": {"get": op("Readiness", "operations", {
-            **ok("Ready", "Redis answers and every shard of every collection has a live owner."),
+            **ok("Ready", "Redis answers and every shard of every collection has a live owner or read replica."),
             "503": {"description": "Not ready; `details` says what is missing (redis, missing_slots, "
                                    "missing_shards).", "content": {JSON_TYPE: {"schema": ref("Error")}}}})},
         "/openapi.json": {"get": op("This document", "operations", {"200": {

@@ -106,8 +106,11 @@ def test_the_reaper_fails_the_items_of_a_stalled_job_only(reaper_setup):
     assert reaper.reap_once(r, settings)["reaped"] == {}  # nothing is old enough yet
     for job in (stalled, queued, held, unapplied):  # no progress for far longer than job_stall_s
         r.hset(keys.job(job), mapping={"created_at": 1, "started_at": 1, "updated_at": 1})
+        r.zadd(keys.ACTIVE_JOBS, {job: 1})
     outcome = reaper.reap_once(r, settings, now=time.time() + 5)
-    assert outcome["reaped"] == {stalled: 1}
+    assert outcome["reaped"] == {stalled: 1} and outcome["examined"] == 4  # the fresh one is not due
+    # Those still waiting are looked at again only after another job_stall_s.
+    assert reaper.reap_once(r, settings, now=time.time() + 5)["examined"] == 0
     view = jobs.job_view(r, stalled, 60)
     assert view["state"] == "completed_with_errors" and (view["done"], view["failed"]) == (1, 1)
     assert view["errors"][0]["id"] == "x1" and view["errors"][0]["code"] == "stalled"
@@ -122,6 +125,7 @@ def test_the_reaper_ends_a_stalled_async_search(reaper_setup):
     r, settings, coll = reaper_setup
     search = jobs.create_job(r, "search", coll.name, coll.cid, 1)
     r.hset(keys.job(search), "created_at", 1)
+    r.zadd(keys.ACTIVE_JOBS, {search: 1})
     assert reaper.reap_once(r, settings)["reaped"] == {search: 1}
     view = jobs.job_view(r, search, 60)
     assert view["state"] == "failed" and view["errors"][0]["code"] == "stalled"

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 INTERVAL_S = 5.0
 SCAN_LIMIT = 100_000      # messages examined per queue; a longer backlog defers reaping
+ROUND_LIMIT = 1000        # jobs examined per round
 _CHUNK = 1000
 UNACKED = "unacked"       # kombu's Redis transport: delivery tag -> [message, exchange, routing key]
 
@@ -85,7 +86,9 @@ def _unacked_job(value: bytes) -> str | None:
 
 
 def reap_once(r: redis.Redis, settings: Settings, now: float | None = None) -> dict[str, Any]:
-    """One pass over the active jobs: finalise what is final, fail the items of stalled jobs.
+    """One pass over the active jobs due for a look: finalise what is final, fail the items of
+    stalled jobs. A job's score in the active set is when it last moved or was looked at (its
+    creation first), so only jobs quiet for `job_stall_s` are examined, oldest first.
 
     Returns {"examined", "finalised", "reaped": {job id: items failed}}.
     """
@@ -93,7 +96,7 @@ def reap_once(r: redis.Redis, settings: Settings, now: float | None = None) -> d
     stall_s = settings.job_stall_s
     outcome: dict[str, Any] = {"examined": 0, "finalised": 0, "reaped": {}}
     candidates: list[tuple[str, str]] = []
-    for raw_id in r.zrange(keys.ACTIVE_JOBS, 0, -1):
+    for raw_id in r.zrangebyscore(keys.ACTIVE_JOBS, "-inf", now - stall_s, start=0, num=ROUND_LIMIT):
         job_id = raw_id.decode()
         outcome["examined"] += 1
         view = jobs.job_view(r, job_id, settings.job_ttl_s)  # finalises a job that is complete
@@ -101,11 +104,13 @@ def reap_once(r: redis.Redis, settings: Settings, now: float | None = None) -> d
             r.zrem(keys.ACTIVE_JOBS, job_id)
             outcome["finalised"] += 1
             continue
-        if view["done"] + view["failed"] >= view["total"]:
-            continue  # counted; waiting for a shard to apply it (its owner is down), not stalled
-        moved = jobs.last_progress(r, job_id)
-        if moved is not None and now - moved >= stall_s:
-            candidates.append((job_id, view["kind"] or "ingest"))
+        moved = jobs.last_progress(r, job_id) or now
+        if view["done"] + view["failed"] >= view["total"] or now - moved < stall_s:
+            # Counted and waiting for a shard (its owner is down), or moved lately: look again
+            # once it has been quiet for job_stall_s.
+            r.zadd(keys.ACTIVE_JOBS, {job_id: moved if now - moved < stall_s else now}, xx=True)
+            continue
+        candidates.append((job_id, view["kind"] or "ingest"))
     if not candidates:
         return outcome
     pending = pending_jobs(r, [queues.ENCODE, queues.QUERY])
@@ -114,6 +119,7 @@ def reap_once(r: redis.Redis, settings: Settings, now: float | None = None) -> d
         return outcome
     for job_id, kind in candidates:
         if job_id in pending:
+            r.zadd(keys.ACTIVE_JOBS, {job_id: now}, xx=True)  # queued or running: look again later
             continue
         message = (f"no progress for {stall_s:g} s and no task of the job is queued or running "
                    "(MMSEARCH_JOB_STALL_S)")
