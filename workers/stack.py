@@ -104,13 +104,20 @@ class Stack:
             proc.wait()
 
     def wait_ready(self, timeout_s: float = 120.0) -> None:
-        """Until the API answers /readyz with 200 and every shard slot has an owner."""
+        """Until the API answers /readyz with 200, every shard slot has an owner, and the encode
+        and query workers this stack runs answer a Celery ping (they ping once their models are
+        loaded and they consume, so the first search after "up" does not wait for them)."""
         import redis as redis_lib
+        from kombu.exceptions import OperationalError
 
+        from api.broker import make_celery
         from shared import keys
         from shared.redis_conn import redis_url
 
-        client = redis_lib.Redis.from_url(redis_url(self.settings, self.env))
+        url = redis_url(self.settings, self.env)
+        client = redis_lib.Redis.from_url(url)
+        celery = make_celery(self.settings.with_overrides({"redis_url": url}))
+        roles = {n.split(".")[0] for n in self.procs} & {"encode", "query"}
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             for name, proc in self.procs.items():
@@ -119,8 +126,10 @@ class Stack:
             try:
                 owners = all(client.exists(keys.slot_owner(s)) for s in range(self.settings.shard_slots))
                 if owners and requests.get(f"{self.api_url}/readyz", timeout=2).status_code == 200:
-                    return
-            except (requests.RequestException, redis_lib.exceptions.ConnectionError):
+                    answered = {name.split("-")[0] for reply in celery.control.ping(timeout=1.0) for name in reply}
+                    if roles <= answered:
+                        return
+            except (requests.RequestException, redis_lib.exceptions.ConnectionError, OperationalError):
                 pass
             time.sleep(0.25)
         raise TimeoutError(f"the stack was not ready within {timeout_s}s")
