@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -32,16 +31,9 @@ import requests
 
 from bench.datasets import opencv_photos
 from bench.photos import Photo, foolbox_photos, skimage_photos
-from workers.stack import Stack
+from workers.stack import Stack, free_port
 
 FINAL_STATES = ("succeeded", "completed_with_errors", "failed", "cancelled")
-
-
-def free_port() -> int:
-    """A TCP port that nothing on loopback listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # -- the stack ---------------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,13 +11,7 @@ import pytest
 import redis
 
 from shared import embedded_redis
-from workers.stack import Stack
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from workers.stack import Stack, free_port
 
 
 @pytest.fixture(scope="session")
@@ -31,6 +24,26 @@ def redis_server(tmp_path_factory) -> str:
     yield f"redis://127.0.0.1:{port}/0"
     proc.terminate()
     proc.wait(timeout=10)
+
+
+@pytest.fixture
+def make_app(request, redis_server, redis_client, tmp_path):
+    """Builds Flask apps on the test Redis; the test module's `APP_SETTINGS` are the base
+    overrides, keyword arguments override those."""
+    from api import create_app
+
+    base = getattr(request.module, "APP_SETTINGS", {})
+
+    def make(**overrides):
+        app = create_app({"redis_url": redis_server, "data_dir": tmp_path, **base, **overrides})
+        app.testing = True
+        return app
+    return make
+
+
+@pytest.fixture
+def client(make_app):
+    return make_app().test_client()
 
 
 @pytest.fixture()

@@ -15,32 +15,17 @@ from typing import Any
 
 import pytest
 
-from api import create_app
 from shared import catalog, keys, queues
 from shared.labels import shard_for
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64  # the API never decodes images: any bytes do
-LIMITS = {"max_items_per_request": 5, "max_request_bytes": 64 * 1024, "max_image_bytes": 2048,
+APP_SETTINGS = {"max_items_per_request": 5, "max_request_bytes": 64 * 1024, "max_image_bytes": 2048,
           "max_text_chars": 50, "encode_batch": 2, "search_timeout_s": 0.5, "shard_timeout_s": 0.3,
           "shard_slots": 2, "api_keys": (), "ingest_root": None}
 
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
-
-
-@pytest.fixture
-def make_app(redis_server, redis_client, tmp_path):
-    def make(**overrides: Any):
-        app = create_app({"redis_url": redis_server, "data_dir": tmp_path, **LIMITS, **overrides})
-        app.testing = True
-        return app
-    return make
-
-
-@pytest.fixture
-def client(make_app):
-    return make_app().test_client()
 
 
 @pytest.fixture
@@ -351,13 +336,13 @@ def test_delete_item_appends_to_its_shard_log(client, coll, redis_client):
 
 def test_item_lookup_needs_a_live_shard_owner(client, coll, redis_client):
     assert_error(client.get("/v1/collections/nope/items/a"), 404, "not_found")
-    slot = queues.slot_for_shard(shard_for("a", 3), LIMITS["shard_slots"])
+    slot = queues.slot_for_shard(shard_for("a", 3), APP_SETTINGS["shard_slots"])
     error = assert_error(client.get("/v1/collections/photos/items/a"), 503, "unavailable")
     assert error["details"]["slot"] == slot
     redis_client.set(keys.slot_owner(slot), "someone", ex=30)
     started = time.monotonic()
     assert_error(client.get("/v1/collections/photos/items/a/thumbnail"), 503, "unavailable")
-    assert time.monotonic() - started >= LIMITS["shard_timeout_s"]
+    assert time.monotonic() - started >= APP_SETTINGS["shard_timeout_s"]
     (message,) = queued(redis_client, queues.shard_queue(slot))
     assert message["_task"] == queues.GET_ITEM and message["item_id"] == "a" and message["thumbnail"] is True
 
@@ -366,7 +351,7 @@ def test_sync_search_without_workers_times_out(client, coll, redis_client):
     started = time.monotonic()
     error = assert_error(client.post("/v1/collections/photos/search", json={"text": "cat", "k": 3}),
                          503, "unavailable")
-    assert time.monotonic() - started >= LIMITS["search_timeout_s"]
+    assert time.monotonic() - started >= APP_SETTINGS["search_timeout_s"]
     assert "timed out" in error["message"]
     (message,) = queued(redis_client, queues.QUERY)
     assert message["_task"] == queues.SEARCH and message["text"] == "cat" and message["k"] == 3

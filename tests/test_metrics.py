@@ -5,29 +5,13 @@ from __future__ import annotations
 import io
 import json
 import logging
-from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from api import create_app
 from shared import catalog, jobs, keys, logs, metrics
 
-SETTINGS = {"shard_slots": 2, "api_keys": (), "ingest_root": None, "encode_batch": 2}
-
-
-@pytest.fixture
-def make_app(redis_server, redis_client, tmp_path):
-    def make(**overrides: Any):
-        app = create_app({"redis_url": redis_server, "data_dir": tmp_path, **SETTINGS, **overrides})
-        app.testing = True
-        return app
-    return make
-
-
-@pytest.fixture
-def client(make_app):
-    return make_app().test_client()
+APP_SETTINGS = {"shard_slots": 2, "api_keys": (), "ingest_root": None, "encode_batch": 2}
 
 
 def scrape(client, **kw) -> dict[str, dict[tuple, float]]:

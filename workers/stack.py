@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -27,6 +28,13 @@ PROCFILE = ROOT / "Procfile"
 WORKER_ROLES = ("api", "encode", "shard", "query")
 # Roles the Procfile does not list (honcho would start one of each by default).
 EXTRA_ROLES = {"replica": "python -m workers shard --replica"}
+
+
+def free_port() -> int:
+    """A TCP port that nothing on loopback listens on right now (for private stacks)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def read_procfile(path: Path = PROCFILE) -> dict[str, str]:
