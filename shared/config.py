@@ -119,6 +119,8 @@ class Settings:
     text_model: str = "glove-6b-50d"        # MMSEARCH_TEXT_MODEL (a name or a GloVe .txt path)
     resnet50_weights: Path | None = None    # MMSEARCH_RESNET50_WEIGHTS: state_dict file for resnet50
     device: str = "auto"                    # MMSEARCH_DEVICE: auto | cpu | cuda
+    precision: str = "auto"                 # MMSEARCH_PRECISION: new collections' model precision: auto | fp32 | bf16 | fp16
+    compile_models: bool = True             # MMSEARCH_COMPILE: torch.compile the image models (cached under the data dir)
     max_request_bytes: int = 64 * 2**20     # MMSEARCH_MAX_REQUEST_BYTES (413 above)
     max_items_per_request: int = 1000       # MMSEARCH_MAX_ITEMS (413 above)
     max_image_bytes: int = 25 * 2**20       # MMSEARCH_MAX_IMAGE_BYTES (item fails / 413 above)
@@ -127,6 +129,7 @@ class Settings:
     encode_batch: int = 8                   # MMSEARCH_ENCODE_BATCH: items per encode task
     search_timeout_s: float = 10.0          # MMSEARCH_SEARCH_TIMEOUT_S
     shard_timeout_s: float = 5.0            # MMSEARCH_SHARD_TIMEOUT_S: per-shard answer deadline
+    recall_target: float = 0.99             # MMSEARCH_RECALL_TARGET: recall@k each shard tunes its search list for
     job_ttl_s: int = 7 * 24 * 3600          # MMSEARCH_JOB_TTL_S: finished jobs expire after this
     staging_ttl_s: int = 24 * 3600          # MMSEARCH_STAGING_TTL_S: uploaded bytes kept this long
     url_timeout_s: float = 10.0             # MMSEARCH_URL_TIMEOUT_S: connect/read timeout for URL images
@@ -169,6 +172,8 @@ class Settings:
             text_model=_str(env, "MMSEARCH_TEXT_MODEL", d.text_model),
             resnet50_weights=Path(weights) if weights else None,
             device=_str(env, "MMSEARCH_DEVICE", d.device),
+            precision=_str(env, "MMSEARCH_PRECISION", d.precision).lower(),
+            compile_models=_bool(env, "MMSEARCH_COMPILE", d.compile_models),
             max_request_bytes=_int(env, "MMSEARCH_MAX_REQUEST_BYTES", d.max_request_bytes),
             max_items_per_request=_int(env, "MMSEARCH_MAX_ITEMS", d.max_items_per_request),
             max_image_bytes=_int(env, "MMSEARCH_MAX_IMAGE_BYTES", d.max_image_bytes),
@@ -177,6 +182,7 @@ class Settings:
             encode_batch=max(1, _int(env, "MMSEARCH_ENCODE_BATCH", d.encode_batch)),
             search_timeout_s=_float(env, "MMSEARCH_SEARCH_TIMEOUT_S", d.search_timeout_s),
             shard_timeout_s=_float(env, "MMSEARCH_SHARD_TIMEOUT_S", d.shard_timeout_s),
+            recall_target=min(1.0, max(0.5, _float(env, "MMSEARCH_RECALL_TARGET", d.recall_target))),
             job_ttl_s=_int(env, "MMSEARCH_JOB_TTL_S", d.job_ttl_s),
             staging_ttl_s=_int(env, "MMSEARCH_STAGING_TTL_S", d.staging_ttl_s),
             url_timeout_s=_float(env, "MMSEARCH_URL_TIMEOUT_S", d.url_timeout_s),
