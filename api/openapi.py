@@ -16,6 +16,7 @@ from api.errors import HTTP_CODES
 from api.validation import DEFAULT_K, MAX_ID_CHARS, MAX_K
 from shared import catalog
 from shared.config import Settings
+from shared.precision import PRECISIONS
 
 bp = Blueprint("openapi", __name__)
 
@@ -99,6 +100,9 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
             "text_model": nullable({"type": "string", "default": settings.text_model,
                                     "description": "A registered name or the path of a GloVe text file."}),
             "store_thumbnails": nullable({"type": "boolean", "default": settings.store_thumbnails}),
+            "precision": nullable({"type": "string", "enum": ["auto", *PRECISIONS], "default": settings.precision,
+                                   "description": "Image model precision, fixed for the collection's life: "
+                                                  "auto picks bf16 where the host runs it natively, else fp32."}),
         }, ("name",)),
         "Collection": obj({
             "name": {"type": "string"}, "shards": {"type": "integer"}, "image_model": {"type": "string"},
@@ -106,6 +110,7 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
             "dims": obj({"image": {"type": "integer"}, "text": {"type": "integer"}}, ("image", "text")),
             "count": {"type": "integer", "description": "Searchable items."},
             "store_thumbnails": {"type": "boolean"}, "created_at": {"type": "number"},
+            "precision": {"type": "string", "enum": list(PRECISIONS)},
         }, ("name", "shards", "image_model", "text_model", "dims", "count", "created_at")),
         "CollectionList": obj({"collections": {"type": "array", "items": ref("Collection")}}, ("collections",)),
         "CollectionDeleted": obj({"deleted": {"type": "string"}}, ("deleted",)),

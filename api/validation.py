@@ -48,6 +48,7 @@ from api.bodies import loads_strict
 from api.errors import ApiError
 from shared import catalog
 from shared.config import Settings
+from shared.precision import PRECISIONS
 from shared.sources import SourceError, address_allowed, check_url_syntax, literal_address
 
 # Uploaded bytes to stage for the workers, or a source they fetch: {"url": u} / {"path": abs}.
@@ -56,7 +57,7 @@ ImageInput = Union[bytes, dict[str, str]]
 IMAGE_SOURCES = ("base64", "url", "path")
 ITEM_FIELDS = frozenset({"id", "image", "text", "metadata"})
 SEARCH_FIELDS = frozenset({"text", "image", "k", "weights", "filter"})
-COLLECTION_FIELDS = frozenset({"name", "shards", "image_model", "text_model", "store_thumbnails"})
+COLLECTION_FIELDS = frozenset({"name", "shards", "image_model", "text_model", "store_thumbnails", "precision"})
 BLOCKS = ("image", "text")
 MAX_ID_CHARS = 256
 DEFAULT_K = 10
@@ -72,6 +73,7 @@ class NewCollection:
     image_model: str | None
     text_model: str | None
     store_thumbnails: bool | None
+    precision: str | None
 
 
 @dataclass(frozen=True)
@@ -146,8 +148,11 @@ def parse_new_collection(body: dict[str, Any]) -> NewCollection:
     thumbnails = body.get("store_thumbnails")
     if thumbnails is not None and not isinstance(thumbnails, bool):
         raise invalid("store_thumbnails must be true or false", field="store_thumbnails")
+    precision = _optional_str(body, "precision")
+    if precision is not None and precision not in ("auto", *PRECISIONS):
+        raise invalid(f"precision must be one of auto, {', '.join(PRECISIONS)}", field="precision")
     return NewCollection(name, shards, _optional_str(body, "image_model"),
-                         _optional_str(body, "text_model"), thumbnails)
+                         _optional_str(body, "text_model"), thumbnails, precision)
 
 
 # Images -----------------------------------------------------------------------------------

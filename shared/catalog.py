@@ -20,6 +20,7 @@ import redis
 from shared import keys, shardlog, staging
 from shared.config import Settings
 from shared.errors import MMSearchError, ModelUnavailableError
+from shared.precision import LEGACY_PRECISION, resolve_precision
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}\Z")
 
@@ -43,6 +44,7 @@ class Collection:
     dims: dict[str, int]
     store_thumbnails: bool
     created_at: float
+    precision: str = LEGACY_PRECISION  # records written before the field existed were fp32
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -54,7 +56,8 @@ class Collection:
     def public(self, count: int) -> dict[str, Any]:
         return {"name": self.name, "shards": self.shards, "image_model": self.image_model,
                 "text_model": self.text_model, "dims": dict(self.dims), "count": count,
-                "store_thumbnails": self.store_thumbnails, "created_at": self.created_at}
+                "precision": self.precision, "store_thumbnails": self.store_thumbnails,
+                "created_at": self.created_at}
 
 
 def _resnet50_weights_present(settings: Settings) -> bool:
@@ -84,13 +87,17 @@ def check_models(settings: Settings, image_model: str, text_model: str) -> dict[
 
 def create_collection(r: redis.Redis, settings: Settings, name: str, shards: int | None = None,
                       image_model: str | None = None, text_model: str | None = None,
-                      store_thumbnails: bool | None = None) -> Collection:
+                      store_thumbnails: bool | None = None, precision: str | None = None) -> Collection:
     image_model = image_model or settings.image_model
     text_model = text_model or settings.text_model
     dims = check_models(settings, image_model, text_model)
+    try:
+        precision = resolve_precision(precision, settings.precision)
+    except ValueError as exc:
+        raise ModelUnavailableError(str(exc)) from None
     coll = Collection(
         name=name, cid=uuid.uuid4().hex[:12], shards=shards or settings.default_shards,
-        image_model=image_model, text_model=text_model, dims=dims,
+        image_model=image_model, text_model=text_model, dims=dims, precision=precision,
         store_thumbnails=settings.store_thumbnails if store_thumbnails is None else store_thumbnails,
         created_at=time.time())
     if not r.hsetnx(keys.COLLECTIONS, name, coll.to_json()):

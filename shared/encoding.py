@@ -3,7 +3,9 @@
 An item's image block is the CNN's pooled features; its text block is the caption's GloVe
 vector, the image's ConSE vector (uncaptioned images), or for a captioned image both mixed as
 `normalise(caption + CAPTION_CONSE_MIX * conse)` (the mix was measured with bench/quality.py).
-Used by the encode workers (items) and the query workers (image queries).
+Used by the encode workers (items) and the query workers (image queries). The image model runs
+in the collection's precision behind the process's one batching front (shared.model_batcher),
+so concurrent tasks and queries share model batches.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from shared.imagedecode import resize_for_model
 from shared.text_encoder import create_text_model
 
 if TYPE_CHECKING:
-    from shared.image_models import ImageModel
+    from shared.model_batcher import BatchingImageModel
 
 CAPTION_CONSE_MIX = 1.0
 
@@ -32,39 +34,49 @@ class EncodedItem:
 
 
 class CollectionEncoder:
-    """The image model, text model and ConSE mapping of one (image_model, text_model) pair."""
+    """The image model, text model and ConSE mapping of one (image_model, text_model, precision)."""
 
-    def __init__(self, image_model: str, text_model: str) -> None:
+    def __init__(self, image_model: str, text_model: str, precision: str = "fp32") -> None:
         self.image_model_name = image_model
+        self.precision = precision
         self.text_model = create_text_model(text_model)
         self.image_dim = IMAGE_MODEL_DIMS[image_model]
         self.text_dim = self.text_model.dim
 
     @functools.cached_property
-    def image_model(self) -> "ImageModel":
+    def image_model(self) -> "BatchingImageModel":
         """Loaded on first image (text-only queries never import torch)."""
         from shared.image_models import create_image_model
+        from shared.model_batcher import batching
 
-        return create_image_model(self.image_model_name)
+        return batching(create_image_model(self.image_model_name, self.precision))
 
     @functools.cached_property
     def conse(self) -> ConSE:
         return create_conse(self.text_model.name)
 
     def warm_up(self) -> None:
-        """Load every model and derived table now (workers call this at start)."""
+        """Load every model and derived table now, compiling the image model's batch shapes
+        (workers call this at start)."""
         self.text_model.encode("warm up")
-        self._image_blocks([np.zeros((self.image_model.input_size,) * 2 + (3,), np.uint8)])
+        self.image_model.warm_up()
+        self.conse.vectors(np.full((1, 1000), 1e-3, np.float32))
 
-    def _image_blocks(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    def prepare_image(self, rgb: np.ndarray) -> np.ndarray:
+        """The image as the image model takes it (callers may do this ahead, in their own thread)."""
         size = self.image_model.input_size
-        enc = self.image_model.encode([resize_for_model(img, size) for img in images])
+        return rgb if rgb.shape[:2] == (size, size) else resize_for_model(rgb, size)
+
+    def _image_blocks(self, images: list[np.ndarray], timeout: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        enc = self.image_model.encode([self.prepare_image(img) for img in images], timeout=timeout)
         return enc.features, self.conse.vectors(enc.probs)
 
-    def encode_items(self, images: list[np.ndarray | None], texts: list[str | None]) -> list[EncodedItem | None]:
-        """Fused vectors of items; None for an item left with no block (no image, no known word)."""
+    def encode_items(self, images: list[np.ndarray | None], texts: list[str | None],
+                     timeout: float | None = None) -> list[EncodedItem | None]:
+        """Fused vectors of items; None for an item left with no block (no image, no known word).
+        TimeoutError when the image model has not answered within `timeout` seconds."""
         with_image = [i for i, img in enumerate(images) if img is not None]
-        feats, semantics = self._image_blocks([images[i] for i in with_image]) if with_image else ([], [])
+        feats, semantics = self._image_blocks([images[i] for i in with_image], timeout) if with_image else ([], [])
         image_block = dict(zip(with_image, feats))
         conse_block = dict(zip(with_image, semantics))
         out: list[EncodedItem | None] = []
@@ -92,6 +104,6 @@ class CollectionEncoder:
 
 
 @functools.lru_cache(maxsize=None)
-def collection_encoder(image_model: str, text_model: str) -> CollectionEncoder:
-    """One encoder per model pair per process (models load once)."""
-    return CollectionEncoder(image_model, text_model)
+def collection_encoder(image_model: str, text_model: str, precision: str = "fp32") -> CollectionEncoder:
+    """One encoder per model setting per process (models load once)."""
+    return CollectionEncoder(image_model, text_model, precision)

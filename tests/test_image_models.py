@@ -75,3 +75,36 @@ def test_resnet50_loads_a_saved_state_dict(monkeypatch, tmp_path):
     model = image_models._resnet50()
     enc = model.encode([model_input("chelsea")])
     assert enc.features.shape == (1, 2048) and enc.probs.shape == (1, 1000)
+
+
+# -- fast modes: every precision a collection may choose agrees with fp32 -------------------
+
+def _all_photos() -> list[np.ndarray]:
+    from bench.photos import foolbox_photos
+
+    return [resize_for_model(decode_image(p.read_bytes())) for p in [*PHOTOS.values(), *foolbox_photos()]]
+
+
+def _agreement(model, reference) -> np.ndarray:
+    photos = _all_photos()
+    return np.sum(model.encode(photos).features * reference.encode(photos).features, axis=1)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_low_precision_features_agree_with_fp32_on_real_photos(lite0, precision):
+    cosine = _agreement(image_models.create_image_model("efficientnet_lite0", precision), lite0)
+    assert cosine.mean() >= 0.99 and cosine.min() >= 0.98, (cosine.mean(), cosine.min())
+
+
+def test_compiled_model_agrees_with_fp32_and_pads_odd_batches(lite0):
+    compiled = image_models.create_image_model("efficientnet_lite0", "bf16", compile=True)
+    cosine = _agreement(compiled, lite0)
+    assert compiled.compiled, "torch.compile fell back to eager here"
+    assert cosine.mean() >= 0.99 and cosine.min() >= 0.98, (cosine.mean(), cosine.min())
+    # 11 images: one batch of 8 and a remainder of 3 run image by image; 13: the remainder of 5
+    # is padded to 8. Either way each image gets the features it gets alone.
+    photos = _all_photos()
+    alone = np.concatenate([compiled.encode([img]).features for img in photos[:13]])
+    for n in (11, 13):
+        together = compiled.encode(photos[:n]).features
+        assert np.sum(together * alone[:n], axis=1).min() >= 0.995

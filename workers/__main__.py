@@ -8,25 +8,39 @@ import os
 from shared import queues
 from shared.logs import setup_logging
 from shared.redis_conn import wait_for_redis
+from shared.config import Settings
 from workers.resources import settings
 
 
-def warm_up_default_models(**_: object) -> None:
-    """Load the default models now, so that no first request pays for it."""
+def warm_up_default_models() -> None:
+    """Load (and compile) the models of new collections now, so that no first request pays for it."""
     from shared.encoding import collection_encoder
+    from shared.precision import resolve_precision
 
     cfg = settings()
     try:
-        collection_encoder(cfg.image_model, cfg.text_model).warm_up()
+        collection_encoder(cfg.image_model, cfg.text_model, resolve_precision(None, cfg.precision)).warm_up()
     except Exception:  # a model that cannot load fails its items later, with a clear reason
         logging.getLogger(__name__).exception("could not preload the default models")
+
+
+def encode_concurrency(cfg: Settings) -> int:
+    """Tasks in flight: two model batches' worth of tasks, so one decodes while another's images
+    are in the model (at least 4)."""
+    from shared.image_models import CPU_MODEL_BATCH, CUDA_MODEL_BATCH
+
+    import torch
+
+    model_batch = CUDA_MODEL_BATCH if cfg.device != "cpu" and torch.cuda.is_available() else CPU_MODEL_BATCH
+    return max(4, 2 * -(-model_batch // cfg.encode_batch))
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m workers", description=__doc__)
     sub = parser.add_subparsers(dest="role", required=True)
     enc = sub.add_parser("encode", help="encode items (queue 'encode')")
-    enc.add_argument("-c", "--concurrency", type=int, default=1, help="encode processes")
+    enc.add_argument("-c", "--concurrency", type=int, default=None,
+                     help="encode tasks in flight (threads; default: enough to keep two model batches queued)")
     shard = sub.add_parser("shard", help="own one shard slot (queue 'shard.<slot>')")
     shard.add_argument("--slot", type=int, default=None,
                        help="slot to own or replicate (default: the first free slot; for a replica, "
@@ -47,11 +61,9 @@ def main(argv: list[str] | None = None) -> None:
 
     common = ["--without-gossip", "--without-mingle", "-l", cfg.log_level]
     if args.role == "encode":
-        from celery import signals
-
-        # In each pool process, after the fork (CUDA must not be initialised before it).
-        signals.worker_process_init.connect(warm_up_default_models, weak=False)
-        app.worker_main(["worker", "-Q", queues.ENCODE, "-P", "prefork", "-c", str(args.concurrency),
+        warm_up_default_models()  # the model thread and the task threads live in this process
+        app.worker_main(["worker", "-Q", queues.ENCODE, "-P", "threads",
+                         "-c", str(args.concurrency or encode_concurrency(cfg)),
                          "-n", f"encode-{os.getpid()}@%h", *common])
     elif args.role == "query":
         from workers.reaper import Reaper

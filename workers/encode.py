@@ -1,16 +1,20 @@
 """Encode workers (queue "encode"): item images and captions -> fused vectors -> shard logs.
 
-One task carries a batch of items of one job. Images are fetched and decoded in a small thread
-pool, encoded in one model batch, fused with their text, and each item is appended to its
-shard's log and counted in its job in one atomic step. A bad item fails alone, with a reason in
-the job's errors; a redelivered task skips the items its job already counted.
+One task carries a batch of items of one job. The worker runs several tasks at once in threads
+(`python -m workers encode -c N`): each task's images are fetched, decoded, resized for the model
+and thumbnailed in a decode pool (one thread per core), then handed to the process's one model
+thread (shared.model_batcher), which runs the images of all waiting tasks as one model batch
+while other tasks decode. The features are fused with their text, and each item is appended to
+its shard's log and counted in its job in one atomic step. A bad item fails alone, with a reason
+in the job's errors; a redelivered task skips the items its job already counted.
 
 Messages are acknowledged late: a worker killed mid-batch leaves its message unacknowledged and
 Redis hands it to a worker again after the visibility timeout (or at once when only the pool
 process died). Each start of a task is counted in Redis by task id; a message that has started
 `MMSEARCH_TASK_MAX_DELIVERIES` times without finishing (a poison batch that kills its worker)
-fails its uncounted items with `retries_exhausted` instead of looping for ever. A batch that
-runs past the soft time limit fails what it has not counted with `timeout`.
+fails its uncounted items with `retries_exhausted` instead of looping for ever. A batch whose
+model answer has not come by the soft time limit fails what it has not counted with `timeout`
+(the thread pool does not enforce Celery's time limits, so the task keeps its own deadline).
 
 Losing Redis mid-batch (a restart) fails nothing: the task rejects its message with requeue
 (or, while Redis is still away, leaves it unacknowledged for the visibility timeout), so the
@@ -20,8 +24,11 @@ acknowledged as failed and its message gone with its items uncounted.
 from __future__ import annotations
 
 import logging
+import os
+import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import redis
@@ -31,16 +38,27 @@ from shared import catalog, jobs, keys, logs, metrics, queues, shardlog, staging
 from shared.errors import MMSearchError
 from shared.labels import shard_for
 from shared.sources import load_image_bytes
-from workers.celery_app import app
+from workers.celery_app import app, soft_time_limit
 from workers.resources import redis_client, settings
 
+if TYPE_CHECKING:
+    from shared.encoding import CollectionEncoder
+
 log = logging.getLogger(__name__)
-_decoders = ThreadPoolExecutor(max_workers=2, thread_name_prefix="decode")
+_decoders = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="decode")
 
 
-def _decode(item: dict[str, Any]) -> np.ndarray | MMSearchError | None:
-    """The RGB image of an item, None when it has none, or the error that stopped it."""
-    from shared.imagedecode import decode_image
+@dataclass
+class DecodedImage:
+    """An item's image as the model takes it, and its thumbnail (when the collection keeps them)."""
+
+    model_input: np.ndarray
+    thumbnail: bytes | None
+
+
+def _decode(item: dict[str, Any], encoder: "CollectionEncoder", thumbnails: bool) -> DecodedImage | MMSearchError | None:
+    """The item's image ready for the model, None when it has none, or the error that stopped it."""
+    from shared.imagedecode import decode_image, make_thumbnail
 
     source = item.get("image")
     if not source:
@@ -48,9 +66,10 @@ def _decode(item: dict[str, Any]) -> np.ndarray | MMSearchError | None:
     cfg = settings()
     try:
         data = load_image_bytes(source, redis_client(), cfg)
-        return decode_image(data, max_pixels=cfg.max_image_pixels, max_bytes=cfg.max_image_bytes)
+        rgb = decode_image(data, max_pixels=cfg.max_image_pixels, max_bytes=cfg.max_image_bytes)
     except MMSearchError as exc:
         return exc
+    return DecodedImage(encoder.prepare_image(rgb), make_thumbnail(rgb) if thumbnails else None)
 
 
 def _fail(job_id: str, item: dict[str, Any], code: str, message: str) -> None:
@@ -58,13 +77,14 @@ def _fail(job_id: str, item: dict[str, Any], code: str, message: str) -> None:
 
 
 def _encode_and_log(job_id: str, coll: catalog.Collection, todo: list[dict[str, Any]],
-                    outcome: dict[str, int]) -> None:
-    """Decode, encode and log the items of `todo`, counting each in the job."""
+                    outcome: dict[str, int], deadline: float) -> None:
+    """Decode, encode and log the items of `todo`, counting each in the job; SoftTimeLimitExceeded
+    when the model has not answered by `deadline` (time.monotonic)."""
     from shared.encoding import collection_encoder
-    from shared.imagedecode import make_thumbnail
 
     r = redis_client()
-    decoded = list(_decoders.map(_decode, todo))
+    encoder = collection_encoder(coll.image_model, coll.text_model, coll.precision)
+    decoded = list(_decoders.map(lambda item: _decode(item, encoder, coll.store_thumbnails), todo))
     ready, images = [], []
     for item, image in zip(todo, decoded):
         if isinstance(image, MMSearchError):
@@ -74,15 +94,19 @@ def _encode_and_log(job_id: str, coll: catalog.Collection, todo: list[dict[str, 
             ready.append(item)
             images.append(image)
 
-    encoder = collection_encoder(coll.image_model, coll.text_model)
-    vectors = encoder.encode_items(images, [it.get("text") for it in ready])
+    try:
+        vectors = encoder.encode_items([img.model_input if img else None for img in images],
+                                       [it.get("text") for it in ready],
+                                       timeout=max(0.0, deadline - time.monotonic()))
+    except TimeoutError as exc:
+        raise SoftTimeLimitExceeded(str(exc)) from exc
     metrics.record_encoded(r, sum(img is not None for img in images), sum(v is not None for v in vectors))
     for item, image, encoded in zip(ready, images, vectors):
         if encoded is None:
             _fail(job_id, item, "invalid_item", "the item has no image and no known word in its text")
             outcome["failed"] += 1
             continue
-        thumb = make_thumbnail(image) if image is not None and coll.store_thumbnails else None
+        thumb = image.thumbnail if image is not None else None
         entry = shardlog.LogEntry("upsert", item["id"], encoded.vector, item.get("text"),
                                   item.get("metadata") or {}, encoded.has_image, thumb)
         status = shardlog.log_item(r, coll.cid, shard_for(item["id"], coll.shards), job_id, item["index"], entry)
@@ -124,6 +148,7 @@ def encode_items(self, job_id: str, collection: str, cid: str, items: list[dict[
 
 def _encode_items(task_id: str | None, job_id: str, collection: str, cid: str,
                   items: list[dict[str, Any]]) -> dict[str, int]:
+    deadline = time.monotonic() + soft_time_limit(settings())
     r = redis_client()
     coll = catalog.get_collection(r, collection)
     already = jobs.counted(r, job_id)
@@ -149,7 +174,7 @@ def _encode_items(task_id: str | None, job_id: str, collection: str, cid: str,
     else:
         jobs.mark_started(r, job_id)
         try:
-            _encode_and_log(job_id, coll, todo, outcome)
+            _encode_and_log(job_id, coll, todo, outcome, deadline)
         except REDIS_DOWN:
             raise  # nothing is failed for that: the batch runs again
         except Exception as exc:

@@ -115,7 +115,7 @@ def search(self, collection: str, cid: str, text: str | None, image: dict[str, A
             if "staged" in image:
                 staging.release(r, [image["staged"]])
     try:
-        fused = collection_encoder(coll.image_model, coll.text_model).query(rgb, text, weights)
+        fused = collection_encoder(coll.image_model, coll.text_model, coll.precision).query(rgb, text, weights)
     except ValueError as exc:
         return _finish(job_id, _error("invalid_request", str(exc)))
 
