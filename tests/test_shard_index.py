@@ -1,19 +1,24 @@
-"""Tests of the shard index (hnswlib + records), its snapshots, the RW lock and item labels."""
+"""Tests of the shard index (hnswlib graphs + records), its per-block graphs, ef calibration,
+snapshots, the RW lock and item labels."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import struct
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
+import hnswlib
 import numpy as np
 import pytest
 
 from shared import shard_index
 from shared.errors import SnapshotError
+from shared.fusion import build_query, fuse
 from shared.labels import label_for, shard_for
 from shared.rwlock import RWLock
 from shared.shard_index import ItemRecord, SearchHit, ShardIndex, ef_for
@@ -331,12 +336,13 @@ def test_missing_foreign_or_too_long_snapshot_is_refused(snapshot_file: Path, tm
 
 
 # -- concurrency -------------------------------------------------------------------------------
-def test_searches_during_bulk_writes_and_deletes(tmp_path: Path):
+@pytest.mark.parametrize("image_dim", [0, 24], ids=["one-graph", "per-block"])
+def test_searches_during_bulk_writes_and_deletes(tmp_path: Path, image_dim: int):
     rng = np.random.default_rng(7)
     dim, n = 32, 4000
     vectors = unit(rng, n, dim)
     ids = [f"c{j}" for j in range(n)]
-    index = ShardIndex(dim, initial_capacity=64)
+    index = ShardIndex(dim, image_dim=image_dim, initial_capacity=64)
     index.upsert(ids[:200], vectors[:200], records_for(ids[:200], metadata={"even": True}))
     gone: set[str] = set()
     done = threading.Event()
@@ -480,3 +486,300 @@ def test_rwlock_prefers_writers_but_does_not_starve_readers():
     b.join(5)
     assert not starved, f"a reader got the lock only {len(waits)} times in 5 s"
     assert max(waits) < 0.5, waits
+
+
+# -- per-block graphs --------------------------------------------------------------------------
+IMAGE_DIM, TEXT_DIM = 96, 24
+DIM = IMAGE_DIM + TEXT_DIM
+
+
+def clustered_blocks(rng: np.random.Generator, n: int, clusters: int = 80) -> tuple[np.ndarray, np.ndarray]:
+    """Image blocks (non-negative, like pooled CNN features) and text blocks (sharing a common
+    direction, like GloVe) around `clusters` centres; an item's text centre goes with its image one."""
+    image_centres = np.maximum(rng.standard_normal((clusters, IMAGE_DIM)), 0)
+    text_centres = rng.standard_normal(TEXT_DIM) + rng.standard_normal((clusters, TEXT_DIM))
+    image_centres /= np.linalg.norm(image_centres, axis=1, keepdims=True)
+    text_centres /= np.linalg.norm(text_centres, axis=1, keepdims=True)
+    which = rng.integers(0, clusters, n)
+    images = np.maximum(image_centres[which] + 0.8 / np.sqrt(IMAGE_DIM) * rng.standard_normal((n, IMAGE_DIM)), 0)
+    texts = text_centres[which] + 0.8 / np.sqrt(TEXT_DIM) * rng.standard_normal((n, TEXT_DIM))
+    return images.astype(np.float32), texts.astype(np.float32)
+
+
+def fused_items(images: np.ndarray, texts: np.ndarray, has_image: np.ndarray, has_text: np.ndarray) -> np.ndarray:
+    return np.stack([fuse(i if hi else None, t if ht else None, IMAGE_DIM, TEXT_DIM)
+                     for i, t, hi, ht in zip(images, texts, has_image, has_text)]).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def block_shard() -> dict:
+    """8000 clustered items, 10% without an image and 10% without a text, in a per-block shard
+    built in batches as the owner applies them; 150 fresh items of the same clusters as queries."""
+    rng = np.random.default_rng(11)
+    n, fresh = 8000, 150
+    images, texts = clustered_blocks(rng, n + fresh)
+    missing = rng.random(n)
+    has_image, has_text = missing >= 0.1, (missing < 0.1) | (missing >= 0.2)
+    vectors = fused_items(images[:n], texts[:n], has_image, has_text)
+    ids = [f"b{j}" for j in range(n)]
+    index = ShardIndex(DIM, image_dim=IMAGE_DIM)
+    for start in range(0, n, 1000):
+        part = slice(start, start + 1000)
+        index.upsert(ids[part], vectors[part], [ItemRecord(i, metadata={"tens": j // 10 % 10}, has_image=bool(h))
+                                                for j, (i, h) in enumerate(zip(ids[part], has_image[part]), start)])
+    queries = {"text": [build_query(None, t, IMAGE_DIM, TEXT_DIM).vector for t in texts[n:]],
+               "image": [build_query(i, None, IMAGE_DIM, TEXT_DIM).vector for i in images[n:]],
+               "fused": [build_query(i, t, IMAGE_DIM, TEXT_DIM).vector for i, t in zip(images[n:], texts[n:])]}
+    return {"index": index, "ids": ids, "vectors": vectors, "has_image": has_image, "has_text": has_text,
+            "queries": {kind: np.stack(q) for kind, q in queries.items()}}
+
+
+@pytest.mark.parametrize("kind", ["text", "image", "fused"])
+def test_recall_at_10_per_query_kind_against_exact_search(block_shard, kind):
+    index, ids, vectors = block_shard["index"], block_shard["ids"], block_shard["vectors"]
+    stats = index.stats()
+    assert stats["calibrated_at"] >= 4000 and set(stats["ef"]) == {"text", "image", "fused"}
+    queries = block_shard["queries"][kind]
+    exact = np.argsort(-(queries @ vectors.T), axis=1, kind="stable")[:, :10]
+    found = sum(len({h.id for h in index.search(q, 10)} & {ids[j] for j in truth})
+                for q, truth in zip(queries, exact))
+    recall = found / exact.size
+    assert recall >= 0.99, f"{kind} recall@10 = {recall:.4f} with ef {stats['ef']}"
+
+
+def test_single_block_queries_rank_by_that_block_and_missing_blocks_score_zero(block_shard):
+    index, ids, vectors = block_shard["index"], block_shard["ids"], block_shard["vectors"]
+    has_image, has_text = block_shard["has_image"], block_shard["has_text"]
+    image_query = block_shard["queries"]["image"][0]
+    hits = index.search(image_query, 20, return_vectors=True)
+    cosines = vectors[:, :IMAGE_DIM] @ image_query[:IMAGE_DIM]
+    assert [h.id for h in hits] == [ids[j] for j in np.argsort(-cosines, kind="stable")[:20]]
+    for h in hits:
+        j = ids.index(h.id)
+        assert has_image[j]
+        assert h.score == pytest.approx(float(vectors[j] @ image_query), abs=1e-5)
+        np.testing.assert_array_equal(h.vector, vectors[j])  # the fused stored vector, both blocks
+    # Asked for every item, an image query puts the items without an image last, at exactly 0.
+    everything = index.search(image_query, len(ids))
+    assert len({h.id for h in everything}) == len(ids)
+    tail = everything[int(has_image.sum()):]
+    assert {h.id for h in tail} == {ids[j] for j in np.flatnonzero(~has_image)}
+    assert all(h.score == 0.0 for h in tail)
+    text_query = block_shard["queries"]["text"][0]
+    hits = index.search(text_query, 10, return_vectors=True)
+    assert all(has_text[ids.index(h.id)] for h in hits)
+    text_only = [h for h in hits if not has_image[ids.index(h.id)]]
+    for h in text_only:
+        assert not h.vector[:IMAGE_DIM].any()
+
+
+def test_fused_queries_score_the_whole_vector_and_find_items_missing_a_block():
+    rng = np.random.default_rng(12)
+    images, texts = clustered_blocks(rng, 400)
+    has_image = np.arange(400) % 4 != 0   # every 4th item: text only
+    has_text = np.arange(400) % 4 != 1    # every 4th item, shifted: image only
+    vectors = fused_items(images, texts, has_image, has_text)
+    ids = [f"f{j}" for j in range(400)]
+    index = ShardIndex(DIM, image_dim=IMAGE_DIM)
+    index.upsert(ids, vectors, records_for(ids))
+    for j in (0, 1, 2):  # a text-only, an image-only and a complete item, each queried by both its blocks
+        query = build_query(images[j], texts[j], IMAGE_DIM, TEXT_DIM).vector
+        hits = index.search(query, 10, return_vectors=True)
+        scores = vectors @ query
+        assert [h.id for h in hits] == [ids[i] for i in np.argsort(-scores, kind="stable")[:10]]
+        rank = int((scores > scores[j]).sum())  # the queried item, missing a block or not, at its exact rank
+        assert index.search(query, rank + 1)[rank].id == ids[j]
+        for h in hits:
+            assert h.score == pytest.approx(float(scores[ids.index(h.id)]), abs=1e-5)
+            np.testing.assert_array_equal(h.vector, vectors[ids.index(h.id)])
+
+
+def test_a_block_that_comes_and_goes_moves_between_graphs():
+    rng = np.random.default_rng(13)
+    images, texts = clustered_blocks(rng, 100)
+    ids = [f"m{j}" for j in range(100)]
+    both = fused_items(images, texts, np.ones(100, bool), np.ones(100, bool))
+    index = ShardIndex(DIM, image_dim=IMAGE_DIM)
+    index.upsert(ids, both, records_for(ids))
+    image_query = build_query(images[7], None, IMAGE_DIM, TEXT_DIM).vector
+    assert index.search(image_query, 1)[0].id == "m7"
+    text_only = fuse(None, texts[7], IMAGE_DIM, TEXT_DIM)[None, :]
+    index.upsert(["m7"], text_only, records_for(["m7"]))
+    graphs = index.stats()["graphs"]
+    assert graphs["image"]["count"] == 99 and graphs["image"]["deleted"] == 1 and graphs["text"]["count"] == 100
+    hits = {h.id: h for h in index.search(image_query, 100, return_vectors=True)}
+    assert hits["m7"].score == 0.0 and not hits["m7"].vector[:IMAGE_DIM].any()
+    np.testing.assert_array_equal(hits["m7"].vector, text_only[0])
+    index.upsert(["m7"], both[7:8], records_for(["m7"]))  # the image block's tombstone is revived
+    assert index.stats()["graphs"]["image"] == {"count": 100, "capacity": 1024, "deleted": 0, "dim": IMAGE_DIM}
+    top = index.search(image_query, 1, return_vectors=True)[0]
+    assert top.id == "m7"
+    np.testing.assert_array_equal(top.vector, both[7])
+    # An item whose vector is all zeros is in neither graph, yet stored and found (score 0).
+    index.upsert(["blank"], np.zeros((1, DIM), np.float32), records_for(["blank"]))
+    assert "blank" in index and {h.id for h in index.search(image_query, 101)} == set(ids) | {"blank"}
+    assert [h.id for h in index.search(image_query, 5, filter={"nope": 1})] == []
+    assert index.delete(["blank", "m7"]) == 2
+    assert index.stats()["graphs"]["text"]["count"] == 99 and index.stats()["deleted"] == 2
+
+
+@pytest.mark.parametrize("exact_max", [shard_index.EXACT_FILTER_MAX, 0], ids=["exact", "hnswlib-filter"])
+def test_filters_with_per_block_graphs(block_shard, monkeypatch, exact_max):
+    monkeypatch.setattr(shard_index, "EXACT_FILTER_MAX", exact_max)
+    index, ids, vectors = block_shard["index"], block_shard["ids"], block_shard["vectors"]
+    tens = np.array([j // 10 % 10 for j in range(len(ids))])
+    for kind in ("text", "image", "fused"):
+        for q in block_shard["queries"][kind][:5]:
+            hits = index.search(q, 10, filter={"tens": 3})
+            assert all(index.get(h.id).metadata == {"tens": 3} for h in hits)
+            scores = np.where(tens == 3, vectors @ q, -np.inf)
+            expected = [ids[j] for j in np.argsort(-scores, kind="stable")[:10]]
+            assert len(set(h.id for h in hits) & set(expected)) >= 9
+            if exact_max:
+                assert [h.id for h in hits] == expected
+
+
+def test_per_block_delete_revive_and_snapshot_round_trip(tmp_path: Path):
+    rng = np.random.default_rng(14)
+    images, texts = clustered_blocks(rng, 1500)
+    has_image, has_text = np.arange(1500) % 5 != 0, np.arange(1500) % 5 != 1
+    vectors = fused_items(images, texts, has_image, has_text)
+    ids = [f"s{j}" for j in range(1500)]
+    index = ShardIndex(DIM, image_dim=IMAGE_DIM, recall_target=0.95)
+    index.upsert(ids, vectors, [ItemRecord(i, text=str(j), has_image=bool(has_image[j])) for j, i in enumerate(ids)])
+    assert index.delete(ids[:30]) == 30
+    index.upsert(ids[:10], vectors[:10], records_for(ids[:10]))  # revived in place
+    before = index.stats()
+    assert before["count"] == 1480 and before["calibrated_at"] == 1500
+    path = tmp_path / "blocks.bin"
+    index.save(path, "9-9")
+    loaded, position = ShardIndex.load(path)
+    assert position == "9-9"
+    assert loaded.stats() == before  # layout, ef, recall target, counts, tombstones
+    assert all(loaded.get(i) == index.get(i) for i in ids)
+    for kind, (image, text) in {"image": (images, None), "text": (None, texts), "fused": (images, texts)}.items():
+        for j in range(0, 1500, 150):
+            q = build_query(None if image is None else image[j], None if text is None else text[j],
+                            IMAGE_DIM, TEXT_DIM).vector
+            a, b = index.search(q, 10, return_vectors=True), loaded.search(q, 10, return_vectors=True)
+            assert [(h.id, h.score) for h in a] == [(h.id, h.score) for h in b]
+            for x, y in zip(a, b):
+                np.testing.assert_array_equal(x.vector, y.vector)
+            assert not {h.id for h in b} & set(ids[10:30])
+    assert ShardIndex.load(path, recall_target=0.7)[0].stats()["recall_target"] == 0.7
+
+
+def write_v1_snapshot(path: Path, vectors: np.ndarray, ids: list[str], records: list[ItemRecord],
+                      position: str) -> None:
+    """A format version 1 snapshot, as the one-graph shard index wrote them."""
+    graph = hnswlib.Index(space="ip", dim=vectors.shape[1])
+    graph.init_index(max_elements=len(ids), M=16, ef_construction=200, allow_replace_deleted=True)
+    graph.add_items(vectors, np.asarray([label_for(i) for i in ids], dtype=np.uint64))
+    graph_file = path.with_suffix(".hnsw")
+    graph.save_index(str(graph_file))
+    graph_bytes = graph_file.read_bytes()
+    graph_file.unlink()
+    entries = [{"id": r.id, "text": r.text, "metadata": r.metadata, "has_image": r.has_image, "thumbnail": None}
+               for r in records]
+    records_json = json.dumps(entries).encode("utf-8")
+    payload = b"".join([struct.pack("<Q", len(graph_bytes)), graph_bytes, struct.pack("<Q", len(records_json)),
+                        records_json, struct.pack("<Q", 0)])
+    pos = position.encode("utf-8")
+    header = struct.pack("<8sIIQIQ32s", b"MMSHARD\0", 1, vectors.shape[1], len(ids), len(pos), len(payload), bytes(32))
+    digest = hashlib.sha256(header[8:-32] + pos + payload).digest()
+    path.write_bytes(header[:-32] + digest + pos + payload)
+
+
+def test_a_version_1_snapshot_loads_and_is_rebuilt_per_block(tmp_path: Path):
+    rng = np.random.default_rng(15)
+    images, texts = clustered_blocks(rng, 600)
+    has_image, has_text = np.arange(600) % 6 != 0, np.arange(600) % 6 != 1
+    vectors = fused_items(images, texts, has_image, has_text)
+    ids = [f"v{j}" for j in range(600)]
+    records = [ItemRecord(i, text=f"t{j}", metadata={"j": j}, has_image=bool(has_image[j])) for j, i in enumerate(ids)]
+    path = tmp_path / "old.bin"
+    write_v1_snapshot(path, vectors, ids, records, "5-1")
+    assert ShardIndex.read_position(path) == "5-1"
+
+    as_is, position = ShardIndex.load(path)  # no layout asked: one graph, as written
+    assert position == "5-1" and as_is.stats()["image_dim"] == 0 and as_is.stats()["ef"] == {"vector": 256}
+    upgraded, position = ShardIndex.load(path, image_dim=IMAGE_DIM, recall_target=0.98)
+    assert position == "5-1" and len(upgraded) == 600
+    stats = upgraded.stats()
+    assert stats["image_dim"] == IMAGE_DIM and stats["recall_target"] == 0.98
+    assert stats["graphs"]["image"]["count"] == has_image.sum() and stats["graphs"]["text"]["count"] == has_text.sum()
+    assert all(upgraded.get(i) == r for i, r in zip(ids, records))
+    for j in range(0, 600, 60):
+        for q in (build_query(images[j], None, IMAGE_DIM, TEXT_DIM).vector,
+                  build_query(None, texts[j], IMAGE_DIM, TEXT_DIM).vector,
+                  build_query(images[j], texts[j], IMAGE_DIM, TEXT_DIM).vector):
+            hits = upgraded.search(q, 5, return_vectors=True)
+            scores = vectors @ q
+            assert [h.id for h in hits] == [ids[i] for i in np.argsort(-scores, kind="stable")[:5]]
+            for h in hits:
+                np.testing.assert_allclose(h.vector, vectors[ids.index(h.id)], atol=1e-7)
+    saved = tmp_path / "new.bin"
+    upgraded.save(saved, "5-1")
+    assert ShardIndex.load(saved)[0].stats()["image_dim"] == IMAGE_DIM
+
+
+def test_bytes_stay_within_half_again_of_vectors_and_graphs():
+    rng = np.random.default_rng(16)
+    image_dim, n = 1280, 3000
+    vectors = np.concatenate([unit(rng, n, image_dim), unit(rng, n, 50)], axis=1) / np.sqrt(2)
+    ids = [f"y{j}" for j in range(n)]
+    index = ShardIndex(image_dim + 50, image_dim=image_dim, ef_construction=40)
+    for start in range(0, n, 500):
+        index.upsert(ids[start:start + 500], vectors[start:start + 500], records_for(ids[start:start + 500]))
+    stats = index.stats()
+    assert stats["vector_bytes"] == n * (image_dim + 50) * 4
+    assert 0 < stats["graph_bytes"] < stats["vector_bytes"] / 10
+    assert stats["bytes"] <= 1.5 * (stats["vector_bytes"] + stats["graph_bytes"])
+
+
+# -- ef calibration ----------------------------------------------------------------------------
+def test_ef_grows_with_k_from_the_calibrated_one():
+    assert ef_for(10, 24) == 24 and ef_for(1, 24) == 24 and ef_for(100, 24) == 240
+    assert ef_for(25, 16) == 40 and ef_for(1000, 10) == 1000 and ef_for(10) == shard_index.EF_DEFAULT
+
+
+def test_small_shards_use_the_default_ef_until_calibrated(monkeypatch):
+    monkeypatch.setattr(shard_index, "CALIBRATE_MIN", 300)
+    rng = np.random.default_rng(17)
+    vectors = unit(rng, 1300, 16)
+    ids = [f"c{j}" for j in range(1300)]
+    index = ShardIndex(16)
+    index.upsert(ids[:299], vectors[:299], records_for(ids[:299]))
+    assert index.stats()["ef"] == {"vector": shard_index.EF_DEFAULT} and index.stats()["calibrated_at"] == 0
+    index.upsert(ids[299:300], vectors[299:300], records_for(ids[299:300]))
+    assert index.stats()["calibrated_at"] == 300  # calibrated on reaching CALIBRATE_MIN
+    index.upsert(ids[300:590], vectors[300:590], records_for(ids[300:590]))
+    assert index.stats()["calibrated_at"] == 300  # grown by less than it had
+    index.upsert(ids[590:600], vectors[590:600], records_for(ids[590:600]))
+    assert index.stats()["calibrated_at"] == 600  # doubled
+    index.upsert(ids[:100], -vectors[:100], records_for(ids[:100]))
+    assert index.stats()["calibrated_at"] == 600  # 100 changed: under 20%
+    index.delete(ids[100:120])
+    assert index.stats()["calibrated_at"] == 580  # 120 changed: 20% of 600
+
+
+def test_a_lower_recall_target_calibrates_a_smaller_ef(monkeypatch):
+    """Uniform random vectors, the hardest case for a graph: each ef reaches about the recall
+    it was calibrated for on fresh queries."""
+    monkeypatch.setattr(shard_index, "CALIBRATE_MIN", 1000)
+    rng = np.random.default_rng(18)
+    n, dim = 3000, 48
+    vectors = unit(rng, n, dim)
+    ids = [f"u{j}" for j in range(n)]
+    queries = unit(rng, 200, dim)
+    exact = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
+    chosen = {}
+    for target in (0.99, 0.8):
+        index = ShardIndex(dim, recall_target=target)
+        index.upsert(ids, vectors, records_for(ids))
+        chosen[target] = index.calibrate()["vector"]
+        assert index.stats()["ef"] == {"vector": chosen[target]}
+        found = sum(len({h.id for h in index.search(q, 10)} & {ids[j] for j in truth})
+                    for q, truth in zip(queries, exact))
+        assert found / exact.size >= target - 0.03, (target, chosen[target], found / exact.size)
+    assert chosen[0.8] < chosen[0.99]
