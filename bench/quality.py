@@ -528,7 +528,7 @@ def hnsw_recall(image_feats: np.ndarray, text_vecs: np.ndarray, n_items: int, n_
     img, txt = noisy(image_feats, base), noisy(text_vecs, base)
     vectors = np.stack([fuse(i, t, image_dim, text_dim) for i, t in zip(img, txt)]).astype(np.float32)
     ids = [f"item-{i}" for i in range(n_items)]
-    index = ShardIndex(image_dim + text_dim)
+    index = ShardIndex(image_dim + text_dim, image_dim=image_dim)
     t0 = time.perf_counter()
     for start in range(0, n_items, 1000):
         batch = ids[start:start + 1000]

@@ -65,7 +65,7 @@ def _build_snapshot(path: Path, vectors: np.ndarray, ids: list[str]) -> float:
     from shared.shard_index import ItemRecord
 
     t0 = time.perf_counter()
-    index = ShardIndex(vectors.shape[1], initial_capacity=len(ids))
+    index = ShardIndex(vectors.shape[1], image_dim=IMAGE_DIM, initial_capacity=len(ids))
     for start in range(0, len(ids), BUILD_CHUNK):
         part = ids[start:start + BUILD_CHUNK]
         index.upsert(part, vectors[start:start + len(part)], [ItemRecord(i) for i in part])

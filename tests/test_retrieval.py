@@ -34,7 +34,7 @@ def shards(encoder):
     """Every photo ingested without a caption, spread over three shard indexes."""
     images = [decode_image(p.read_bytes()) for p in PHOTOS]
     items = encoder.encode_items(images, [None] * len(PHOTOS))
-    indexes = [ShardIndex(encoder.image_dim + encoder.text_dim) for _ in range(SHARDS)]
+    indexes = [ShardIndex(encoder.image_dim + encoder.text_dim, image_dim=encoder.image_dim) for _ in range(SHARDS)]
     for photo, item in zip(PHOTOS, items):
         indexes[shard_for(photo.name, SHARDS)].upsert(
             [photo.name], item.vector[None, :], [ItemRecord(photo.name, None, {}, True)])

@@ -5,7 +5,9 @@ writes those indexes. A background thread applies each shard's log in order, in 
 batches (the index's write lock is held per batch, so searches are not starved), publishes the
 applied position and item count to Redis, and snapshots to `MMSEARCH_DATA_DIR/shards/<cid>/<s>`.
 On start it loads the newest verified snapshot (falling back to the previous one) and replays
-the log after it. The log is trimmed only up to the position the *previous* snapshot covers,
+the log after it; each index keeps one graph per vector block (the collection's image dim) and
+tunes its search list for `Settings.recall_target`, and a snapshot of the older one-graph format
+is rebuilt that way as it loads. The log is trimmed only up to the position the *previous* snapshot covers,
 so that fallback always has the entries it needs. A new snapshot is written completely
 (`snapshot.new.bin`, atomic and fsynced) before the rotation renames, so a crash at any moment
 leaves a complete newest snapshot. No snapshot is taken before the first replay after a start
@@ -117,7 +119,8 @@ class ShardOwner:
             if not path.exists():
                 continue
             try:
-                index, position = ShardIndex.load(path)
+                index, position = ShardIndex.load(path, image_dim=coll.dims["image"],
+                                                  recall_target=self.settings.recall_target)
             except SnapshotError as exc:
                 log.error("shard %s/%d: refusing %s: %s", coll.name, shard, name, exc)
                 continue
@@ -132,7 +135,8 @@ class ShardOwner:
             raise Unrecoverable(f"the log of shard {coll.name}/{shard} was trimmed up to {trimmed} and no "
                                 f"verified snapshot in {directory} covers it")
         dim = coll.dims["image"] + coll.dims["text"]
-        return ShardState(directory, ShardIndex(dim), "0-0")
+        return ShardState(directory, ShardIndex(dim, image_dim=coll.dims["image"],
+                                                recall_target=self.settings.recall_target), "0-0")
 
     def _try_load(self, coll: Collection, shard: int) -> ShardState | None:
         key = (coll.cid, shard)
