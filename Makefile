@@ -13,6 +13,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	# foolbox ships 20 real ImageNet photos used by tests and benchmarks; its own deps are not needed.
 	$(PY) -m pip install --quiet --no-deps foolbox==3.3.4
+	# torch.compile (MMSEARCH_COMPILE) builds its CPU kernels with a C++ compiler; without one the models run eagerly.
+	command -v g++ >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++; } || \
+	  echo "g++ missing and not root: image models will run without torch.compile"
 	# The browser test drives Debian's chromium + chromium-driver (installed here when root).
 	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 	  { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } || \
