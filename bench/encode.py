@@ -12,6 +12,12 @@ re-encoded at JPEG quality 90, repeated to 520 items). Stages timed:
   the other (what `workers/encode.py` does within a task);
 - decode || model: a decode pool running ahead of the model (decode threads x torch threads).
 
+Before the stages, the precision modes a collection may use (`shared.precision`) are compared on
+the model alone, each eager and compiled (`torch.compile`, frozen on the CPU): images/s at the
+model batch, the compile time of both batch shapes, and the cosine of each mode's features with
+eager fp32's on the real photos (mean and worst photo). The stage table then runs the mode the
+service would use on this host (`MMSEARCH_PRECISION` resolved, compiled unless MMSEARCH_COMPILE=false).
+
 Stages run in interleaved rounds; the table gives each stage's best and median round, and
 "x model", the best throughput divided by the best model-only one (1.0: decoding fully hidden
 behind the model). Other processes on a shared machine slow single rounds down, so compare
@@ -34,7 +40,7 @@ import cv2
 import numpy as np
 
 from bench.datasets import note, opencv_photos, wallpapers
-from bench.photos import foolbox_photos
+from bench.photos import foolbox_photos, skimage_photos
 from shared.errors import ModelUnavailableError
 from shared.imagedecode import decode_image, resize_for_model
 
@@ -124,6 +130,37 @@ def stages(model: "ImageModel", items: list[bytes]) -> dict[str, Callable[[], No
     return out
 
 
+def compare_modes(model_name: str, photos: list[np.ndarray], rounds: int) -> dict[str, dict[str, float]]:
+    """Model-only images/s (best of interleaved rounds), compile seconds, and cosine with eager
+    fp32 features (mean, min over `photos`) of every precision, eager and compiled."""
+    from shared.image_models import create_image_model
+    from shared.precision import PRECISIONS
+
+    reference = create_image_model(model_name, "fp32", compile=False).encode(photos).features
+    models, out = {}, {}
+    for precision in PRECISIONS:
+        for compiled in (False, True):
+            name = f"{precision} {'compiled' if compiled else 'eager'}"
+            t0 = time.perf_counter()
+            model = create_image_model(model_name, precision, compile=compiled)
+            model.warm_up()
+            cosine = np.sum(model.encode(photos).features * reference, axis=1)
+            models[name] = model
+            out[name] = {"warm_up_s": round(time.perf_counter() - t0, 1), "compiled": model.compiled,
+                         "cosine_mean": round(float(cosine.mean()), 5), "cosine_min": round(float(cosine.min()), 5)}
+    batch = (photos * (-(-4 * BATCH // len(photos))))[: 4 * BATCH]
+    runs: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(rounds):
+        for name, model in models.items():
+            t0 = time.perf_counter()
+            for start in range(0, len(batch), BATCH):
+                model.encode(batch[start:start + BATCH])
+            runs[name].append(len(batch) / (time.perf_counter() - t0))
+    for name, rates in runs.items():
+        out[name]["images_per_s"] = round(max(rates), 1)
+    return out
+
+
 def measure(model: "ImageModel", items: list[bytes], rounds: int) -> dict[str, dict[str, float]]:
     """Best and median images/s of each stage over `rounds` interleaved rounds (other processes
     on the machine slow single runs down; the best run is the least disturbed one)."""
@@ -153,12 +190,28 @@ def main(argv: list[str] | None = None) -> None:
     summary: dict[str, object] = {"quick": args.quick, "rounds": rounds, "cores": CORES, "torch_threads": torch.get_num_threads(),
                                   "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "batch": BATCH}
     results: dict[str, dict[str, dict[str, float]]] = {}
+    from shared.config import get_settings
+    from shared.precision import resolve_precision
+
+    settings = get_settings()
+    service_precision = resolve_precision(None, settings.precision)
+    photos = [prepare(p.read_bytes(), 224) for p in foolbox_photos() + skimage_photos()]
+    modes: dict[str, dict[str, dict[str, float]]] = {}
     for model_name in ("efficientnet_lite0", "resnet50"):
         try:
-            model = create_image_model(model_name)
+            model = create_image_model(model_name, service_precision)
         except ModelUnavailableError as exc:
             note(f"image model {model_name} skipped: {exc}")
             continue
+        modes[model_name] = compare_modes(model_name, photos, rounds + 1)
+        print(f"\n== {model_name} precision modes, model only, batch {BATCH} ({len(photos)} real photos; "
+              f"cosine with eager fp32 features)")
+        print(f"  {'mode':<16}{'img/s':>8}{'x fp32':>8}{'compile s':>11}{'cos mean':>10}{'cos min':>9}")
+        base = modes[model_name]["fp32 eager"]["images_per_s"]
+        for mode, f in modes[model_name].items():
+            print(f"  {mode:<16}{f['images_per_s']:>8.1f}{f['images_per_s'] / base:>8.2f}{f['warm_up_s']:>11.1f}"
+                  f"{f['cosine_mean']:>10.4f}{f['cosine_min']:>9.4f}" + ("" if f["compiled"] or "eager" in mode
+                                                                        else "  (compile failed: eager)"))
         results[model_name] = {}
         for set_name, items in datasets.items():
             figures = measure(model, items, rounds)
@@ -169,6 +222,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  {'stage':<34}{'best':>8}{'median':>8}{'x model':>9}   (img/s; x model: best / best)")
             for stage, value in figures.items():
                 print(f"  {stage:<34}{value['best']:>8.1f}{value['median']:>8.1f}{value['best'] / model_best:>9.2f}")
+    summary["modes"] = modes
+    summary["service_mode"] = {"precision": service_precision, "compiled": settings.compile_models}
     summary["results"] = results
     together = f"decode(2) || model({summary['torch_threads']} threads)"
     summary["ratio_together_over_model"] = {
