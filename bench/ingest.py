@@ -16,7 +16,7 @@ Sets, all held in memory:
 Ceilings, measured in this process while the stack is idle (after a warm-up ingest, before the
 end-to-end runs): decode only (`decode_image` + `resize_for_model` over the same bytes in a
 2-thread pool, both cores) and model only (`efficientnet_lite0` `encode` on pre-decoded 224x224
-images, batches of 8). "serial" is 1 / (1/decode + 1/model), what one encode worker that decodes
+images, batches of 8, in the precision and compile mode the service uses). "serial" is 1 / (1/decode + 1/model), what one encode worker that decodes
 a batch and then encodes it can reach. Where the time went comes from the encode worker's log
 (Celery's per-task runtimes): its busy share of the wall time and its items/s while busy.
 
@@ -42,6 +42,8 @@ from bench.service import (Service, TaskLog, Upload, jpeg_with_long_side, real_p
 from shared.imagedecode import decode_image, resize_for_model
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the workers set it, before torch loads
+# The stack's workers (temporary data dir) and this process share one compile cache across runs.
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.abspath("bench/data/torch-compile-cache"))
 
 IMAGE_MODEL = "efficientnet_lite0"
 MODEL_BATCH = 8
@@ -151,9 +153,13 @@ def main(argv: list[str] | None = None) -> None:
 
         import torch
 
+        from shared.config import get_settings
         from shared.image_models import create_image_model
+        from shared.precision import resolve_precision
 
-        model = create_image_model(IMAGE_MODEL)
+        # The model as the encode worker runs it: the collection's precision, compiled or not alike.
+        model = create_image_model(IMAGE_MODEL, resolve_precision(None, get_settings().precision))
+        model.warm_up()
         size = model.input_size
         decoded = [resize_for_model(decode_image(item.image), size) for item in sets["photos500"][:64]]
         model_rate = model_ceiling(model, decoded, 160 if args.quick else 520, rounds)
@@ -169,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
                 results[name]["e2e_items_per_s"] / results[name]["serial_ceiling_items_per_s"], 3)
 
     load = [round(x, 2) for x in os.getloadavg()]
-    print(f"\n== ingest through the HTTP API ({SHARDS} shard workers, {IMAGE_MODEL} {model.precision} on "
+    print(f"\n== ingest through the HTTP API ({SHARDS} shard workers, {IMAGE_MODEL} {model.precision}{" compiled" if model.compiled else ""} on "
           f"{model.device}, torch threads here {torch.get_num_threads()}, {os.cpu_count()} cores)")
     print(table(["set", "items", "MB", "e2e/s", "decode/s", "model/s", "min ceil/s", "serial/s",
                  "e2e/min", "e2e/serial"],
