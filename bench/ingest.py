@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
                 results[name]["e2e_items_per_s"] / results[name]["serial_ceiling_items_per_s"], 3)
 
     load = [round(x, 2) for x in os.getloadavg()]
-    print(f"\n== ingest through the HTTP API ({SHARDS} shard workers, {IMAGE_MODEL} {model.precision}{" compiled" if model.compiled else ""} on "
+    print(f"\n== ingest through the HTTP API ({SHARDS} shard workers, {IMAGE_MODEL} {model.precision}{' compiled' if model.compiled else ''} on "
           f"{model.device}, torch threads here {torch.get_num_threads()}, {os.cpu_count()} cores)")
     print(table(["set", "items", "MB", "e2e/s", "decode/s", "model/s", "min ceil/s", "serial/s",
                  "e2e/min", "e2e/serial"],
