@@ -91,9 +91,25 @@ def test_collection_crud(client, redis_client):
     ({"name": "p", "store_thumbnails": "yes"}, "store_thumbnails"),
     ({"name": "p", "image_model": 3}, "image_model"),
     ({"name": "p", "replicas": 2}, "replicas"),
+    ({"name": "p", "precision": "int8"}, "precision"),
+    ({"name": "p", "precision": 16}, "precision"),
 ])
 def test_bad_collection_requests(client, body, field):
     assert assert_error(client.post("/v1/collections", json=body), 400, "invalid_request")["details"]["field"] == field
+
+
+def test_a_collection_keeps_the_precision_it_was_created_with(client, redis_client):
+    from shared.precision import host_precision
+
+    assert client.post("/v1/collections", json={"name": "half", "precision": "fp16"}).json["precision"] == "fp16"
+    assert client.post("/v1/collections", json={"name": "auto", "precision": "auto"}).json["precision"] == host_precision()
+    assert client.post("/v1/collections", json={"name": "plain"}).json["precision"] == host_precision()
+    assert client.get("/v1/collections/half").json["precision"] == "fp16"
+    # A collection stored before precisions existed was encoded in fp32.
+    legacy = json.loads(redis_client.hget(keys.COLLECTIONS, "plain"))
+    del legacy["precision"]
+    redis_client.hset(keys.COLLECTIONS, "plain", json.dumps(legacy))
+    assert client.get("/v1/collections/plain").json["precision"] == "fp32"
 
 
 def test_unavailable_model_is_a_bad_request(client, redis_client):
