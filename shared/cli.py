@@ -192,9 +192,9 @@ def collections() -> None:
 
 
 def _collections_table(colls: list[dict[str, Any]]) -> None:
-    _table([[c["name"], c["shards"], c["count"], c["image_model"], c["text_model"],
+    _table([[c["name"], c["shards"], c["count"], c["image_model"], c.get("precision", "fp32"), c["text_model"],
              "yes" if c.get("store_thumbnails") else "no"] for c in colls],
-           ["NAME", "SHARDS", "COUNT", "IMAGE MODEL", "TEXT MODEL", "THUMBNAILS"])
+           ["NAME", "SHARDS", "COUNT", "IMAGE MODEL", "PRECISION", "TEXT MODEL", "THUMBNAILS"])
 
 
 @collections.command("create")
@@ -203,13 +203,16 @@ def _collections_table(colls: list[dict[str, Any]]) -> None:
 @click.option("--image-model", help="efficientnet_lite0 or resnet50 (default: the server's).")
 @click.option("--text-model", help="Text model name (default: the server's).")
 @click.option("--thumbnails/--no-thumbnails", default=None, help="Keep a small JPEG per item.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+              help="Image model precision, fixed for the collection (default: the server's).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def collections_create(ctx: click.Context, name: str, shards: int | None, image_model: str | None,
-                       text_model: str | None, thumbnails: bool | None, as_json: bool) -> None:
+                       text_model: str | None, thumbnails: bool | None, precision: str | None,
+                       as_json: bool) -> None:
     """Create the collection NAME."""
-    body = _client(ctx).create_collection(name, shards=shards, image_model=image_model,
-                                          text_model=text_model, store_thumbnails=thumbnails)
+    body = _client(ctx).create_collection(name, shards=shards, image_model=image_model, text_model=text_model,
+                                          store_thumbnails=thumbnails, precision=precision)
     if as_json:
         _dump(body)
     else:

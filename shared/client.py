@@ -305,9 +305,10 @@ class Client:
     # Collections -------------------------------------------------------------------------
 
     def create_collection(self, name: str, shards: int | None = None, image_model: str | None = None,
-                          text_model: str | None = None, store_thumbnails: bool | None = None) -> dict[str, Any]:
+                          text_model: str | None = None, store_thumbnails: bool | None = None,
+                          precision: str | None = None) -> dict[str, Any]:
         body = {"name": name, "shards": shards, "image_model": image_model, "text_model": text_model,
-                "store_thumbnails": store_thumbnails}
+                "store_thumbnails": store_thumbnails, "precision": precision}
         return self._json("POST", "/v1/collections", json={k: v for k, v in body.items() if v is not None})
 
     def collections(self) -> list[dict[str, Any]]:

@@ -183,8 +183,9 @@ def _table_rows(stdout: str) -> list[list[str]]:
 
 @pytest.mark.slow
 def test_cli_ingest_search_jobs_end_to_end(run, client, folder, tmp_path):
-    code, out, err = run("collections", "create", "clicoll", "--shards", "2")
+    code, out, err = run("collections", "create", "clicoll", "--shards", "2", "--precision", "fp32")
     assert code == 0 and "created collection clicoll" in out
+    assert client.collection("clicoll")["precision"] == "fp32"  # encoded in fp32 whatever the host prefers
     code, out, err = run("ingest", str(folder), "--collection", "clicoll", "--batch", "4")
     assert code == 0, err
     assert "succeeded: 6 ingested, 0 failed of 6 into clicoll; 0 already present" in out
