@@ -12,19 +12,25 @@ Every search ranks by the inner product of the query with the fused stored vecto
 block counts 0). A query with one non-zero block searches only that block's graph, whose metric
 is then the query's own; items without that block score exactly 0 and come after the positive
 scores. A query with both blocks (or none) searches both graphs with the same list size, joins
-the candidates and scores them exactly: the block scores hnswlib returned, the text blocks of
-image candidates read from the text graph, and the image blocks of text candidates read from
-the image graph, except for those whose text score plus the image list's lowest score cannot
-reach the best k (hnswlib reads vectors slowly, about 80 us per 1280-d vector).
+the candidates and scores them exactly: the block scores hnswlib returned, plus the other block
+of a candidate found in one list only, read from its graph, unless its known score plus that
+other list's lowest score cannot reach the best k of the candidates found in both (hnswlib
+reads vectors slowly: about 5 us per 50-d and 80 us per 1280-d vector).
 
-The search list size (ef) of a top-k query is the calibrated ef at k = CALIBRATION_K scaled by
+The search list size (ef) of a top-k query is a calibrated ef at k = CALIBRATION_K scaled by
 k / CALIBRATION_K, per query kind ("image", "text", "fused"; "vector" for a one-graph shard).
-The shard calibrates itself against exact search: CALIBRATION_QUERIES of its own stored items
-that have the kind's blocks, each moved off its node in a random direction until it is as close
-to the item as the item's nearest other item is (`_off_node`), are the queries; exact top-k
-comes from a matmul over every live item's block vectors (copied out of hnswlib in one piece
-under the read lock, then computed outside it); the chosen ef is the smallest rung of EF_LADDER
-whose recall@k reaches the `recall_target` (the last rung if none does). A kind whose graphs hold fewer than CALIBRATE_MIN items keeps EF_DEFAULT.
+The shard calibrates itself against exact search. The queries are CALIBRATION_QUERIES of its
+own stored items that have the kind's blocks, each turned towards the difference of two other
+stored items until it is as close to the item as the item's nearest other item is (like a new
+item among similar ones). Exact top-k comes from a matmul over every live item's block vectors
+(copied out of hnswlib in one piece under the read lock, then computed outside it). `ef` is the
+smallest rung of EF_LADDER whose recall@k reaches the `recall_target` with a margin for the
+sample (it may miss only CALIBRATION_MARGIN of what the target allows: 99.5% for 99%);
+`far_below` is the lowest exact k-th score of a calibration query per unit of query norm. A
+query farther from the items than that (its k-th score below far_below x its norm: e.g. a photo
+unlike any stored one, whose top k are near-ties that a graph finds only with a long list), or
+whose search went astray, is searched again with ef = max(EF_FAR, 2k). A kind whose graphs hold
+fewer than CALIBRATE_MIN items keeps EF_DEFAULT and is never searched again.
 Writes trigger a recalibration, run by the writing thread after it released the write lock,
 once the shard reaches CALIBRATE_MIN items and then whenever it has doubled, or updates and
 deletes reached RECALIBRATE_CHANGED of its size, since the last calibration. Searches go on
@@ -40,8 +46,8 @@ Snapshot file layout (little-endian), format version 2:
     header   magic b"MMSHARD\\0", u32 format version, u32 dim, u64 count (live items),
              u32 position length, u64 payload length, 32-byte SHA-256
     position the log position the snapshot covers, UTF-8
-    payload  u64 n + n bytes of JSON {"image_dim", "recall_target", "ef": {kind: ef},
-             "calibrated_at"},
+    payload  u64 n + n bytes of JSON {"image_dim", "recall_target", "calibrated_at",
+             "tuning": {kind: {"ef", "far_below" (null: never)}}},
              per graph (image then text; or the one graph): u64 n + n bytes of hnswlib
              `save_index` output,
              u64 n + n bytes of JSON records [{"id", "text", "metadata", "has_image",
@@ -63,7 +69,7 @@ import os
 import struct
 import tempfile
 import threading
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -78,9 +84,11 @@ EXACT_FILTER_MAX = 4096  # a filter that matches at most this many items is answ
 
 CALIBRATION_K = 10        # the k that ef is calibrated for; other k scale it
 EF_DEFAULT = 256          # ef at CALIBRATION_K until a kind is calibrated
-EF_LADDER = (CALIBRATION_K, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+EF_LADDER = (CALIBRATION_K, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)
+EF_FAR = EF_LADDER[-1]    # ef (at any k up to EF_FAR / 2) of a query far from the calibrated ones
 CALIBRATION_QUERIES = 64  # stored items used as queries per kind
 CALIBRATE_MIN = 1000      # a kind is calibrated once its graphs hold this many items
+CALIBRATION_MARGIN = 0.5  # calibration queries may miss this share of what the target allows
 RECALIBRATE_CHANGED = 0.2  # updated + deleted items, as a share of the size at the last calibration
 GROWTH = 1.25             # capacity grows by this factor...
 GROW_MIN = 1024           # ...and by at least this many slots
@@ -111,6 +119,14 @@ _LOOKUP_BYTES = 40
 def ef_for(k: int, ef_at_k10: int = EF_DEFAULT) -> int:
     """The search list size for a top-k query, given the ef calibrated at k = CALIBRATION_K."""
     return max(k, ef_at_k10, -(-ef_at_k10 * k // CALIBRATION_K))
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """A query kind's calibrated search (see the module doc); ef values are at k = CALIBRATION_K."""
+
+    ef: int = EF_DEFAULT
+    far_below: float | None = None  # per unit of query norm; None: never search again
 
 
 @dataclass(frozen=True)
@@ -175,15 +191,13 @@ def _top(scores: dict[int, float], k: int) -> list[tuple[int, float]]:
     return sorted(scores.items(), key=lambda item: -item[1])[:k]
 
 
-def _off_node(stored: np.ndarray, nearest: np.ndarray, graphs: list[_Graph],
-              rng: np.random.Generator) -> np.ndarray:
-    """Calibration queries: each stored vector turned in a random direction (within the searched
-    blocks) until it is as close to it as its nearest other item is, so that it lies between
-    stored items like a new item would. A query that sits on a stored item would be answered
-    by that item's own links, at a list size far too small for any other query."""
-    noise = np.zeros_like(stored)
-    for graph in graphs:
-        noise[:, graph.start:graph.stop] = rng.standard_normal((len(stored), graph.stop - graph.start))
+def _off_node(stored: np.ndarray, nearest: np.ndarray, directions: np.ndarray) -> np.ndarray:
+    """Calibration queries: each stored vector turned towards a direction (the difference of two
+    other stored vectors: one along which the items themselves vary) until it is as close to it
+    as its nearest other item is, so that it lies between stored items like a new item would.
+    A query that sits on a stored item would be answered by that item's own links, at a list
+    size far too small for any other query."""
+    noise = directions.astype(np.float32)
     norms2 = np.einsum("ij,ij->i", stored, stored)[:, None]
     noise -= np.einsum("ij,ij->i", noise, stored)[:, None] / norms2 * stored
     noise *= np.sqrt(norms2) / np.linalg.norm(noise, axis=1, keepdims=True)
@@ -220,8 +234,8 @@ class ShardIndex:
         self._records: dict[int, ItemRecord] = {}
         self._blocks: dict[int, int] = {}  # label -> bits of the graphs that hold the item
         self._lock = RWLock()
-        # Calibration state: replaced whole (ef) or changed under _meta; one calibration at a time.
-        self._ef: dict[str, int] = {kind: EF_DEFAULT for kind in self.kinds}
+        # Calibration state: replaced whole (tuning) or changed under _meta; one calibration at a time.
+        self._tuning: dict[str, Tuning] = {kind: Tuning() for kind in self.kinds}
         self._calibrated_at = 0  # live items at the last calibration (0: never)
         self._inserted = 0       # new items since then
         self._changed = 0        # updated and deleted items since then
@@ -335,7 +349,8 @@ class ShardIndex:
         if k <= 0:
             return []
         graphs = self._graphs_for(query)
-        calibrated = self._ef[self._kind(graphs)]
+        tuning = self._tuning[self._kind(graphs)]
+        far_below = None if tuning.far_below is None else tuning.far_below * float(np.linalg.norm(query))
         with self._lock.read():
             allowed: set[int] | None = None
             if filter:
@@ -349,7 +364,9 @@ class ShardIndex:
                 ranked = self._exact(query, list(allowed), k)
             else:
                 try:
-                    ranked = self._approximate(query, graphs, k, ef_for(k, calibrated), allowed)
+                    ranked = self._approximate(query, graphs, k, ef_for(k, tuning.ef), allowed)
+                    if far_below is not None and ranked[-1][1] < far_below:
+                        ranked = self._approximate(query, graphs, k, max(EF_FAR, 2 * k), allowed)
                 except RuntimeError:  # hnswlib reached fewer than k qualifying items
                     ranked = self._exact(query, list(self._records if allowed is None else allowed), k)
             labels = [label for label, _ in ranked]
@@ -395,32 +412,28 @@ class ShardIndex:
 
     def _join(self, query: np.ndarray, k: int, images: tuple[list[int], list[float]],
               texts: tuple[list[int], list[float]]) -> list[tuple[int, float]]:
-        """Exact scores of the union of the image and the text candidates (see the module doc)."""
-        image_graph, text_graph = self._graphs
-        image_part = dict(zip(*images))
-        text_part = dict(zip(*texts))
-        need_text = [label for label in image_part if label not in text_part and self._blocks[label] & TEXT]
-        if need_text:
-            scores = text_graph.index.get_items(need_text) @ text_graph.part(query)
-            text_part.update(zip(need_text, scores.tolist()))
-        total = {label: score + text_part.get(label, 0.0) for label, score in image_part.items()}
-        need_image: list[int] = []
-        for label, score in text_part.items():
-            if label in total:
-                continue
-            if self._blocks[label] & IMAGE:
-                need_image.append(label)
+        """Exact scores of the best of the image and the text candidates (see the module doc)."""
+        graphs = self._graphs
+        parts = (dict(zip(*images)), dict(zip(*texts)))
+        # An item that has a block but is missing from that block's list is expected to score
+        # there at most the list's last (lowest) score: the list did not hold every such item.
+        ceilings = [found[1][-1] if found[1] else 0.0 for found in (images, texts)]
+        total: dict[int, float] = {}
+        unknown: tuple[list[int], list[int]] = ([], [])  # per graph: labels whose part there is unknown
+        for label in parts[0].keys() | parts[1].keys():
+            missing = [i for i, graph in enumerate(graphs)
+                       if label not in parts[i] and self._blocks[label] & graph.bit]
+            if missing:
+                unknown[missing[0]].append(label)
             else:
-                total[label] = score
-        if need_image:
-            # Non-empty only when the image list did not hold every image item: then no image
-            # item outside it is expected to score above its last (lowest) score.
-            ceiling = images[1][-1]
-            kth = heapq.nlargest(k, total.values())[-1] if len(total) >= k else -math.inf
-            need_image = [label for label in need_image if text_part[label] + ceiling >= kth]
-        if need_image:
-            scores = image_graph.index.get_items(need_image) @ image_graph.part(query)
-            total.update((label, text_part[label] + s) for label, s in zip(need_image, scores.tolist()))
+                total[label] = parts[0].get(label, 0.0) + parts[1].get(label, 0.0)
+        kth = heapq.nlargest(k, total.values())[-1] if len(total) >= k else -math.inf
+        for i, labels in enumerate(unknown):
+            known = parts[1 - i]
+            labels = [label for label in labels if known[label] + ceilings[i] >= kth]
+            if labels:  # read from hnswlib only the blocks that can still matter
+                scores = graphs[i].index.get_items(labels) @ graphs[i].part(query)
+                total.update((label, known[label] + s) for label, s in zip(labels, scores.tolist()))
         return _top(total, k)
 
     def _with_zeros(self, ranked: list[tuple[int, float]], k: int, graphs: list[_Graph],
@@ -479,8 +492,8 @@ class ShardIndex:
         `graph_bytes`: what hnswlib keeps per live item besides its vector (links, label,
         bookkeeping), all graphs together; `bytes`: an estimate of the whole index, with every
         graph's allocated capacity and the records (ids, texts, thumbnails; not metadata).
-        `ef`: the ef at k = CALIBRATION_K per query kind; `calibrated_at`: live items at the
-        last calibration (0: not calibrated).
+        `ef` (at k = CALIBRATION_K) and `far_below`: each query kind's tuning;
+        `calibrated_at`: live items at the last calibration (0: not calibrated).
         """
         with self._lock.read():
             graphs = {g.name: {"count": g.live, "capacity": g.index.get_max_elements(),
@@ -497,11 +510,12 @@ class ShardIndex:
         allocated = sum(g["capacity"] * (g["dim"] * 4 + links) + (g["count"] + g["deleted"]) * per_item
                         for g in graphs.values())
         with self._meta:
-            ef, calibrated_at = dict(self._ef), self._calibrated_at
+            tuning, calibrated_at = dict(self._tuning), self._calibrated_at
         return {"count": live, "capacity": sum(g["capacity"] for g in graphs.values()),
                 "deleted": sum(g["deleted"] for g in graphs.values()), "dim": self.dim,
                 "image_dim": self.image_dim, "M": M, "ef_construction": ef_construction,
-                "recall_target": self.recall_target, "ef": ef, "calibrated_at": calibrated_at,
+                "recall_target": self.recall_target, "ef": {kind: t.ef for kind, t in tuning.items()},
+                "far_below": {kind: t.far_below for kind, t in tuning.items()}, "calibrated_at": calibrated_at,
                 "graphs": graphs, "vector_bytes": live * self.dim * 4, "graph_bytes": int(graph_bytes),
                 "bytes": int(allocated + record_bytes)}
 
@@ -520,25 +534,25 @@ class ShardIndex:
             finally:
                 self._calibrating.release()
 
-    def calibrate(self) -> dict[str, int]:
-        """Choose each query kind's ef now (see the module doc); returns ef per kind."""
+    def calibrate(self) -> dict[str, Tuning]:
+        """Tune each query kind's search now (see the module doc); returns the tuning per kind."""
         with self._calibrating:
             return self._calibrate()
 
-    def _calibrate(self) -> dict[str, int]:
+    def _calibrate(self) -> dict[str, Tuning]:
         with self._lock.read():  # one consistent copy of every graph's vectors
             dumps = {graph.name: self._dump(graph) for graph in self._graphs}
             count = len(self._records)
             with self._meta:
                 inserted, changed = self._inserted, self._changed
         rng = np.random.default_rng(count)
-        chosen = dict(self._ef)
+        chosen = dict(self._tuning)
         for kind in self.kinds:
-            ef = self._calibrate_kind(kind, dumps, rng)
-            if ef is not None:
-                chosen[kind] = ef
+            tuning = self._calibrate_kind(kind, dumps, rng)
+            if tuning is not None:
+                chosen[kind] = tuning
         with self._meta:
-            self._ef = chosen
+            self._tuning = chosen
             self._calibrated_at = count
             self._inserted -= inserted
             self._changed -= changed
@@ -557,9 +571,8 @@ class ShardIndex:
                            np.uint64, count=graph.live)
         return _Dump(labels, np.isin(labels, live), vectors)
 
-    def _calibrate_kind(self, kind: str, dumps: dict[str, _Dump], rng: np.random.Generator) -> int | None:
-        """The smallest ef of EF_LADDER reaching the recall target for `kind`, None when the
-        kind has too few items to measure."""
+    def _calibrate_kind(self, kind: str, dumps: dict[str, _Dump], rng: np.random.Generator) -> Tuning | None:
+        """The tuning of `kind` (see the module doc), None when it has too few items to measure."""
         graphs = [g for g in self._graphs if g.name == kind] or self._graphs  # "fused"/"vector": all
         labels = [dumps[g.name].labels[dumps[g.name].live] for g in graphs]
         if min(len(x) for x in labels) < CALIBRATE_MIN:
@@ -568,23 +581,20 @@ class ShardIndex:
         candidates = labels[0]
         for more in labels[1:]:
             candidates = np.intersect1d(candidates, more)
-        if len(candidates) <= CALIBRATION_K:
+        if len(candidates) < 3 * CALIBRATION_K:
             return None
-        picks = rng.choice(candidates, size=min(CALIBRATION_QUERIES, len(candidates)), replace=False)
+        count = min(CALIBRATION_QUERIES, len(candidates) // 3)
+        chosen = self._stored(graphs, dumps, rng.choice(candidates, size=3 * count, replace=False))
+        picks, stored = chosen[0][:count], chosen[1][:count]
         universe = np.unique(np.concatenate(labels))
-        stored = np.zeros((len(picks), self.dim), np.float32)
-        for graph in graphs:
-            dump = dumps[graph.name]
-            rows = np.flatnonzero(dump.live)
-            order = np.argsort(dump.labels[rows])
-            stored[:, graph.start:graph.stop] = dump.vectors[rows[order[np.searchsorted(dump.labels[rows][order], picks)]]]
-        near = self._exact_scores(graphs, dumps, universe, stored)
-        near[np.searchsorted(universe, picks), np.arange(len(picks))] = -np.inf
-        queries = _off_node(stored, near.max(axis=0), graphs, rng)
+        neighbours = self._exact_scores(graphs, dumps, universe, stored)
+        neighbours[np.searchsorted(universe, picks), np.arange(count)] = -np.inf
+        queries = _off_node(stored, neighbours.max(axis=0), chosen[1][count:2 * count] - chosen[1][2 * count:])
         scores = self._exact_scores(graphs, dumps, universe, queries)
-        top = np.argpartition(-scores, CALIBRATION_K, axis=0)[:CALIBRATION_K]
-        truth = [set(universe[top[:, j]].tolist()) for j in range(len(picks))]
-        needed = self.recall_target * CALIBRATION_K * len(picks)
+        top = np.argpartition(-scores, CALIBRATION_K - 1, axis=0)[:CALIBRATION_K]
+        far_below = float((scores[top, np.arange(count)].min(axis=0) / np.linalg.norm(queries, axis=1)).min())
+        truth = [set(universe[column].tolist()) for column in top.T]
+        needed = (1.0 - (1.0 - self.recall_target) * CALIBRATION_MARGIN) * CALIBRATION_K * count
         for ef in EF_LADDER:
             found = 0
             for query, expected in zip(queries, truth):
@@ -592,8 +602,20 @@ class ShardIndex:
                     ranked = self._approximate(query, graphs, CALIBRATION_K, ef, None)
                 found += len(expected.intersection(label for label, _ in ranked))
             if found >= needed:
-                return ef
-        return EF_LADDER[-1]
+                break
+        return Tuning(ef, far_below)
+
+    def _stored(self, graphs: list[_Graph], dumps: dict[str, _Dump],
+                labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(labels, their stored vectors) from the dumps; each label is live in every graph."""
+        vectors = np.zeros((len(labels), self.dim), np.float32)
+        for graph in graphs:
+            dump = dumps[graph.name]
+            rows = np.flatnonzero(dump.live)
+            order = np.argsort(dump.labels[rows])
+            at = rows[order[np.searchsorted(dump.labels[rows][order], labels)]]
+            vectors[:, graph.start:graph.stop] = dump.vectors[at]
+        return labels, vectors
 
     @staticmethod
     def _exact_scores(graphs: list[_Graph], dumps: dict[str, _Dump], universe: np.ndarray,
@@ -627,7 +649,8 @@ class ShardIndex:
                     records = [(r, self._blocks[label]) for label, r in self._records.items()]
                     with self._meta:
                         meta = {"image_dim": self.image_dim, "recall_target": self.recall_target,
-                                "ef": dict(self._ef), "calibrated_at": self._calibrated_at}
+                                "calibrated_at": self._calibrated_at,
+                                "tuning": {kind: asdict(t) for kind, t in self._tuning.items()}}
                 entries, thumbnails, offset = [], [], 0
                 for r, blocks in records:
                     thumb = None
@@ -691,8 +714,8 @@ class ShardIndex:
             with open(path, "rb") as f:
                 version, dim, count, payload_size, position = _verify(f, path)
                 if version == 1:
-                    meta: dict[str, Any] = {"image_dim": 0, "recall_target": 0.99,
-                                            "ef": {KINDS_WHOLE[0]: EF_DEFAULT}, "calibrated_at": 0}
+                    meta: dict[str, Any] = {"image_dim": 0, "recall_target": 0.99, "calibrated_at": 0,
+                                            "tuning": {KINDS_WHOLE[0]: asdict(Tuning())}}
                 else:
                     meta = json.loads(_read_exact(f, _read_u64(f)))
                 stored_image_dim = meta["image_dim"] if 0 < meta["image_dim"] < dim else 0
@@ -714,8 +737,9 @@ class ShardIndex:
             shard = cls(dim, image_dim=stored_image_dim, M=indexes[0].M,
                         ef_construction=indexes[0].ef_construction, initial_capacity=1,
                         recall_target=float(meta["recall_target"]))
-            if set(meta["ef"]) != set(shard.kinds):
-                raise SnapshotError(f"snapshot {path}: ef for {sorted(meta['ef'])}, expected {sorted(shard.kinds)}")
+            if set(meta["tuning"]) != set(shard.kinds):
+                raise SnapshotError(f"snapshot {path}: tuning of {sorted(meta['tuning'])}, expected {sorted(shard.kinds)}")
+            tuning = {kind: Tuning(**t) for kind, t in meta["tuning"].items()}
         except SnapshotError:
             raise
         except (OSError, RuntimeError, ValueError, KeyError, TypeError) as exc:
@@ -727,7 +751,7 @@ class ShardIndex:
             graph.live = sum(1 for bits in blocks.values() if bits & graph.bit)
         shard._records = records
         shard._blocks = blocks
-        shard._ef = {kind: int(ef) for kind, ef in meta["ef"].items()}
+        shard._tuning = tuning
         shard._calibrated_at = int(meta["calibrated_at"])
         if image_dim is not None and (image_dim if 0 < image_dim < dim else 0) != shard.image_dim:
             shard = shard._relayout(image_dim)

@@ -777,9 +777,41 @@ def test_a_lower_recall_target_calibrates_a_smaller_ef(monkeypatch):
     for target in (0.99, 0.8):
         index = ShardIndex(dim, recall_target=target)
         index.upsert(ids, vectors, records_for(ids))
-        chosen[target] = index.calibrate()["vector"]
+        chosen[target] = index.calibrate()["vector"].ef
         assert index.stats()["ef"] == {"vector": chosen[target]}
         found = sum(len({h.id for h in index.search(q, 10)} & {ids[j] for j in truth})
                     for q, truth in zip(queries, exact))
         assert found / exact.size >= target - 0.03, (target, chosen[target], found / exact.size)
     assert chosen[0.8] < chosen[0.99]
+
+
+def test_a_query_far_from_every_item_is_searched_again_with_a_long_list(block_shard, monkeypatch):
+    index, ids, vectors = block_shard["index"], block_shard["ids"], block_shard["vectors"]
+    stats = index.stats()
+    assert all(0.0 < stats["far_below"][kind] < 1.0 for kind in index.kinds)
+    calls: list[int] = []
+    approximate = index._approximate
+
+    def spy(query, graphs, k, ef, allowed):
+        calls.append(ef)
+        return approximate(query, graphs, k, ef, allowed)
+
+    monkeypatch.setattr(index, "_approximate", spy)
+    sparse = np.zeros(IMAGE_DIM, np.float32)
+    sparse[np.random.default_rng(19).choice(IMAGE_DIM, 2, replace=False)] = 1.0  # unlike any item's image
+    for query, expected in ((block_shard["queries"]["image"][0], [stats["ef"]["image"]]),
+                            (build_query(sparse, None, IMAGE_DIM, TEXT_DIM).vector,
+                             [stats["ef"]["image"], shard_index.EF_FAR])):
+        calls.clear()
+        hits = index.search(query, 10)
+        assert calls == expected
+        exact = {ids[j] for j in np.argsort(-(vectors @ query), kind="stable")[:10]}
+        assert len({h.id for h in hits} & exact) >= 9
+    for far_below, expected in ((None, [16]), (-1.0, [16]), (0.99, [16, shard_index.EF_FAR])):
+        calls.clear()
+        monkeypatch.setitem(index._tuning, "image", shard_index.Tuning(16, far_below))
+        index.search(block_shard["queries"]["image"][0], 10)
+        assert calls == expected  # searched again when the 10th score < far_below x the query's norm
+    calls.clear()
+    index.search(block_shard["queries"]["image"][0], 1500)
+    assert calls == [2400, 3000]  # ef scales with k; the long list is at least 2k
