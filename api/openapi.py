@@ -167,6 +167,8 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
         "SearchResult": obj({
             "hits": {"type": "array", "items": ref("Hit"), "description": "By score, descending; no id twice."},
             "k": {"type": "integer"}, "took_ms": {"type": "number"},
+            "cached": {"type": "boolean", "description": "Served from the query worker's result cache: the same "
+                                                         "query, k and filter, and no write to the collection since."},
             "shards": obj({"total": {"type": "integer"}, "answered": {"type": "integer"},
                            "message": {"type": "string", "description": "Why some shards did not answer."}},
                           ("total", "answered")),

@@ -1,10 +1,13 @@
 """/v1/collections/<name>/search: hand a validated query to the query workers.
 
-The search task (queue "query") gets the request's own id as its task id. Synchronously, the
-API waits for its result up to MMSEARCH_SEARCH_TIMEOUT_S (503 after that) and answers with the
-merged hits, `took_ms` being the API's own wall time; a worker error body becomes the HTTP
-error it names. With `?async=1` the id is also a "search" job's id, which the query worker
-finishes with the same body, and the answer is 202 at once.
+The search task (queue "query") gets the request's own id as its task id; Celery keeps no
+result for it. Synchronously, the task names a list (`reply_to`, keys.search_answer) where the
+query worker pushes the body, and the API waits on that list with blocking pops (no result
+backend round trips: subscribe, read, forget) up to MMSEARCH_SEARCH_TIMEOUT_S (503 after that).
+It answers with the merged hits, `took_ms` being the API's own wall time, and `cached` whether
+the query worker served them from its result cache; a worker error body becomes the HTTP error
+it names. With `?async=1` the id is also a "search" job's id, which the query worker finishes
+with the same body, and the answer is 202 at once.
 
 `?after_job=<job id>` asks for read-your-writes: each shard waits (within the shard deadline)
 until it has applied what that job of this collection logged to it, and the answer carries
@@ -12,6 +15,7 @@ until it has applied what that job of this collection logged to it, and the answ
 """
 from __future__ import annotations
 
+import json
 import re
 import time
 from typing import Any
@@ -19,7 +23,6 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 
 from api.bodies import JSON, MULTIPART, body_kind, read_json_object
-from api.broker import wait_result
 from api.collections import require_collection
 from api.context import services
 from api.errors import ApiError, HTTP_CODES
@@ -32,6 +35,7 @@ bp = Blueprint("search", __name__, url_prefix="/collections/<name>/search")
 STATUS_OF_CODE = {code: status for status, code in HTTP_CODES.items()}
 ASYNC_VALUES = {"1": True, "true": True, "0": False, "false": False}
 JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
+BLPOP_MAX_S = 5.0  # one blocking read at most this long (below the Redis client's socket timeout)
 
 
 def _is_async() -> bool:
@@ -61,6 +65,17 @@ def _parse() -> SearchInput:
     if body_kind((JSON, MULTIPART)) == JSON:
         return parse_search_json(read_json_object(), settings)
     return parse_search_multipart(request.form, request.files, settings)
+
+
+def _wait_answer(search_id: str, timeout_s: float) -> Any:
+    """The body the query worker pushed for this search; 503 when it does not come in time."""
+    r, key = services().redis, keys.search_answer(search_id)
+    deadline = time.monotonic() + timeout_s
+    while (left := deadline - time.monotonic()) > 0:
+        popped = r.blpop([key], timeout=max(0.01, min(left, BLPOP_MAX_S)))
+        if popped is not None:
+            return json.loads(popped[1])
+    raise ApiError(503, "unavailable", "search timed out", {"timeout_s": timeout_s})
 
 
 def _answer(result: Any, started: float) -> Response:
@@ -93,7 +108,9 @@ def search(name: str) -> Response | tuple[Response, int]:
         kwargs["after_job"] = after_job
     if is_async:
         jobs.create_job(svc.redis, "search", name, coll.cid, 1, job_id=sid)
-    result = svc.celery.send_task(queues.SEARCH, kwargs=kwargs, task_id=sid, queue=queues.QUERY)
+    else:
+        kwargs["reply_to"] = keys.search_answer(sid)
+    svc.celery.send_task(queues.SEARCH, kwargs=kwargs, task_id=sid, queue=queues.QUERY, ignore_result=True)
     if is_async:
         return accepted(sid)
-    return _answer(wait_result(result, svc.settings.search_timeout_s, "search"), started)
+    return _answer(_wait_answer(sid, svc.settings.search_timeout_s), started)

@@ -41,8 +41,13 @@ def deliveries(task_id: str) -> str:
 
 
 def search_replies(search_id: str) -> str:
-    """List: the per-shard answers of one search, pushed by the shard workers."""
+    """List: the answers of the shard slots to one search, pushed by the shard workers."""
     return f"{PREFIX}:replies:{search_id}"
+
+
+def search_answer(search_id: str) -> str:
+    """List: the merged answer of one synchronous search, pushed by the query worker for the API."""
+    return f"{PREFIX}:answer:{search_id}"
 
 
 def job(job_id: str) -> str:

@@ -1,30 +1,51 @@
-"""Query workers (queue "query"): encode a search, fan it out to the shards, merge the top-k.
+"""Query workers (queue "query"): encode a search, fan it out to the shard slots, merge the top-k.
 
 `search` encodes the query (text with GloVe, no torch; an image with the collection's image
-model), sends one `shard_search` per shard whose slot has a live owner or replica, and gathers
-their answers from a Redis list (each shard worker pushes its answer there) until all have
-answered or `MMSEARCH_SHARD_TIMEOUT_S` has passed. Whatever answered by then is merged: a shard
-that died, hangs or cannot serve is counted as not answered (`shards.answered < total`, with a
-message), so a search never waits longer than the shard deadline.
+model) and sends one `shard_search` message to each shard slot that has a live owner or
+replica, naming every shard of the collection that the slot holds; whichever process of the
+slot takes it searches those shards in parallel and pushes one answer for all of them to a
+Redis list. The query worker gathers the answers until every slot answered or
+`MMSEARCH_SHARD_TIMEOUT_S` has passed. Whatever answered by then is merged: a shard that died,
+hangs or cannot serve is counted as not answered (`shards.answered < total`, with a message),
+so a search never waits longer than the shard deadline.
 
-Read-your-writes: with `after_job`, each shard search carries the highest log position that job
-wrote to that shard (its marks), and the process that takes it (owner or replica) waits, within
-the deadline, until it has applied that far. The answer's `consistency` says whether the job had
-counted all its items when the search started and whether every shard got that far.
+Before it sends anything, one pipelined read checks that the collection is live, which slots
+are, the last entry id of each shard log (for the result cache) and, with `after_job`, the
+job's marks. A collection's settings are read from the catalog once per process (they never
+change for a collection id).
+
+The result is pushed to the list the synchronous caller (the API) named in `reply_to`, or
+stored in the search's job when it is asynchronous. A search that fails unexpectedly answers
+an `internal` error there before it fails, so nobody waits for it until a timeout.
+
+Result cache (`workers.search_cache`): an answer that every shard gave from a state at least as
+new as the end of its log is kept in this process and served again (`cached: true`) for the
+same encoded query, k and filter while every log still ends there and every slot of the
+collection is live. Searches with `after_job` neither use nor fill it.
+
+Read-your-writes: with `after_job`, each slot message carries, per shard, the highest log
+position that job wrote there (its marks), and the process that takes it (owner or replica)
+waits, within the deadline, until it has applied that far. The answer's `consistency` says
+whether the job had counted all its items when the search started and whether every shard got
+that far.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
-from typing import Any
+from typing import Any, ContextManager
 
 from shared import catalog, jobs, keys, logs, queues, staging
+from shared.catalog import Collection
 from shared.errors import MMSearchError
 from shared.merge import merge_topk
 from shared.serializers import vector_to_b64
-from shared.slots import live_slots
+from shared.slots import liveness_keys
 from shared.sources import load_image_bytes
+from shared.streamids import at_least
+from workers import search_cache
 from workers.celery_app import app
 from workers.resources import redis_client, settings
 
@@ -32,73 +53,128 @@ log = logging.getLogger(__name__)
 
 BLPOP_MAX_S = 5.0      # one blocking read at most this long (below the client's socket timeout)
 WAIT_MARGIN_S = 0.25   # a shard stops waiting for read-your-writes this long before the deadline
+ANSWER_TTL_S = 60      # an answer nobody popped (its caller gave up) is dropped after this long
+COLLECTIONS_KEPT = 256
+
+_collections: dict[str, Collection] = {}  # cid -> its collection, read once per process
+_cache = search_cache.ResultCache()
 
 
 def _error(code: str, message: str) -> dict[str, Any]:
     return {"error": {"code": code, "message": message}}
 
 
-def _finish(job_id: str | None, body: dict[str, Any]) -> dict[str, Any]:
-    """Store an async search's outcome in its job; return the body for the sync caller."""
+def _finish(job_id: str | None, reply_to: str | None, body: dict[str, Any]) -> dict[str, Any]:
+    """Hand the outcome to whoever waits for it: an async search's job, a sync caller's list."""
+    r = redis_client()
     if job_id:
         error = body.get("error")
-        jobs.set_search_result(redis_client(), job_id, None if error else body, error, settings().job_ttl_s)
+        jobs.set_search_result(r, job_id, None if error else body, error, settings().job_ttl_s)
+    if reply_to:
+        pipe = r.pipeline(transaction=False)
+        pipe.rpush(reply_to, json.dumps(body))
+        pipe.expire(reply_to, ANSWER_TTL_S)
+        pipe.execute()
     return body
 
 
-def _live_slots(slots: set[int]) -> set[int]:
-    return live_slots(redis_client(), slots)
+def _collection(name: str, cid: str) -> Collection | None:
+    """The collection `name` if its id is `cid` (from this process's copy once read)."""
+    coll = _collections.get(cid)
+    if coll is None:
+        coll = catalog.get_collection(redis_client(), name)
+        if coll is None or coll.cid != cid:
+            return None
+        if len(_collections) >= COLLECTIONS_KEPT:
+            _collections.clear()
+        _collections[cid] = coll
+    return coll
 
 
-def _job_marks(cid: str, after_job: str) -> tuple[dict[int, str], bool] | dict[str, Any]:
-    """The job's log position per shard and whether all its items were counted; or an error."""
-    r = redis_client()
-    raw = r.hmget(keys.job(after_job), "cid", "total", "done", "failed")
-    if raw[0] is None:
+def _job_marks(cid: str, after_job: str, job: list[bytes | None],
+               marks: dict[bytes, bytes]) -> tuple[dict[int, str], bool] | dict[str, Any]:
+    """From the job's record and marks: its log position per shard and whether all its items
+    were counted; or an error."""
+    if job[0] is None:
         return _error("not_found", f"job {after_job!r} does not exist (or has expired)")
-    if raw[0].decode() != cid:
+    if job[0].decode() != cid:
         return _error("invalid_request", f"job {after_job!r} belongs to another collection")
-    total, done, failed = (int(v or 0) for v in raw[1:])
-    marks = {int(s): m.decode() for s, m in r.hgetall(keys.job_marks(after_job)).items()}
-    return marks, done + failed >= total
+    total, done, failed = (int(v or 0) for v in job[1:])
+    return {int(s): m.decode() for s, m in marks.items()}, done + failed >= total
+
+
+def _batch(producer: Any) -> ContextManager[Any]:
+    """Publishes of `producer` sent together, in one pipelined write, when the block ends
+    (kombu >= 5.7 on Redis; with an older kombu each one is sent at once)."""
+    batch = getattr(producer, "batch", None)
+    return batch() if batch is not None else contextlib.nullcontext()
 
 
 def gather(reply_key: str, expected: int, deadline: float) -> list[dict[str, Any]]:
-    """The answers pushed to `reply_key`, until `expected` came or the deadline passed."""
+    """The answers pushed to `reply_key`, until `expected` came or the deadline passed. (The
+    list is gone once its last answer is popped; one that comes too late expires with it.)"""
     r = redis_client()
     answers: list[dict[str, Any]] = []
-    try:
-        while len(answers) < expected:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            popped = r.blpop([reply_key], timeout=max(0.01, min(left, BLPOP_MAX_S)))
-            if popped is not None:
-                answers.append(json.loads(popped[1]))
-    finally:
-        r.delete(reply_key)
+    while len(answers) < expected:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        popped = r.blpop([reply_key], timeout=max(0.01, min(left, BLPOP_MAX_S)))
+        if popped is not None:
+            answers.append(json.loads(popped[1]))
     return answers
 
 
 @app.task(name=queues.SEARCH, bind=True)
 def search(self, collection: str, cid: str, text: str | None, image: dict[str, Any] | None, k: int,
            weights: dict[str, float] | None, filter: dict[str, Any] | None, job_id: str | None = None,
-           after_job: str | None = None):
+           after_job: str | None = None, reply_to: str | None = None):
+    logs.bind(job_id=job_id)  # async searches have a job; sync ones unbind the previous task's
+    try:
+        body = _search(self.request.id or jobs.new_job_id(), collection, cid, text, image, k, weights,
+                       filter, after_job)
+    except Exception:
+        _finish(job_id, reply_to, _error("internal", "search failed"))
+        raise
+    return _finish(job_id, reply_to, body)
+
+
+def _search(search_id: str, collection: str, cid: str, text: str | None, image: dict[str, Any] | None,
+            k: int, weights: dict[str, float] | None, filter: dict[str, Any] | None,
+            after_job: str | None) -> dict[str, Any]:
     from shared.encoding import collection_encoder
 
-    logs.bind(job_id=job_id)  # async searches have a job; sync ones unbind the previous task's
     wall_started = time.time()
     r, cfg = redis_client(), settings()
-    coll = catalog.get_collection(r, collection)
-    if coll is None or coll.cid != cid:
-        return _finish(job_id, _error("not_found", f"collection {collection!r} does not exist"))
+    coll = _collection(collection, cid)
+    if coll is None:
+        return _error("not_found", f"collection {collection!r} does not exist")
+    slot_of = {s: queues.slot_for_shard(s, cfg.shard_slots) for s in range(coll.shards)}
+    slots = sorted(set(slot_of.values()))
+    pipe = r.pipeline(transaction=False)
+    pipe.sismember(keys.LIVE_CIDS, cid)
+    for slot in slots:
+        pipe.exists(*liveness_keys(slot))
+    if after_job:
+        pipe.hmget(keys.job(after_job), "cid", "total", "done", "failed")
+        pipe.hgetall(keys.job_marks(after_job))
+    else:
+        search_cache.queue_log_ends(pipe, cid, coll.shards)
+    read = pipe.execute()
+    if not read[0]:
+        return _error("not_found", f"collection {collection!r} does not exist")
+    live = {slot for slot, alive in zip(slots, read[1:1 + len(slots)]) if alive}
+    rest = read[1 + len(slots):]
     marks: dict[int, str] = {}
     counted = True
+    ends: search_cache.LogEnds | None = None
     if after_job:
-        found = _job_marks(cid, after_job)
+        found = _job_marks(cid, after_job, rest[0], rest[1])
         if isinstance(found, dict):
-            return _finish(job_id, found)
+            return found
         marks, counted = found
+    else:
+        ends = search_cache.log_ends(rest[0])
     rgb = None
     if image:
         from shared.imagedecode import decode_image
@@ -107,44 +183,53 @@ def search(self, collection: str, cid: str, text: str | None, image: dict[str, A
             rgb = decode_image(load_image_bytes(image, r, cfg), max_pixels=cfg.max_image_pixels,
                                max_bytes=cfg.max_image_bytes)
         except MMSearchError as exc:
-            return _finish(job_id, _error("invalid_item", f"query image: {exc}"))
+            return _error("invalid_item", f"query image: {exc}")
         except Exception:  # a decoder failure we did not foresee is still the image's fault
             log.exception("query image could not be decoded")
-            return _finish(job_id, _error("invalid_item", "query image: not a decodable image"))
+            return _error("invalid_item", "query image: not a decodable image")
         finally:
             if "staged" in image:
                 staging.release(r, [image["staged"]])
     try:
         fused = collection_encoder(coll.image_model, coll.text_model, coll.precision).query(rgb, text, weights)
     except ValueError as exc:
-        return _finish(job_id, _error("invalid_request", str(exc)))
+        return _error("invalid_request", str(exc))
 
     message = {"vector": vector_to_b64(fused.vector), "image_dim": fused.image_dim,
                "image": vector_to_b64(fused.image) if fused.image is not None else None,
                "text": vector_to_b64(fused.text) if fused.text is not None else None,
                "weights": fused.weights}
-    slot_of = {s: queues.slot_for_shard(s, cfg.shard_slots) for s in range(coll.shards)}
-    live = _live_slots(set(slot_of.values()))
-    targets = [s for s, slot in slot_of.items() if slot in live]
+    cache_key = search_cache.entry_key(cid, message, k, filter) if ends is not None else None
+    if cache_key is not None and len(live) == len(slots):
+        cached = _cache.get(cache_key, ends)
+        if cached is not None:
+            return {**cached, "took_ms": round((time.time() - wall_started) * 1000, 2), "cached": True}
+
+    targets = {slot: [s for s in range(coll.shards) if slot_of[s] == slot] for slot in slots if slot in live}
     deadline = time.monotonic() + cfg.shard_timeout_s
     wait_until = time.time() + max(0.0, cfg.shard_timeout_s - WAIT_MARGIN_S)
-    reply_key = keys.search_replies(self.request.id or jobs.new_job_id())
-    for s in targets:
-        app.send_task(queues.SHARD_SEARCH, queue=queues.shard_queue(slot_of[s]), expires=cfg.shard_timeout_s,
-                      ignore_result=True,
-                      kwargs={"cid": cid, "shard": s, "query": message, "k": k, "filter": filter,
-                              "reply_to": reply_key, "min_position": marks.get(s), "wait_until": wait_until})
-    answers = gather(reply_key, len(targets), deadline) if targets else []
+    reply_key = keys.search_replies(search_id)
+    with app.producer_or_acquire() as producer, _batch(producer):
+        for slot, shards in targets.items():
+            app.send_task(queues.SHARD_SEARCH, queue=queues.shard_queue(slot), expires=cfg.shard_timeout_s,
+                          ignore_result=True, producer=producer,
+                          kwargs={"cid": cid, "shard": None, "shards": shards, "query": message, "k": k,
+                                  "filter": filter, "reply_to": reply_key, "wait_until": wait_until,
+                                  "min_positions": {str(s): marks[s] for s in shards if s in marks}})
+    replies = gather(reply_key, len(targets), deadline) if targets else []
+    answers = [answer for reply in replies for answer in reply["answers"]]
     failed = [a for a in answers if a.get("error")]
     answered = [a for a in answers if not a.get("error")]
     body = merge_hits(answered, k=k, total=coll.shards, job_id=None, started=wall_started)
+    body["cached"] = False
     missing = coll.shards - len(answered)
     if missing:
+        searched = sum(len(shards) for shards in targets.values())
         reasons = []
-        if coll.shards - len(targets):
-            reasons.append(f"{coll.shards - len(targets)} had no live owner or replica")
-        if len(targets) - len(answers):
-            reasons.append(f"{len(targets) - len(answers)} did not answer within {cfg.shard_timeout_s:g} s")
+        if coll.shards - searched:
+            reasons.append(f"{coll.shards - searched} had no live owner or replica")
+        if searched - len(answers):
+            reasons.append(f"{searched - len(answers)} did not answer within {cfg.shard_timeout_s:g} s")
         if failed:
             reasons.append(f"{len(failed)} could not serve ({failed[0]['error']})")
         body["shards"]["message"] = f"{missing} shard(s) not searched: " + "; ".join(reasons)
@@ -152,7 +237,10 @@ def search(self, collection: str, cid: str, text: str | None, image: dict[str, A
         applied = all(a.get("applied", True) for a in answered)
         body["consistency"] = {"after_job": after_job, "counted": counted, "applied": applied,
                                "met": counted and applied and not missing}
-    return _finish(job_id, body)
+    elif cache_key is not None and ends is not None and not missing and \
+            all(at_least(a.get("position"), ends[a["shard"]]) for a in answered):
+        _cache.put(cache_key, ends, body)
+    return body
 
 
 @app.task(name=queues.MERGE_HITS)
@@ -164,4 +252,4 @@ def merge_hits(results: list[dict[str, Any]], k: int, total: int, job_id: str | 
             "shards": {"total": total, "answered": len(results)}}
     if len(results) < total:
         body["shards"]["message"] = f"{total - len(results)} shard(s) had no live owner and were not searched"
-    return _finish(job_id, body)
+    return _finish(job_id, None, body)

@@ -1,4 +1,4 @@
-"""Shard workers (queue "shard.<slot>"): per-shard searches and item look-ups.
+"""Shard workers (queue "shard.<slot>"): searches of the slot's shards and item look-ups.
 
 `python -m workers shard [--slot N]` takes the lease of a slot, loads its shards (snapshot +
 log replay) and then consumes `shard.<slot>` with a thread pool; the owner's applier thread
@@ -10,14 +10,25 @@ follows the same logs, and consumes the same `shard.<slot>` queue, so Celery spr
 searches and look- ups over the owner and its replicas. It never writes a snapshot or trims a
 log. A search that asks for read-your-writes (`min_position`) waits, up to its deadline, until
 the process that took it has applied the log that far, and says whether it got there.
+
+A search message (`mmsearch.shard_search`) names either `shards`, every shard of one collection
+that the slot holds (the query worker sends one such message per slot): they are searched in
+parallel (hnswlib releases the GIL while it searches) and answered with one push,
+`{"answers": [one body per shard]}`; or one `shard` (the message of earlier versions, still
+served during an upgrade), answered with that shard's body alone. Each shard's body carries the
+log position the shard had applied when it searched (`position`), so the query worker knows
+which state of the collection its merged answer reflects. The answer is pushed and the search
+histogram recorded in one pipelined write.
 """
+
 from __future__ import annotations
 
 import base64
 import json
-import os
 import logging
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from shared import metrics, queues
@@ -33,6 +44,9 @@ log = logging.getLogger(__name__)
 _owner: ShardOwner | None = None
 REPLY_TTL_S = 60
 WAIT_POLL_S = 0.01
+SEARCH_THREADS = 4  # per process: the other shards of a slot message are searched on these
+
+_search_pool = ThreadPoolExecutor(SEARCH_THREADS, thread_name_prefix="shard-search")
 
 
 def owner() -> ShardOwner:
@@ -51,13 +65,24 @@ def _query_from_message(query: dict[str, Any]) -> FusedQuery:
     )
 
 
-def _reply(reply_to: str | None, body: dict[str, Any]) -> dict[str, Any]:
-    """Hand the answer to the waiting query worker (a list it BLPOPs), and return it."""
+def _reply(reply_to: str | None, body: dict[str, Any], cid: str, timings: list[tuple[int, float]]) -> dict[str, Any]:
+    """Hand the answer to the waiting query worker (a list it BLPOPs) and record the shards'
+    search times, in one round trip; return the answer. A metric that cannot be recorded is
+    dropped (logged), an answer that cannot be pushed raises."""
+    pipe = redis_client().pipeline(transaction=False)
     if reply_to:
-        pipe = redis_client().pipeline()
         pipe.rpush(reply_to, json.dumps(body))
         pipe.expire(reply_to, REPLY_TTL_S)
-        pipe.execute()
+    for shard, seconds in timings:
+        metrics.SHARD_SEARCH_HISTOGRAM.observe(pipe, (cid, str(shard)), seconds)
+    results = pipe.execute(raise_on_error=False)
+    pushed = 2 if reply_to else 0
+    for result in results[:pushed]:
+        if isinstance(result, Exception):
+            raise result
+    failed = [r for r in results[pushed:] if isinstance(r, Exception)]
+    if failed:
+        log.debug("shard search metrics not recorded: %s", failed[0])
     return body
 
 
@@ -76,26 +101,27 @@ def _wait_applied(key: tuple[str, int], min_position: str | None, wait_until: fl
         time.sleep(WAIT_POLL_S)
 
 
-@app.task(name=queues.SHARD_SEARCH)
-def shard_search(cid: str, shard: int, query: dict[str, Any], k: int,
-                 filter: dict[str, Any] | None = None, reply_to: str | None = None,
-                 min_position: str | None = None, wait_until: float | None = None) -> dict[str, Any]:
-    """Top-k of one shard: {"shard", "hits": [{"id", "score", "scores", "text", "metadata"}]},
-    plus "applied": whether `min_position` was reached, or "error" when the shard cannot answer."""
+def _search_shard(cid: str, shard: int, fused: FusedQuery, k: int, filter: dict[str, Any] | None,
+                  min_position: str | None, wait_until: float | None) -> tuple[dict[str, Any], float | None]:
+    """One shard's body and its index search time (None when it did not search)."""
     own = owner()
     state = own.get(cid, shard)
     if state is None:
         refused = own.refused.get((cid, shard))
         if refused:
-            return _reply(reply_to, {"shard": shard, "hits": [], "error": refused[0]})
-        return _reply(reply_to, {"shard": shard, "hits": []})
+            return {"shard": shard, "hits": [], "error": refused[0]}, None
+        return {"shard": shard, "hits": []}, None
     applied = _wait_applied((cid, shard), min_position, wait_until)
     state = own.shards.get((cid, shard)) or state
-    fused = _query_from_message(query)
+    position = state.position  # set only after the entries up to it are in the index
     started = time.perf_counter()
-    hits = state.index.search(fused.vector, k, filter=filter or None, return_vectors=True)
-    metrics.record_shard_search(redis_client(), cid, shard, time.perf_counter() - started)
-    body = {"shard": shard, "hits": [
+    try:
+        hits = state.index.search(fused.vector, k, filter=filter or None, return_vectors=True)
+    except Exception as exc:  # answered as not served, not left to the deadline
+        log.exception("search of shard %s/%d failed", cid, shard)
+        return {"shard": shard, "hits": [], "error": f"search failed: {exc}"}, None
+    seconds = time.perf_counter() - started
+    body: dict[str, Any] = {"shard": shard, "position": position, "hits": [
         {"id": h.id, "score": float(h.score), "scores": fused.score_parts(h.vector),
          "text": h.record.text, "metadata": h.record.metadata}
         for h in hits]}
@@ -103,7 +129,36 @@ def shard_search(cid: str, shard: int, query: dict[str, Any], k: int,
         body["applied"] = applied
     if own.replica:
         body["replica"] = True
-    return _reply(reply_to, body)
+    return body, seconds
+
+
+@app.task(name=queues.SHARD_SEARCH)
+def shard_search(cid: str, shard: int | None, query: dict[str, Any], k: int,
+                 filter: dict[str, Any] | None = None, reply_to: str | None = None,
+                 min_position: str | None = None, wait_until: float | None = None,
+                 shards: list[int] | None = None, min_positions: dict[str, str] | None = None) -> dict[str, Any]:
+    """Top-k of each of `shards` (`min_positions`: shard -> read-your-writes mark), answered as
+    {"answers": [body, ...]}; or of the one `shard` (`min_position`), answered with its body.
+
+    A shard's body: {"shard", "position", "hits": [{"id", "score", "scores", "text", "metadata"}]},
+    plus "applied" (whether its mark was reached) when it had one, or "error" (and no position)
+    when the shard cannot answer."""
+    owner()  # fails the task at once in a process that owns no slot
+    fused = _query_from_message(query)
+    if shards is None:
+        if shard is None:
+            raise ValueError("a shard search names `shards` or `shard`")
+        body, seconds = _search_shard(cid, shard, fused, k, filter, min_position, wait_until)
+        return _reply(reply_to, body, cid, [] if seconds is None else [(shard, seconds)])
+    marks = min_positions or {}
+
+    def one(s: int) -> tuple[dict[str, Any], float | None]:
+        return _search_shard(cid, s, fused, k, filter, marks.get(str(s)), wait_until)
+
+    others = [_search_pool.submit(one, s) for s in shards[1:]]
+    done = ([one(shards[0])] if shards else []) + [f.result() for f in others]
+    timings = [(body["shard"], seconds) for body, seconds in done if seconds is not None]
+    return _reply(reply_to, {"answers": [body for body, _ in done]}, cid, timings)
 
 
 @app.task(name=queues.GET_ITEM)
