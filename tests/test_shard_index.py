@@ -815,3 +815,14 @@ def test_a_query_far_from_every_item_is_searched_again_with_a_long_list(block_sh
     calls.clear()
     index.search(block_shard["queries"]["image"][0], 1500)
     assert calls == [2400, 3000]  # ef scales with k; the long list is at least 2k
+
+
+def test_calibration_copes_with_duplicate_items():
+    rng = np.random.default_rng(20)
+    vectors = np.tile(unit(rng, 4, 16), (300, 1))  # four vectors, each stored under 300 ids
+    ids = [f"d{j}" for j in range(1200)]
+    index = ShardIndex(16)
+    index.upsert(ids, vectors, records_for(ids))
+    tuning = index.calibrate()["vector"]
+    assert tuning.ef in shard_index.EF_LADDER and np.isfinite(tuning.far_below)
+    assert {int(h.id[1:]) % 4 for h in index.search(vectors[6], 10)} == {2}
