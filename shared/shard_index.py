@@ -52,7 +52,7 @@ Snapshot file layout (little-endian), format version 2:
              `save_index` output,
              u64 n + n bytes of JSON records [{"id", "text", "metadata", "has_image",
              "thumbnail": [offset, length] | null, "blocks"}] (blocks: 1 image graph,
-             2 text graph, 3 both; 1 in a one-graph shard),
+             2 text graph, 3 both, 0 neither (all zeros); 1 in a one-graph shard),
              u64 n + n bytes of thumbnails, concatenated
 The SHA-256 covers every byte after the magic except the digest itself: the header fields,
 the position and the payload. Version 1 (one graph over the whole vectors; payload: graph,
