@@ -13,9 +13,9 @@ block counts 0). A query with one non-zero block searches only that block's grap
 is then the query's own; items without that block score exactly 0 and come after the positive
 scores. A query with both blocks (or none) searches both graphs with the same list size, joins
 the candidates and scores them exactly: the block scores hnswlib returned, plus the other block
-of a candidate found in one list only, read from its graph, unless its known score plus that
-other list's lowest score cannot reach the best k of the candidates found in both (hnswlib
-reads vectors slowly: about 5 us per 50-d and 80 us per 1280-d vector).
+of a candidate found in one list only, read from its graph, best bound first (its known score
+plus that other list's lowest score) and only while the bound can still reach the k-th score
+found so far (hnswlib reads vectors slowly: about 5 us per 50-d and 80 us per 1280-d vector).
 
 The search list size (ef) of a top-k query is a calibrated ef at k = CALIBRATION_K scaled by
 k / CALIBRATION_K, per query kind ("image", "text", "fused"; "vector" for a one-graph shard).
@@ -106,6 +106,7 @@ _DIGEST_AT = _HEADER.size - 32
 _U64 = struct.Struct("<Q")
 _CHUNK = 1 << 20
 _SCORE_ROWS = 8192  # rows per matmul when scoring a whole graph
+_JOIN_BATCH = 16    # blocks read from hnswlib at a time when joining fused candidates
 _MISSING = object()
 
 # hnswlib's memory per element besides level 0 (vector, 2M links + count, label): per slot of
@@ -420,21 +421,34 @@ class ShardIndex:
         # there at most the list's last (lowest) score: the list did not hold every such item.
         ceilings = [found[1][-1] if found[1] else 0.0 for found in (images, texts)]
         total: dict[int, float] = {}
-        unknown: tuple[list[int], list[int]] = ([], [])  # per graph: labels whose part there is unknown
+        unknown: list[tuple[float, int, int]] = []  # (upper bound, label, graph to read it from)
         for label in parts[0].keys() | parts[1].keys():
             missing = [i for i, graph in enumerate(graphs)
                        if label not in parts[i] and self._blocks[label] & graph.bit]
             if missing:
-                unknown[missing[0]].append(label)
+                i = missing[0]
+                unknown.append((parts[1 - i][label] + ceilings[i], label, i))
             else:
                 total[label] = parts[0].get(label, 0.0) + parts[1].get(label, 0.0)
-        kth = heapq.nlargest(k, total.values())[-1] if len(total) >= k else -math.inf
-        for i, labels in enumerate(unknown):
-            known = parts[1 - i]
-            labels = [label for label in labels if known[label] + ceilings[i] >= kth]
-            if labels:  # read from hnswlib only the blocks that can still matter
-                scores = graphs[i].index.get_items(labels) @ graphs[i].part(query)
-                total.update((label, known[label] + s) for label, s in zip(labels, scores.tolist()))
+        # Best bound first, a few at a time, while a bound can still reach the k-th score.
+        unknown.sort(key=lambda entry: -entry[0])
+        best: list[float] = heapq.nlargest(k, total.values())
+        heapq.heapify(best)
+        start = 0
+        while start < len(unknown) and (len(best) < k or unknown[start][0] >= best[0]):
+            batch = unknown[start:start + _JOIN_BATCH]
+            start += len(batch)
+            for i, graph in enumerate(graphs):
+                labels = [label for _, label, g in batch if g == i]
+                if not labels:
+                    continue
+                scores = graph.index.get_items(labels) @ graph.part(query)
+                for label, score in zip(labels, scores.tolist()):
+                    total[label] = parts[1 - i][label] + score
+                    if len(best) < k:
+                        heapq.heappush(best, total[label])
+                    else:
+                        heapq.heappushpop(best, total[label])
         return _top(total, k)
 
     def _with_zeros(self, ranked: list[tuple[int, float]], k: int, graphs: list[_Graph],
