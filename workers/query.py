@@ -2,12 +2,13 @@
 
 `search` encodes the query (text with GloVe, no torch; an image with the collection's image
 model) and sends one `shard_search` message to each shard slot that has a live owner or
-replica, naming every shard of the collection that the slot holds; whichever process of the
-slot takes it searches those shards in parallel and pushes one answer for all of them to a
-Redis list. The query worker gathers the answers until every slot answered or
-`MMSEARCH_SHARD_TIMEOUT_S` has passed. Whatever answered by then is merged: a shard that died,
-hangs or cannot serve is counted as not answered (`shards.answered < total`, with a message),
-so a search never waits longer than the shard deadline.
+replica, naming every shard of the collection that the slot holds (all the messages in one
+pipelined write); whichever process of the slot takes one searches those shards in parallel
+and pushes one answer for all of them to a Redis list. The query worker gathers the answers
+until every slot answered or `MMSEARCH_SHARD_TIMEOUT_S` has passed. Whatever answered by then
+is merged: a shard that died, hangs or cannot serve is counted as not answered
+(`shards.answered < total`, with a message), so a search never waits longer than the shard
+deadline.
 
 Before it sends anything, one pipelined read checks that the collection is live, which slots
 are, the last entry id of each shard log (for the result cache) and, with `after_job`, the
