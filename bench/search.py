@@ -14,16 +14,27 @@ and a word for what it shows, multipart). Per row: p50/p95/p99 latency, queries/
 against exact search over the same vectors (query vectors computed here with
 `shared.encoding.collection_encoder`, whose models are deterministic), and the top-1 rate.
 
-The floor: the same vectors in one in-process `ShardIndex`, searched with the same query
-vectors one at a time (with its top-1 and exact search's); "x floor" is the service's p50 over
-that p50. Where a 1-client query's time goes: the client's round trip, the API's `took_ms`, the
+The floor: the same vectors in one in-process `ShardIndex` (the collection's image dim, so one
+graph per block as the shard workers build them), searched with the same query vectors one at a
+time (with its top-1 and exact search's); "x floor" is the service's p50 over that p50.
+
+Memory: the resident memory (VmRSS) of each shard worker process before a collection is created
+and after it was filled and searched; the growth summed over the shard workers, over N, is the
+service's bytes per item. Next to it the index's own estimate of vector + graph bytes per item
+(`ShardIndex.stats()` of the floor: float32 vectors, level-0 links, labels, upper levels) and the
+ratio of the two (target: at most 1.5).
+The previous collection is deleted before the next is created; memory its shards freed but the
+allocator kept can be reused by the next one, which then shows less growth. Where a 1-client query's time goes: the client's round trip, the API's `took_ms`, the
 Celery runtimes of the search task and of one shard_search task (from the lines the workers
 log), next to the query encoding and the index search timed here.
 
 Defaults: --quick: N = 10k; 1 and 4 shards; 1 and 8 clients (a few minutes). Full: N = 10k,
-100k and 1M (a size is skipped with a note when its copies would not fit in memory); 1, 2 and 4
-shards; 1, 8 and 32 clients. The last line of output is one JSON object: the headline row
-(text queries, 1 client, the largest size, 4 shards) and every row.
+100k and 1M; 1, 2 and 4 shards; 1, 8 and 32 clients. A size is skipped with a note when its
+copies would not fit in memory, or when filling its collections and building its floor would
+take longer than --max-minutes at the previous size's rates (a lower bound: graph inserts slow
+down as the graph grows). The last line of output is one JSON object: the headline row (text
+queries, 1 client, the largest size, 4 shards) and every row; the same object is written to
+--json (default bench/results/search-<UTC time>.json), which `bench.report` plots.
 """
 from __future__ import annotations
 
@@ -35,6 +46,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -44,7 +56,8 @@ import requests
 from bench.bulk import bulk_insert, synthetic_vectors
 from bench.datasets import cifar_photos, note, opencv_photos, tags_of, wallpapers
 from bench.photos import Photo, foolbox_photos, skimage_photos
-from bench.service import Service, TaskEvent, TaskLog, Upload, latency_ms, running_stack, runtimes, table
+from bench.service import (Service, TaskEvent, TaskLog, Upload, latency_ms, result_path, running_stack,
+                           runtimes, table)
 from shared import queues
 from shared.catalog import Collection, get_collection
 from shared.imagedecode import decode_image
@@ -188,16 +201,18 @@ def fill(svc: Service, name: str, shards: int, vectors: np.ndarray, ids: list[st
     return seconds
 
 
-def floor(vectors: np.ndarray, ids: list[str], queries: dict[str, list[Query]],
+def floor(vectors: np.ndarray, ids: list[str], image_dim: int, queries: dict[str, list[Query]],
           exact: dict[str, list[list[str]]], repeats: int) -> dict[str, Any]:
-    """One in-process ShardIndex of all vectors: build time; per query kind latency, recall@10
-    and top-1, and exact search's top-1."""
-    index = ShardIndex(vectors.shape[1])
+    """One in-process ShardIndex of all vectors: build time and its vector and graph bytes
+    (`stats()`); per query kind latency, recall@10 and top-1, and exact search's top-1."""
+    index = ShardIndex(vectors.shape[1], image_dim=image_dim)
     t0 = time.perf_counter()
     for start in range(0, len(ids), INDEX_BATCH):
         batch = ids[start:start + INDEX_BATCH]
         index.upsert(batch, vectors[start:start + INDEX_BATCH], [ItemRecord(i) for i in batch])
-    out: dict[str, Any] = {"build_s": round(time.perf_counter() - t0, 1)}
+    stats = index.stats()
+    out: dict[str, Any] = {"build_s": round(time.perf_counter() - t0, 1), "vector_bytes": stats["vector_bytes"],
+                           "graph_bytes": stats["graph_bytes"], "bytes": stats["bytes"]}
     for kind, qs in queries.items():
         seconds, recalls, firsts = [], [], []
         for _ in range(repeats):
@@ -210,6 +225,15 @@ def floor(vectors: np.ndarray, ids: list[str], queries: dict[str, list[Query]],
         out[kind] = {**latency_ms(seconds), "recall_at_10": round(float(np.mean(recalls)), 4),
                      "top1": top1(qs * repeats, firsts), "exact_top1": top1(qs, [t[0] for t in exact[kind]])}
     return out
+
+
+def memory_row(n: int, shards: int, before: dict[str, int], after: dict[str, int]) -> dict[str, Any]:
+    """The shard workers' resident memory before a collection of `n` items and once it was
+    filled and searched; growth per item (the index estimate is added once the floor is built)."""
+    return {"items": n, "shards": shards, "rss_before_mb": round(sum(before.values()) / 2**20, 1),
+            "rss_after_mb": round(sum(after.values()) / 2**20, 1),
+            "bytes_per_item": round((sum(after.values()) - sum(before.values())) / n, 1),
+            "workers": {name: {"before": before[name], "after": after[name]} for name in sorted(after)}}
 
 
 def fits_in_memory(n: int, dim: int, collections: int) -> bool:
@@ -234,6 +258,7 @@ class Plan:
     passes: int      # a run sends max(passes x the kind's queries, clients x per_client) queries
     per_client: int
     repeats: int     # passes over the queries when timing the floor
+    max_minutes: float  # a size whose fills and floor would take longer at the previous rates is skipped
 
 
 @dataclass
@@ -244,6 +269,8 @@ class Results:
     breakdown: list[dict[str, Any]] = field(default_factory=list)
     fills: list[dict[str, Any]] = field(default_factory=list)
     floors: dict[int, dict[str, Any]] = field(default_factory=dict)
+    memory: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[dict[str, Any]] = field(default_factory=list)
 
 
 def measure_collection(svc: Service, name: str, queries: dict[str, list[Query]],
@@ -287,6 +314,14 @@ def run(svc: Service, plan: Plan) -> Results:
     for n in plan.sizes:
         if not fits_in_memory(n, dims["image"] + dims["text"], len(plan.shard_counts)):
             note(f"N={n}: {len(plan.shard_counts)} collections of {n} vectors would not fit in memory; skipped")
+            results.skipped.append({"items": n, "reason": "memory"})
+            continue
+        minutes = estimated_minutes(n, len(plan.shard_counts), results)
+        if minutes is not None and minutes > plan.max_minutes:
+            note(f"N={n}: filling {len(plan.shard_counts)} collections and building the floor would take at least "
+                 f"{minutes:.0f} min at the rates measured at N={results.fills[-1]['items']} "
+                 f"(limit --max-minutes {plan.max_minutes:g}); skipped")
+            results.skipped.append({"items": n, "reason": "time", "estimated_min": round(minutes, 1)})
             continue
         synthetic = synthetic_vectors(n - len(photos), dims["image"], dims["text"], seed=SEED, anchors=anchors)
         syn_ids = [f"syn-{i}" for i in range(len(synthetic))]
@@ -295,14 +330,27 @@ def run(svc: Service, plan: Plan) -> Results:
         exact = {kind: exact_top(vectors, ids, qs) for kind, qs in queries.items()}
         for shards in plan.shard_counts:
             name = f"n{n}-s{shards}"
+            rss_before = svc.shard_rss()
             fill_s = fill(svc, name, shards, synthetic, syn_ids, photos)
             results.fills.append({"items": n, "shards": shards, "fill_s": round(fill_s, 1),
                                   "items_per_s": round(n / fill_s, 1)})
             measure_collection(svc, name, queries, exact, encode_ms, plan, {"items": n, "shards": shards}, results)
+            results.memory.append(memory_row(n, shards, rss_before, svc.shard_rss()))
             svc.session.delete(f"{svc.url}/collections/{name}", timeout=60)
         del synthetic
-        results.floors[n] = floor(vectors, ids, queries, exact, plan.repeats)
+        results.floors[n] = floor(vectors, ids, dims["image"], queries, exact, plan.repeats)
     return results
+
+
+def estimated_minutes(n: int, collections: int, results: Results) -> float | None:
+    """Minutes to fill `collections` collections of `n` items and build the floor at the slowest
+    fill rate and the floor build rate of the largest size measured so far (None: nothing yet)."""
+    if not results.floors:
+        return None
+    last = max(results.floors)
+    fill_rate = min(f["items_per_s"] for f in results.fills if f["items"] == last)
+    floor_rate = last / max(results.floors[last]["build_s"], 0.1)
+    return (collections * n / fill_rate + n / floor_rate) / 60
 
 
 def _minus(total: float | None, part: float | None) -> float | None:
@@ -316,6 +364,10 @@ def report(results: Results, slots: int, load: list[float]) -> None:
         row["x_floor"] = round(row["p50_ms"] / floors[row["items"]][row["kind"]]["p50_ms"], 1)
     for b in results.breakdown:
         b["index_here_ms"] = floors[b["items"]][b["kind"]]["mean_ms"]
+    for m in results.memory:
+        f = floors[m["items"]]
+        m["index_bytes_per_item"] = round((f["vector_bytes"] + f["graph_bytes"]) / m["items"], 1)
+        m["ratio"] = round(m["bytes_per_item"] / m["index_bytes_per_item"], 2)
     print(f"\n== fill: bulk vectors + 26 photos through the API, until both jobs are final ({slots} shard workers)")
     print(table(["items", "shards", "seconds", "items/s"],
                 [[f["items"], f["shards"], f["fill_s"], f["items_per_s"]] for f in results.fills]))
@@ -328,6 +380,16 @@ def report(results: Results, slots: int, load: list[float]) -> None:
     print(table(["items", "build s", "kind", "p50", "p95", "recall@10", "top-1", "exact top-1"],
                 [[n, f["build_s"], kind, f[kind]["p50_ms"], f[kind]["p95_ms"], f[kind]["recall_at_10"],
                   f[kind]["top1"], f[kind]["exact_top1"]] for n, f in floors.items() for kind in KINDS]))
+    print("\n== memory: shard workers' resident memory (VmRSS, all workers) before the collection and once\n"
+          "   filled and searched; bytes/item = growth / items; index = vector + graph bytes per item by\n"
+          "   ShardIndex.stats() of the floor; ratio = bytes/item / index (target <= 1.5)")
+    print(table(["items", "shards", "RSS before MB", "RSS after MB", "bytes/item", "index bytes/item", "ratio"],
+                [[m["items"], m["shards"], m["rss_before_mb"], m["rss_after_mb"], m["bytes_per_item"],
+                  m["index_bytes_per_item"], m["ratio"]] for m in results.memory]))
+    print("   the floor index in this process: " + "; ".join(
+        f"N={n}: vectors {f['vector_bytes'] / n:.0f} + graph {f['graph_bytes'] / n:.0f} B/item, "
+        f"whole index by stats() {f['bytes'] / n:.0f} B/item"
+        for n, f in floors.items()))
     for b in results.breakdown:
         b["api_hops_ms"] = _minus(b["api_took_ms"], b["search_task_ms"])
     print("\n== where a 1-client query's time goes (mean ms). client: HTTP round trip; API took: the API's\n"
@@ -350,17 +412,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shards", type=parse_ints, help="shard counts (default: 1,4 quick; 1,2,4)")
     parser.add_argument("--clients", type=parse_ints, help="concurrent clients (default: 1,8 quick; 1,8,32)")
     parser.add_argument("--slots", type=int, default=2, help="shard worker processes (MMSEARCH_SHARDS)")
+    parser.add_argument("--max-minutes", type=float, default=20.0,
+                        help="skip a size whose fills and floor would take longer (estimated from the previous size)")
+    parser.add_argument("--json", type=Path, help="where to write the result JSON "
+                        "(default: bench/results/search-<UTC time>.json)")
     args = parser.parse_args(argv)
     plan = Plan(sizes=args.sizes or ([10_000] if args.quick else [10_000, 100_000, 1_000_000]),
                 shard_counts=args.shards or ([1, 4] if args.quick else [1, 2, 4]),
                 client_counts=args.clients or ([1, 8] if args.quick else [1, 8, 32]),
-                passes=2 if args.quick else 4, per_client=8 if args.quick else 16, repeats=3 if args.quick else 5)
+                passes=2 if args.quick else 4, per_client=8 if args.quick else 16, repeats=3 if args.quick else 5,
+                max_minutes=args.max_minutes)
     with running_stack(slots=args.slots) as svc:
         results = run(svc, plan)
         load = [round(x, 2) for x in os.getloadavg()]
     report(results, args.slots, load)
 
     rows = results.rows
+    if not rows:
+        raise SystemExit("no size was measured")
     largest = max(r["items"] for r in rows)
     headline_shards = 4 if 4 in plan.shard_counts else max(plan.shard_counts)
     head = next(r for r in rows if (r["items"], r["shards"], r["kind"], r["clients"]) ==
@@ -368,7 +437,12 @@ def main(argv: list[str] | None = None) -> None:
     summary = {"p50_ms": head["p50_ms"], "p95_ms": head["p95_ms"], "qps": head["qps"],
                "recall_at_10": head["recall_at_10"], "items": largest, "shards": headline_shards,
                "quick": args.quick, "slots": args.slots, "cores": os.cpu_count(), "load_average": load,
-               "rows": rows, "floor": results.floors, "fill": results.fills, "breakdown": results.breakdown}
+               "rows": rows, "floor": results.floors, "fill": results.fills, "breakdown": results.breakdown,
+               "memory": results.memory, "skipped": results.skipped}
+    path = args.json or result_path("search")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, sort_keys=True, indent=1) + "\n")
+    print(f"\nresults written to {path}")
     sys.stdout.flush()
     print(json.dumps(summary, sort_keys=True))
 

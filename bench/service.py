@@ -6,7 +6,9 @@
   searches) plus its Redis client and log folder;
 - `TaskLog`: Celery's "Task <name>[<id>] received / ignored / succeeded in <s>s" lines in the
   stack's logs, read between two marks, to see where the time of a phase went;
-- the benchmark photos as in-memory JPEGs, latency percentiles and plain-text tables.
+- `rss_bytes`: a process's resident memory (the shard workers' through `Service.shard_rss`);
+- the benchmark photos as in-memory JPEGs, latency percentiles, plain-text tables and
+  `result_path`, where a run writes its JSON by default (read by `bench.report`).
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timezone
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -33,6 +35,7 @@ from bench.datasets import opencv_photos
 from bench.photos import Photo, foolbox_photos, skimage_photos
 from workers.stack import Stack, free_port
 
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
 FINAL_STATES = ("succeeded", "completed_with_errors", "failed", "cancelled")
 
 
@@ -131,6 +134,19 @@ class Service:
                                 data=form, timeout=60)
         elapsed = time.perf_counter() - t0
         return elapsed, self._check(resp, 200)
+
+    def shard_rss(self) -> dict[str, int]:
+        """Resident bytes of each shard worker process (`shard.<n>`; read replicas not included)."""
+        return {name: rss_bytes(proc.pid) for name, proc in self.stack.procs.items() if name.startswith("shard.")}
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of a process (VmRSS in /proc/<pid>/status), in bytes."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
 
 
 @contextmanager
@@ -256,3 +272,8 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def result_path(bench: str) -> Path:
+    """bench/results/<bench>-<UTC time>.json: where a run writes its JSON unless told otherwise."""
+    return RESULTS_DIR / f"{bench}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.json"
