@@ -23,7 +23,8 @@ a batch and then encodes it can reach. Where the time went comes from the encode
 
 The figures vary with the machine's load (compare ratios of one run only). The last line of
 output is one JSON object: `e2e_items_per_s`, `ceiling_items_per_s` (the smaller ceiling) and
-`ratio` for photos500, and every set's details.
+`ratio` for photos500, and every set's details; the same object is written to --json (default
+bench/results/ingest-<UTC time>.json), which `bench.report` plots.
 """
 from __future__ import annotations
 
@@ -33,13 +34,14 @@ import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from bench.datasets import note, wallpapers
-from bench.service import (Service, TaskLog, Upload, jpeg_with_long_side, real_photos, running_stack,
-                           runtimes, table)
+from bench.service import (Service, TaskLog, Upload, jpeg_with_long_side, real_photos, result_path,
+                           running_stack, runtimes, table)
 from shared.imagedecode import decode_image, resize_for_model
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the workers set it, before torch loads
@@ -138,6 +140,8 @@ def end_to_end(svc: Service, name: str, items: list[Upload]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.ingest", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer wallpapers and rounds (about 3 minutes)")
+    parser.add_argument("--json", type=Path, help="where to write the result JSON "
+                        "(default: bench/results/ingest-<UTC time>.json)")
     args = parser.parse_args(argv)
 
     sets = {"photos500": photos500(520), "wallpapers": wallpaper_set(1 if args.quick else 3)}
@@ -193,6 +197,10 @@ def main(argv: list[str] | None = None) -> None:
     summary = {"e2e_items_per_s": headline["e2e_items_per_s"], "ceiling_items_per_s": headline["ceiling_items_per_s"],
                "ratio": headline["ratio"], "quick": args.quick, "cores": os.cpu_count(), "shards": SHARDS,
                "model": IMAGE_MODEL, "load_average": load, "sets": results}
+    path = args.json or result_path("ingest")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, sort_keys=True, indent=1) + "\n")
+    print(f"\nresults written to {path}")
     sys.stdout.flush()
     print(json.dumps(summary, sort_keys=True))
 
