@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade --quiet pip
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,bench]'
 	# foolbox ships 20 real ImageNet photos used by tests and benchmarks; its own deps are not needed.
 	$(PY) -m pip install --quiet --no-deps foolbox==3.3.4
 	# torch.compile (MMSEARCH_COMPILE) builds its CPU kernels with a C++ compiler; without one the models run eagerly.
