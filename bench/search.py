@@ -18,13 +18,13 @@ The floor: the same vectors in one in-process `ShardIndex` (the collection's ima
 graph per block as the shard workers build them), searched with the same query vectors one at a
 time (with its top-1 and exact search's); "x floor" is the service's p50 over that p50.
 
-Memory: the resident memory (VmRSS) of each shard worker process before a collection is created
-and after it was filled and searched; the growth summed over the shard workers, over N, is the
-service's bytes per item. Next to it the index's own estimate of vector + graph bytes per item
-(`ShardIndex.stats()` of the floor: float32 vectors, level-0 links, labels, upper levels) and the
-ratio of the two (target: at most 1.5).
-The previous collection is deleted before the next is created; memory its shards freed but the
-allocator kept can be reused by the next one, which then shows less growth. Where a 1-client query's time goes: the client's round trip, the API's `took_ms`, the
+Memory: before each collection the shard workers are restarted (memory the previous, deleted
+collection left with the allocator would otherwise be reused and hide growth), the empty
+collection is created and searched once (code paths warm), and the resident memory (VmRSS) of
+each shard worker is read; again once the collection was filled and searched. The growth summed
+over the shard workers, over N, is the service's bytes per item. Next to it the index's own
+estimate of vector + graph bytes per item (`ShardIndex.stats()` of the floor: float32 vectors,
+level-0 links, labels, upper levels) and the ratio of the two (target: at most 1.5). Where a 1-client query's time goes: the client's round trip, the API's `took_ms`, the
 Celery runtimes of the search task and of one shard_search task (from the lines the workers
 log), next to the query encoding and the index search timed here.
 
@@ -183,11 +183,9 @@ def recall(found: list[str], exact: list[str]) -> float:
     return len(set(found) & set(exact)) / len(exact)
 
 
-def fill(svc: Service, name: str, shards: int, vectors: np.ndarray, ids: list[str],
-         photos: list[Photo]) -> float:
-    """Create the collection, bulk-insert the synthetic items, ingest the photos; seconds until
-    both jobs were final."""
-    svc.create_collection(name, shards)
+def fill(svc: Service, name: str, vectors: np.ndarray, ids: list[str], photos: list[Photo]) -> float:
+    """Bulk-insert the synthetic items into the (empty) collection, ingest the photos; seconds
+    until both jobs were final."""
     coll: Collection = get_collection(svc.redis, name)
     t0 = time.perf_counter()
     bulk_job = bulk_insert(svc.redis, coll, vectors, ids)
@@ -330,8 +328,11 @@ def run(svc: Service, plan: Plan) -> Results:
         exact = {kind: exact_top(vectors, ids, qs) for kind, qs in queries.items()}
         for shards in plan.shard_counts:
             name = f"n{n}-s{shards}"
+            svc.restart_shard_workers()
+            svc.create_collection(name, shards)
+            svc.search(svc.session, name, text=TEXT_QUERIES[0], k=K)
             rss_before = svc.shard_rss()
-            fill_s = fill(svc, name, shards, synthetic, syn_ids, photos)
+            fill_s = fill(svc, name, synthetic, syn_ids, photos)
             results.fills.append({"items": n, "shards": shards, "fill_s": round(fill_s, 1),
                                   "items_per_s": round(n / fill_s, 1)})
             measure_collection(svc, name, queries, exact, encode_ms, plan, {"items": n, "shards": shards}, results)
@@ -380,9 +381,10 @@ def report(results: Results, slots: int, load: list[float]) -> None:
     print(table(["items", "build s", "kind", "p50", "p95", "recall@10", "top-1", "exact top-1"],
                 [[n, f["build_s"], kind, f[kind]["p50_ms"], f[kind]["p95_ms"], f[kind]["recall_at_10"],
                   f[kind]["top1"], f[kind]["exact_top1"]] for n, f in floors.items() for kind in KINDS]))
-    print("\n== memory: shard workers' resident memory (VmRSS, all workers) before the collection and once\n"
-          "   filled and searched; bytes/item = growth / items; index = vector + graph bytes per item by\n"
-          "   ShardIndex.stats() of the floor; ratio = bytes/item / index (target <= 1.5)")
+    print("\n== memory: shard workers' resident memory (VmRSS, all workers; restarted before each collection)\n"
+          "   with the collection empty and once filled and searched; bytes/item = growth / items;\n"
+          "   index = vector + graph bytes per item by ShardIndex.stats() of the floor;\n"
+          "   ratio = bytes/item / index (target <= 1.5)")
     print(table(["items", "shards", "RSS before MB", "RSS after MB", "bytes/item", "index bytes/item", "ratio"],
                 [[m["items"], m["shards"], m["rss_before_mb"], m["rss_after_mb"], m["bytes_per_item"],
                   m["index_bytes_per_item"], m["ratio"]] for m in results.memory]))

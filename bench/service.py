@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -134,6 +135,20 @@ class Service:
                                 data=form, timeout=60)
         elapsed = time.perf_counter() - t0
         return elapsed, self._check(resp, 200)
+
+    def restart_shard_workers(self, timeout_s: float = 180) -> None:
+        """Stop every shard worker (SIGTERM: warm shutdown, snapshot, lease released; SIGKILL after
+        60 s) and start it again; returns once the stack is ready."""
+        names = [name for name in self.stack.procs if name.startswith("shard.")]
+        for name in names:
+            self.stack.signal(name, signal.SIGTERM, group=False)
+        for name in names:
+            try:
+                self.stack.procs[name].wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.stack.signal(name, signal.SIGKILL)
+            self.stack.start_process(name)
+        self.stack.wait_ready(timeout_s)
 
     def shard_rss(self) -> dict[str, int]:
         """Resident bytes of each shard worker process (`shard.<n>`; read replicas not included)."""
