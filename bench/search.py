@@ -24,8 +24,10 @@ collection is created and searched once (code paths warm), and the resident memo
 each shard worker is read; again once the collection was filled and searched. The growth summed
 over the shard workers, over N, is the service's bytes per item. Next to it the index's own
 estimate of vector + graph bytes per item (`ShardIndex.stats()` of the floor: float32 vectors,
-level-0 links, labels, upper levels) and the ratio of the two (target: at most 1.5). Where a 1-client query's time goes: the client's round trip, the API's `took_ms`, the
-Celery runtimes of the search task and of one shard_search task (from the lines the workers
+level-0 links, labels, upper levels) and the ratio of the two (target: at most 1.5).
+
+Where a 1-client query's time goes: the client's round trip, the API's `took_ms`, the Celery
+runtimes of the search task and of one shard_search task (from the lines the workers
 log), next to the query encoding and the index search timed here.
 
 Defaults: --quick: N = 10k; 1 and 4 shards; 1 and 8 clients (a few minutes). Full: N = 10k,
@@ -33,8 +35,9 @@ Defaults: --quick: N = 10k; 1 and 4 shards; 1 and 8 clients (a few minutes). Ful
 copies would not fit in memory, or when filling its collections and building its floor would
 take longer than --max-minutes at the previous size's rates (a lower bound: graph inserts slow
 down as the graph grows). The last line of output is one JSON object: the headline row (text
-queries, 1 client, the largest size, 4 shards) and every row; the same object is written to
---json (default bench/results/search-<UTC time>.json), which `bench.report` plots.
+queries, 1 client, the largest size, 4 shards) with that collection's memory figures
+(`bytes_per_item`, `index_bytes_per_item`, `memory_ratio`), and every row; the same object is
+written to --json (default bench/results/search-<UTC time>.json), which `bench.report` plots.
 """
 from __future__ import annotations
 
@@ -436,8 +439,11 @@ def main(argv: list[str] | None = None) -> None:
     headline_shards = 4 if 4 in plan.shard_counts else max(plan.shard_counts)
     head = next(r for r in rows if (r["items"], r["shards"], r["kind"], r["clients"]) ==
                 (largest, headline_shards, "text", 1))
+    memory = next(m for m in results.memory if (m["items"], m["shards"]) == (largest, headline_shards))
     summary = {"p50_ms": head["p50_ms"], "p95_ms": head["p95_ms"], "qps": head["qps"],
                "recall_at_10": head["recall_at_10"], "items": largest, "shards": headline_shards,
+               "bytes_per_item": memory["bytes_per_item"], "index_bytes_per_item": memory["index_bytes_per_item"],
+               "memory_ratio": memory["ratio"],
                "quick": args.quick, "slots": args.slots, "cores": os.cpu_count(), "load_average": load,
                "rows": rows, "floor": results.floors, "fill": results.fills, "breakdown": results.breakdown,
                "memory": results.memory, "skipped": results.skipped}
