@@ -12,7 +12,8 @@ Queries, k=10, through HTTP by 1, 8 (and 32 in the full run) client threads, eac
 `requests.Session`: text only (16 phrases, JSON), image (a crop, multipart) and fused (the crop
 and a word for what it shows, multipart). Per row: p50/p95/p99 latency, queries/s, recall@10
 against exact search over the same vectors (query vectors computed here with
-`shared.encoding.collection_encoder`, whose models are deterministic), and the top-1 rate.
+`shared.encoding.collection_encoder` in the precision the service gives the collections, whose
+models are deterministic), and the top-1 rate.
 
 The floor: the same vectors in one in-process `ShardIndex` (the collection's image dim, so one
 graph per block as the shard workers build them), searched with the same query vectors one at a
@@ -303,10 +304,13 @@ def run(svc: Service, plan: Plan) -> Results:
     """Fill, query and delete each collection; the floor of each size."""
     from shared.catalog import check_models
     from shared.encoding import collection_encoder
+    from shared.precision import resolve_precision
 
     settings = svc.stack.settings
     dims = check_models(settings, settings.image_model, settings.text_model)
-    encoder = collection_encoder(settings.image_model, settings.text_model)
+    # As the API resolves it for a new collection; fp32 queries would not match bf16 items' scores.
+    precision = resolve_precision(None, settings.precision)
+    encoder = collection_encoder(settings.image_model, settings.text_model, precision)
     photos = foolbox_photos() + skimage_photos()
     queries, encode_ms = build_queries(encoder, photos)
     photo_vectors = encode_photos(encoder, photos)
@@ -332,7 +336,9 @@ def run(svc: Service, plan: Plan) -> Results:
         for shards in plan.shard_counts:
             name = f"n{n}-s{shards}"
             svc.restart_shard_workers()
-            svc.create_collection(name, shards)
+            created = svc.create_collection(name, shards)
+            if created.get("precision") != precision:
+                raise RuntimeError(f"{name} got precision {created.get('precision')}, the queries here use {precision}")
             svc.search(svc.session, name, text=TEXT_QUERIES[0], k=K)
             rss_before = svc.shard_rss()
             fill_s = fill(svc, name, synthetic, syn_ids, photos)
