@@ -30,7 +30,8 @@ sample (it may miss only CALIBRATION_MARGIN of what the target allows: 99.5% for
 query farther from the items than that (its k-th score below far_below x its norm: e.g. a photo
 unlike any stored one, whose top k are near-ties that a graph finds only with a long list), or
 whose search went astray, is searched again with ef = max(EF_FAR, 2k). A kind whose graphs hold
-fewer than CALIBRATE_MIN items keeps EF_DEFAULT and is never searched again.
+fewer than CALIBRATE_MIN items keeps EF_DEFAULT and is never searched again; a single-block
+search among at most CALIBRATE_MIN items uses a list as long as they are many (the whole graph).
 Writes trigger a recalibration, run by the writing thread after it released the write lock,
 once the shard reaches CALIBRATE_MIN items and then whenever it has doubled, or updates and
 deletes reached RECALIBRATE_CHANGED of its size, since the last calibration. Searches go on
@@ -366,7 +367,13 @@ class ShardIndex:
                 ranked = self._exact(query, list(allowed), k)
             else:
                 try:
-                    ranked = self._approximate(query, graphs, k, ef_for(k, tuning.ef), allowed)
+                    # One graph of at most CALIBRATE_MIN items is searched whole (its list holds
+                    # every item it reaches): cheap, and duplicates far from every other item (copies
+                    # of one photo among unlike ones) hang off the graph where a shorter list misses
+                    # them. Not a fused search: its join would read hundreds of blocks back.
+                    whole = len(graphs) == 1 and pool <= CALIBRATE_MIN
+                    ef = pool if whole else ef_for(k, tuning.ef)
+                    ranked = self._approximate(query, graphs, k, ef, allowed)
                     if far_below is not None and ranked[-1][1] < far_below:
                         ranked = self._approximate(query, graphs, k, max(EF_FAR, 2 * k), allowed)
                 except RuntimeError:  # hnswlib reached fewer than k qualifying items
