@@ -79,7 +79,8 @@ def plot_vs_items(rows: Sequence[dict[str, Any]], out: Path) -> list[Path]:
     for ax, kind in zip(axes, kinds):
         for shards in shard_counts:
             pts = sorted((r["items"], r["p50_ms"], r["p95_ms"]) for r in rows
-                         if r["kind"] == kind and r["shards"] == shards and r["clients"] == few)
+                         if r["kind"] == kind and r["shards"] == shards and r["clients"] == few
+                         and r["p50_ms"] is not None)
             if not pts:
                 continue
             x, p50, p95 = zip(*pts)
@@ -114,7 +115,8 @@ def plot_vs_clients(rows: Sequence[dict[str, Any]], out: Path) -> Path:
     for ax, kind in zip(axes, kinds):
         for items, shards in sorted({(r["items"], r["shards"]) for r in rows}):
             pts = sorted((r["clients"], r["p50_ms"], r["p95_ms"]) for r in rows
-                         if r["kind"] == kind and r["items"] == items and r["shards"] == shards)
+                         if r["kind"] == kind and r["items"] == items and r["shards"] == shards
+                         and r["p50_ms"] is not None)
             if not pts:
                 continue
             x, p50, p95 = zip(*pts)

@@ -294,7 +294,7 @@ def measure_collection(svc: Service, name: str, queries: dict[str, list[Query]],
             ran = [s for s, (_, body) in zip(cell.latencies, cell.answers) if not body.get("cached")]
             hits = [s for s, (_, body) in zip(cell.latencies, cell.answers) if body.get("cached")]
             row = {**labels, "kind": kind, "clients": clients, "queries": len(cell.latencies),
-                   **latency_ms(ran or cell.latencies), "qps": round(len(cell.latencies) / cell.wall_s, 1),
+                   **(latency_ms(ran) if ran else dict.fromkeys(("p50_ms", "p95_ms", "p99_ms", "mean_ms"))), "qps": round(len(cell.latencies) / cell.wall_s, 1),
                    "cache_hits": len(hits), "cached_p50_ms": latency_ms(hits)["p50_ms"] if hits else None,
                    "recall_at_10": round(float(np.mean(recalls)), 4),
                    "top1": top1([qs[i] for i, _ in cell.answers],
@@ -378,7 +378,7 @@ def report(results: Results, slots: int, load: list[float]) -> None:
     """The tables (the JSON line is printed by main)."""
     floors = results.floors
     for row in results.rows:
-        row["x_floor"] = round(row["p50_ms"] / floors[row["items"]][row["kind"]]["p50_ms"], 1)
+        row["x_floor"] = None if row["p50_ms"] is None else round(row["p50_ms"] / floors[row["items"]][row["kind"]]["p50_ms"], 1)
     for b in results.breakdown:
         b["index_here_ms"] = floors[b["items"]][b["kind"]]["mean_ms"]
     for m in results.memory:
