@@ -102,7 +102,7 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
             "store_thumbnails": nullable({"type": "boolean", "default": settings.store_thumbnails}),
             "precision": nullable({"type": "string", "enum": ["auto", *PRECISIONS], "default": settings.precision,
                                    "description": "Image model precision, fixed for the collection's life: "
-                                                  "auto picks bf16 where the host runs it natively, else fp32."}),
+                                                  "auto picks bf16 where the host has bf16 matrix units (NVIDIA GPU, AMX CPU), else fp32."}),
         }, ("name",)),
         "Collection": obj({
             "name": {"type": "string"}, "shards": {"type": "integer"}, "image_model": {"type": "string"},
