@@ -718,7 +718,7 @@ class ShardIndex:
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(tmp, path)
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
         finally:
             tmp.unlink(missing_ok=True)
             for graph_file in graph_files:
@@ -862,7 +862,8 @@ def _read_u64(f: BinaryIO) -> int:
     return _U64.unpack(_read_exact(f, _U64.size))[0]
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Make the entries of `directory` (a file just renamed into it) durable."""
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -41,7 +41,7 @@ from shared.catalog import Collection
 from shared.config import Settings
 from shared.errors import SnapshotError
 from shared.queues import slot_for_shard
-from shared.shard_index import ItemRecord, ShardIndex
+from shared.shard_index import ItemRecord, ShardIndex, fsync_dir
 from shared.streamids import at_least
 
 log = logging.getLogger(__name__)
@@ -65,14 +65,6 @@ class ShardState:
         self.position = position
         self.unsaved = 0
         self.last_write = 0.0
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Unrecoverable(Exception):
@@ -289,7 +281,7 @@ class ShardOwner:
         if current.exists():
             os.replace(current, previous)
         os.replace(pending, current)
-        _fsync_dir(state.directory)
+        fsync_dir(state.directory)
         older_position = None
         if previous.exists():
             try:
