@@ -57,6 +57,11 @@ def select_device(preference: str = "auto") -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() and preference != "cpu" else "cpu")
 
 
+def default_batch(device: torch.device) -> int:
+    """The model batch on `device`: what one model call takes, and a compiled shape."""
+    return CUDA_MODEL_BATCH if device.type == "cuda" else CPU_MODEL_BATCH
+
+
 def _use_compile_cache() -> None:
     """Keep inductor's compiled code beside the service's data unless the operator chose a place."""
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(get_settings().data_dir.resolve() / "torch-compile-cache"))
@@ -78,7 +83,7 @@ class ImageModel:
         self.precision = precision
         self.device = device or select_device(settings.device)
         cuda = self.device.type == "cuda"
-        self.batch = batch or (CUDA_MODEL_BATCH if cuda else CPU_MODEL_BATCH)
+        self.batch = batch or default_batch(self.device)
         dtype = _DTYPES[precision]
         # CUDA runs the weights in the precision itself; the CPU keeps fp32 weights under autocast.
         self._weights_dtype = dtype if cuda else torch.float32
@@ -266,15 +271,21 @@ def _resnet50_weights_file() -> Path:
         f"{cached.parent}); image_model 'efficientnet_lite0' works offline")
 
 
-@register_image_model("resnet50")
-def _resnet50(**options: Any) -> ImageModel:
-    """torchvision ResNet-50 (the original design's model) from a local state_dict file."""
+def resnet50_model(state: dict[str, torch.Tensor] | None, **options: Any) -> ImageModel:
+    """torchvision ResNet-50 with the weights of `state` (None: random ones, for timing only)."""
     from torchvision.models import resnet50
 
     model = resnet50(weights=None)
-    state = torch.load(_resnet50_weights_file(), map_location="cpu", weights_only=True)
-    model.load_state_dict(state, strict=True)
+    if state is not None:
+        model.load_state_dict(state, strict=True)
     head = model.fc
     model.fc = torch.nn.Identity()
     return ImageModel("resnet50", model, head, dim=2048,
                       mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), **options)
+
+
+@register_image_model("resnet50")
+def _resnet50(**options: Any) -> ImageModel:
+    """torchvision ResNet-50 (the original design's model) from a local state_dict file."""
+    state = torch.load(_resnet50_weights_file(), map_location="cpu", weights_only=True)
+    return resnet50_model(state, **options)

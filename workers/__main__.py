@@ -27,11 +27,13 @@ def warm_up_default_models() -> None:
 def encode_concurrency(cfg: Settings) -> int:
     """Tasks in flight: two model batches' worth of tasks, so one decodes while another's images
     are in the model (at least 4)."""
-    from shared.image_models import CPU_MODEL_BATCH, CUDA_MODEL_BATCH
+    from shared.errors import ModelUnavailableError
+    from shared.image_models import CPU_MODEL_BATCH, default_batch, select_device
 
-    import torch
-
-    model_batch = CUDA_MODEL_BATCH if cfg.device != "cpu" and torch.cuda.is_available() else CPU_MODEL_BATCH
+    try:
+        model_batch = default_batch(select_device(cfg.device))
+    except ModelUnavailableError:  # MMSEARCH_DEVICE=cuda without a GPU: items fail saying so
+        model_batch = CPU_MODEL_BATCH
     return max(4, 2 * -(-model_batch // cfg.encode_batch))
 
 
