@@ -45,14 +45,7 @@ def build(name: str, precision: str, batch: int, compile: bool) -> tuple[Any, bo
     except ModelUnavailableError:
         if name != "resnet50":
             raise
-    import torch
-    from torchvision.models import resnet50
-
-    model = resnet50(weights=None)
-    head, model.fc = model.fc, torch.nn.Identity()
-    return image_models.ImageModel("resnet50", model, head, dim=2048, mean=(0.485, 0.456, 0.406),
-                                   std=(0.229, 0.224, 0.225), precision=precision, compile=compile,
-                                   batch=batch), False
+    return image_models.resnet50_model(None, precision=precision, compile=compile, batch=batch), False
 
 
 def model_only(model: Any, images: list[np.ndarray], seconds: float) -> float:
