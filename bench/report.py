@@ -70,22 +70,30 @@ def _kinds(rows: Sequence[dict[str, Any]]) -> list[str]:
     return [k for k in KINDS if k in present] + sorted(present - set(KINDS))
 
 
+def _count(n: int, word: str) -> str:
+    return f"{n:,} {word}{'s' if n != 1 else ''}"
+
+
+def _latency_lines(ax: Any, points: list[tuple[int, float, float]], label: str) -> None:
+    """p50 (solid) and p95 (dashed) in one colour, against the first value of each point."""
+    x, p50, p95 = zip(*sorted(points))
+    line, = ax.plot(x, p50, "o-", label=label)
+    ax.plot(x, p95, "s--", color=line.get_color())
+
+
 def plot_vs_items(rows: Sequence[dict[str, Any]], out: Path) -> list[Path]:
     """Latency at the lowest client count and QPS at every client count, against size."""
     kinds = _kinds(rows)
     few = min(r["clients"] for r in rows)
     shard_counts = sorted({r["shards"] for r in rows})
-    fig, axes = _panels(f"search latency vs collection size ({few} client{'s' if few > 1 else ''}; p50 solid, p95 dashed)", kinds)
+    fig, axes = _panels(f"search latency vs collection size ({_count(few, 'client')}; p50 solid, p95 dashed)", kinds)
     for ax, kind in zip(axes, kinds):
         for shards in shard_counts:
-            pts = sorted((r["items"], r["p50_ms"], r["p95_ms"]) for r in rows
-                         if r["kind"] == kind and r["shards"] == shards and r["clients"] == few
-                         and r["p50_ms"] is not None)
-            if not pts:
-                continue
-            x, p50, p95 = zip(*pts)
-            line, = ax.plot(x, p50, "o-", label=f"{shards} shard{'s' if shards > 1 else ''}")
-            ax.plot(x, p95, "s--", color=line.get_color())
+            pts = [(r["items"], r["p50_ms"], r["p95_ms"]) for r in rows
+                   if r["kind"] == kind and r["shards"] == shards and r["clients"] == few
+                   and r["p50_ms"] is not None]
+            if pts:
+                _latency_lines(ax, pts, _count(shards, "shard"))
         ax.set_xscale("log")
         ax.set_xlabel("items")
         ax.set_ylabel("latency (ms)")
@@ -99,8 +107,7 @@ def plot_vs_items(rows: Sequence[dict[str, Any]], out: Path) -> list[Path]:
                          if r["kind"] == kind and r["shards"] == shards and r["clients"] == clients)
             if pts:
                 x, qps = zip(*pts)
-                ax.plot(x, qps, "o-", label=f"{shards} shard{'s' if shards > 1 else ''}, "
-                                            f"{clients} client{'s' if clients > 1 else ''}")
+                ax.plot(x, qps, "o-", label=f"{_count(shards, 'shard')}, {_count(clients, 'client')}")
         ax.set_xscale("log")
         ax.set_xlabel("items")
         ax.set_ylabel("queries/s")
@@ -114,14 +121,11 @@ def plot_vs_clients(rows: Sequence[dict[str, Any]], out: Path) -> Path:
     fig, axes = _panels("search latency vs concurrent clients (p50 solid, p95 dashed)", kinds)
     for ax, kind in zip(axes, kinds):
         for items, shards in sorted({(r["items"], r["shards"]) for r in rows}):
-            pts = sorted((r["clients"], r["p50_ms"], r["p95_ms"]) for r in rows
-                         if r["kind"] == kind and r["items"] == items and r["shards"] == shards
-                         and r["p50_ms"] is not None)
-            if not pts:
-                continue
-            x, p50, p95 = zip(*pts)
-            line, = ax.plot(x, p50, "o-", label=f"{items:,} items, {shards} shard{'s' if shards > 1 else ''}")
-            ax.plot(x, p95, "s--", color=line.get_color())
+            pts = [(r["clients"], r["p50_ms"], r["p95_ms"]) for r in rows
+                   if r["kind"] == kind and r["items"] == items and r["shards"] == shards
+                   and r["p50_ms"] is not None]
+            if pts:
+                _latency_lines(ax, pts, f"{_count(items, 'item')}, {_count(shards, 'shard')}")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("clients")
         ax.set_ylabel("latency (ms)")
@@ -134,7 +138,7 @@ def plot_memory(memory: Sequence[dict[str, Any]], out: Path) -> Path:
     for shards in sorted({m["shards"] for m in memory}):
         pts = sorted((m["items"], m["bytes_per_item"]) for m in memory if m["shards"] == shards)
         x, y = zip(*pts)
-        ax.plot(x, y, "o-", label=f"shard workers' RSS growth, {shards} shard{'s' if shards > 1 else ''}")
+        ax.plot(x, y, "o-", label=f"shard workers' RSS growth, {_count(shards, 'shard')}")
     index = sorted({(m["items"], m["index_bytes_per_item"]) for m in memory if "index_bytes_per_item" in m})
     if index:
         x, y = zip(*index)
