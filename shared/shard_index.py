@@ -27,9 +27,12 @@ item among similar ones). Exact top-k comes from a matmul over every live item's
 smallest rung of EF_LADDER whose recall@k reaches the `recall_target` with a margin for the
 sample (it may miss only CALIBRATION_MARGIN of what the target allows: 99.5% for 99%);
 `far_below` is the lowest exact k-th score of a calibration query per unit of query norm. A
-query farther from the items than that (its k-th score below far_below x its norm: e.g. a photo
-unlike any stored one, whose top k are near-ties that a graph finds only with a long list), or
-whose search went astray, is searched again with ef = max(EF_FAR, 2k). A kind whose graphs hold
+query farther from the items than that (its k-th score below far_below x its norm: e.g. a text
+whose words no caption has, or a photo unlike any stored one, whose top k are near-ties that a
+graph finds only with a longer list), or whose search went astray, is searched again with the
+kind's `far_ef`. That one is calibrated the same way on far queries: the same stored items
+turned towards random directions (cosine FAR_COSINES with the item), those of them whose exact
+k-th score is below far_below; it is EF_FAR where none reach the target. A kind whose graphs hold
 fewer than CALIBRATE_MIN items keeps EF_DEFAULT and is never searched again; a single-block
 search among at most CALIBRATE_MIN items uses a list as long as they are many (the whole graph).
 Writes trigger a recalibration, run by the writing thread after it released the write lock,
@@ -86,7 +89,8 @@ EXACT_FILTER_MAX = 4096  # a filter that matches at most this many items is answ
 CALIBRATION_K = 10        # the k that ef is calibrated for; other k scale it
 EF_DEFAULT = 256          # ef at CALIBRATION_K until a kind is calibrated
 EF_LADDER = (CALIBRATION_K, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)
-EF_FAR = 4096             # ef (at any k up to EF_FAR / 2) of a query far from the calibrated ones
+EF_FAR = 4096             # far ef (at k = CALIBRATION_K) where no rung of EF_LADDER is enough
+FAR_COSINES = (0.1, 0.9)  # far calibration queries: cosine with the stored item they turn away from
 CALIBRATION_QUERIES = 64  # stored items used as queries per kind
 CALIBRATE_MIN = 1000      # a kind is calibrated once its graphs hold this many items
 CALIBRATION_MARGIN = 0.5  # calibration queries may miss this share of what the target allows
@@ -129,6 +133,7 @@ class Tuning:
 
     ef: int = EF_DEFAULT
     far_below: float | None = None  # per unit of query norm; None: never search again
+    far_ef: int = EF_FAR            # ef of a query whose k-th score is below far_below
 
 
 @dataclass(frozen=True)
@@ -144,13 +149,16 @@ class ItemRecord:
 
 @dataclass
 class SearchHit:
-    """One result of a shard search; `score` is the inner product with the query."""
+    """One result of a shard search; `score` is the inner product with the query, `blocks` its
+    parts: per block ("image", "text") the inner product of the query's block with the item's
+    (None in a one-graph shard)."""
 
     id: str
     label: int
     score: float
     record: ItemRecord
     vector: np.ndarray | None = None
+    blocks: dict[str, float] | None = None
 
 
 @dataclass
@@ -344,7 +352,8 @@ class ShardIndex:
         `filter` keeps items whose metadata equals every given key's value. A filter that
         matches few items is answered by exact search over them; otherwise hnswlib searches
         with the filter. Deleted items are never returned. `SearchHit.vector` (with
-        `return_vectors`) is the stored fused vector.
+        `return_vectors`) is the stored fused vector; `SearchHit.blocks` needs no vector read
+        but the smaller block's, and that only when the query has both blocks.
         """
         query = np.ascontiguousarray(vector, dtype=np.float32).reshape(-1)
         if query.shape != (self.dim,):
@@ -374,16 +383,41 @@ class ShardIndex:
                     whole = len(graphs) == 1 and pool <= CALIBRATE_MIN
                     ef = pool if whole else ef_for(k, tuning.ef)
                     ranked = self._approximate(query, graphs, k, ef, allowed)
-                    if far_below is not None and ranked[-1][1] < far_below:
-                        ranked = self._approximate(query, graphs, k, max(EF_FAR, 2 * k), allowed)
+                    if not whole and far_below is not None and ranked[-1][1] < far_below \
+                            and tuning.far_ef > tuning.ef:
+                        far_ef = min(ef_for(k, tuning.far_ef), max(EF_FAR, 2 * k))
+                        ranked = self._approximate(query, graphs, k, far_ef, allowed)
                 except RuntimeError:  # hnswlib reached fewer than k qualifying items
                     ranked = self._exact(query, list(self._records if allowed is None else allowed), k)
             labels = [label for label, _ in ranked]
             vectors = self._vectors(labels) if return_vectors else None
+            blocks = self._block_scores(query, ranked)
             return [SearchHit(id=self._records[label].id, label=label, score=float(score),
                               record=self._records[label],
-                              vector=None if vectors is None else vectors[i])
+                              vector=None if vectors is None else vectors[i],
+                              blocks=None if blocks is None else blocks[i])
                     for i, (label, score) in enumerate(ranked)]
+
+    def _block_scores(self, query: np.ndarray, ranked: list[tuple[int, float]]) -> list[dict[str, float]] | None:
+        """Each ranked item's score split by block (None in a one-graph shard): a block the query
+        lacks scores 0; with both, the smaller block is read back and the larger one is the rest."""
+        if not self.image_dim:
+            return None
+        out = [{graph.name: 0.0 for graph in self._graphs} for _ in ranked]
+        present = [graph for graph in self._graphs if graph.part(query).any()]
+        if len(present) == 1:
+            for parts, (_, score) in zip(out, ranked):
+                parts[present[0].name] = score
+        elif present:
+            small, large = sorted(present, key=lambda graph: graph.stop - graph.start)
+            rows = [i for i, (label, _) in enumerate(ranked) if self._blocks[label] & small.bit]
+            if rows:
+                scores = small.index.get_items([ranked[i][0] for i in rows]) @ small.part(query)
+                for i, score in zip(rows, scores.tolist()):
+                    out[i][small.name] = score
+            for parts, (_, score) in zip(out, ranked):
+                parts[large.name] = score - parts[small.name]
+        return out
 
     def _graphs_for(self, query: np.ndarray) -> list[_Graph]:
         """The graphs a query searches: its one non-zero block's, else all of them."""
@@ -514,7 +548,7 @@ class ShardIndex:
         `graph_bytes`: what hnswlib keeps per live item besides its vector (links, label,
         bookkeeping), all graphs together; `bytes`: an estimate of the whole index, with every
         graph's allocated capacity and the records (ids, texts, thumbnails; not metadata).
-        `ef` (at k = CALIBRATION_K) and `far_below`: each query kind's tuning;
+        `ef`, `far_below` and `far_ef` (ef values at k = CALIBRATION_K): each query kind's tuning;
         `calibrated_at`: live items at the last calibration (0: not calibrated).
         """
         with self._lock.read():
@@ -537,7 +571,8 @@ class ShardIndex:
                 "deleted": sum(g["deleted"] for g in graphs.values()), "dim": self.dim,
                 "image_dim": self.image_dim, "M": M, "ef_construction": ef_construction,
                 "recall_target": self.recall_target, "ef": {kind: t.ef for kind, t in tuning.items()},
-                "far_below": {kind: t.far_below for kind, t in tuning.items()}, "calibrated_at": calibrated_at,
+                "far_below": {kind: t.far_below for kind, t in tuning.items()},
+                "far_ef": {kind: t.far_ef for kind, t in tuning.items()}, "calibrated_at": calibrated_at,
                 "graphs": graphs, "vector_bytes": live * self.dim * 4, "graph_bytes": int(graph_bytes),
                 "bytes": int(allocated + record_bytes)}
 
@@ -612,12 +647,35 @@ class ShardIndex:
         neighbours = self._exact_scores(graphs, dumps, universe, stored)
         neighbours[np.searchsorted(universe, picks), np.arange(count)] = -np.inf
         queries = _off_node(stored, neighbours.max(axis=0), chosen[1][count:2 * count] - chosen[1][2 * count:])
+        top, scores = self._exact_top(graphs, dumps, universe, queries)
+        far_below = float((scores.min(axis=0) / np.linalg.norm(queries, axis=1)).min())
+        ef = self._smallest_ef(graphs, queries, universe, top, EF_LADDER[0])
+        # Far queries: the same items turned towards random directions, those that end up far.
+        directions = np.zeros_like(stored)
+        for graph in graphs:
+            directions[:, graph.start:graph.stop] = rng.standard_normal((count, graph.stop - graph.start))
+        cosines = rng.uniform(*FAR_COSINES, count)
+        far = _off_node(stored, cosines * np.einsum("ij,ij->i", stored, stored), directions)
+        far_top, far_scores = self._exact_top(graphs, dumps, universe, far)
+        beyond = far_scores.min(axis=0) / np.linalg.norm(far, axis=1) < far_below
+        far_ef = self._smallest_ef(graphs, far[beyond], universe, far_top[:, beyond], ef) if beyond.any() else ef
+        return Tuning(ef, far_below, far_ef)
+
+    def _exact_top(self, graphs: list[_Graph], dumps: dict[str, _Dump], universe: np.ndarray,
+                   queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Rows (into `universe`) of each query's exact top CALIBRATION_K, one column per query,
+        and their scores."""
         scores = self._exact_scores(graphs, dumps, universe, queries)
         top = np.argpartition(-scores, CALIBRATION_K - 1, axis=0)[:CALIBRATION_K]
-        far_below = float((scores[top, np.arange(count)].min(axis=0) / np.linalg.norm(queries, axis=1)).min())
+        return top, scores[top, np.arange(len(queries))]
+
+    def _smallest_ef(self, graphs: list[_Graph], queries: np.ndarray, universe: np.ndarray,
+                     top: np.ndarray, start: int) -> int:
+        """The smallest rung of EF_LADDER from `start` on whose recall@CALIBRATION_K on `queries`
+        (exact top: rows `top` of `universe`) reaches the target with the margin; EF_FAR if none."""
         truth = [set(universe[column].tolist()) for column in top.T]
-        needed = (1.0 - (1.0 - self.recall_target) * CALIBRATION_MARGIN) * CALIBRATION_K * count
-        for ef in EF_LADDER:
+        needed = (1.0 - (1.0 - self.recall_target) * CALIBRATION_MARGIN) * CALIBRATION_K * len(queries)
+        for ef in (rung for rung in EF_LADDER if rung >= start):
             found = 0
             for query, expected in zip(queries, truth):
                 try:
@@ -628,8 +686,8 @@ class ShardIndex:
                     continue
                 found += len(expected.intersection(label for label, _ in ranked))
             if found >= needed:
-                break
-        return Tuning(ef, far_below)
+                return ef
+        return EF_FAR
 
     def _stored(self, graphs: list[_Graph], dumps: dict[str, _Dump],
                 labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -42,6 +42,22 @@ def test_weighted_scores_match_design(weights):
         assert math.isclose(parts["text"], cos_t, abs_tol=1e-5)
 
 
+@pytest.mark.parametrize("weights", [(1.0, 1.0), (2.0, 0.5), (0.0, 1.0)])
+def test_block_scores_give_the_cosines_from_the_blocks_inner_products(weights):
+    a, t = unit(DI), unit(DT)
+    x = fuse(a, t, DI, DT)
+    q = build_query(unit(DI), unit(DT), DI, DT, {"image": weights[0], "text": weights[1]})
+    blocks = {"image": float(x[:DI] @ q.vector[:DI]), "text": float(x[DI:] @ q.vector[DI:])}
+    # A block weighted 0 is all zeros in the query vector: its cosine needs the stored vector.
+    assert q.explained_by_blocks == (0.0 not in weights)
+    if q.explained_by_blocks:
+        assert q.block_scores(blocks) == pytest.approx(q.score_parts(x), abs=1e-5)
+    text_only = build_query(None, unit(DT), DI, DT)
+    assert text_only.explained_by_blocks
+    assert text_only.block_scores({"image": 0.0, "text": float(x[DI:] @ text_only.vector[DI:])}) == \
+        pytest.approx(text_only.score_parts(x), abs=1e-5)
+
+
 def test_text_only_query_scores_by_text_cosine_only():
     a, t, qt = unit(DI), unit(DT), unit(DT)
     q = build_query(None, qt, DI, DT)

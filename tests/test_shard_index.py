@@ -594,6 +594,26 @@ def test_fused_queries_score_the_whole_vector_and_find_items_missing_a_block():
             np.testing.assert_array_equal(h.vector, vectors[ids.index(h.id)])
 
 
+@pytest.mark.parametrize("filtered", [False, True])
+def test_hits_carry_their_score_split_by_block(block_shard, filtered):
+    """`blocks` is what `score_parts` needs, without reading the stored vectors back: each block's
+    inner product with the query, 0 for a block the query or the item lacks."""
+    index, ids, vectors = block_shard["index"], block_shard["ids"], block_shard["vectors"]
+    for kind in ("text", "image", "fused"):
+        for query in block_shard["queries"][kind][:5]:
+            hits = index.search(query, 10, filter={"tens": 3} if filtered else None)
+            assert len(hits) == 10
+            for h in hits:
+                stored = vectors[ids.index(h.id)]
+                expected = {"image": float(stored[:IMAGE_DIM] @ query[:IMAGE_DIM]),
+                            "text": float(stored[IMAGE_DIM:] @ query[IMAGE_DIM:])}
+                assert h.blocks == pytest.approx(expected, abs=1e-5)
+                assert sum(h.blocks.values()) == pytest.approx(h.score, abs=1e-6)
+    one_graph = ShardIndex(DIM)
+    one_graph.upsert(ids[:50], vectors[:50], records_for(ids[:50]))
+    assert one_graph.search(vectors[0], 3)[0].blocks is None  # no blocks to split the score by
+
+
 def test_a_block_that_comes_and_goes_moves_between_graphs():
     rng = np.random.default_rng(13)
     images, texts = clustered_blocks(rng, 100)
@@ -801,7 +821,7 @@ def test_a_query_far_from_every_item_is_searched_again_with_a_long_list(block_sh
     sparse[np.random.default_rng(19).choice(IMAGE_DIM, 2, replace=False)] = 1.0  # unlike any item's image
     for query, expected in ((block_shard["queries"]["image"][0], [stats["ef"]["image"]]),
                             (build_query(sparse, None, IMAGE_DIM, TEXT_DIM).vector,
-                             [stats["ef"]["image"], shard_index.EF_FAR])):
+                             [stats["ef"]["image"], stats["far_ef"]["image"]])):
         calls.clear()
         hits = index.search(query, 10)
         assert calls == expected
