@@ -30,8 +30,9 @@ estimate of vector + graph bytes per item (`ShardIndex.stats()` of the floor: fl
 level-0 links, labels, upper levels) and the ratio of the two (target: at most 1.5).
 
 Where a 1-client query's time goes: the client's round trip, the API's `took_ms`, the Celery
-runtimes of the search task and of one shard_search task (from the lines the workers
-log), next to the query encoding and the index search timed here.
+runtime of the search task (from the query worker's log) and the mean index search of one shard
+(from the shard workers' search histogram), next to the query encoding and the index search timed
+here.
 
 Defaults: --quick: N = 10k; 1 and 4 shards; 1 and 8 clients (a few minutes). Full: N = 10k,
 100k and 1M; 1, 2 and 4 shards; 1, 8 and 32 clients. A size is skipped with a note when its
@@ -64,7 +65,7 @@ from bench.datasets import cifar_photos, note, opencv_photos, tags_of, wallpaper
 from bench.photos import Photo, foolbox_photos, skimage_photos
 from bench.service import (Service, TaskEvent, TaskLog, Upload, latency_ms, result_path, running_stack,
                            runtimes, table)
-from shared import queues
+from shared import metrics, queues
 from shared.catalog import Collection, get_collection
 from shared.imagedecode import decode_image
 from shared.shard_index import ItemRecord, ShardIndex
@@ -167,16 +168,18 @@ def top1(queries: list[Query], firsts: list[str | None]) -> float | None:
     return round(sum(e == f for e, f in pairs) / len(pairs), 3) if pairs else None
 
 
-def worker_stages(events: list[TaskEvent]) -> dict[str, float | None]:
-    """Mean Celery runtimes (ms) the workers logged during a run: the search task (decode and
-    encode the query, send the shard tasks, gather their answers, merge) and one shard_search
-    task (the shards of a query run in parallel)."""
-    times = runtimes(events)
+def search_task_ms(events: list[TaskEvent]) -> float | None:
+    """Mean Celery runtime (ms) of the search task during a run, from the query worker's log:
+    decode and encode the query, send the slot requests, gather their answers, merge."""
+    times = runtimes(events).get(queues.SEARCH)
+    return round(float(np.mean(times)) * 1000, 1) if times else None
 
-    def mean_ms(task: str) -> float | None:
-        return round(float(np.mean(times[task])) * 1000, 1) if times.get(task) else None
 
-    return {"search_task_ms": mean_ms(queues.SEARCH), "shard_task_ms": mean_ms(queues.SHARD_SEARCH)}
+def shard_searches(r: Any, cid: str) -> tuple[float, float]:
+    """(count, seconds) of every index search the shard workers recorded for a collection so far
+    (their `mmsearch_shard_search_duration_seconds` histogram)."""
+    values = [v for labels, v in metrics.SHARD_SEARCH_HISTOGRAM.read(r).items() if labels[0] == cid]
+    return sum(v.count for v in values), sum(v.sum for v in values)
 
 
 def exact_top(vectors: np.ndarray, ids: list[str], queries: list[Query]) -> list[list[str]]:
@@ -282,12 +285,15 @@ def measure_collection(svc: Service, name: str, queries: dict[str, list[Query]],
                        labels: dict[str, int], results: Results) -> None:
     """Every (kind, clients) run against one filled collection."""
     tasks = TaskLog(svc.log_dir)
+    cid = get_collection(svc.redis, name).cid
     for kind, qs in queries.items():
         run_clients(svc, name, qs, 1, 2)  # warm-up (models, connections)
         for clients in plan.client_counts:
             tasks.mark()
+            searched_before = shard_searches(svc.redis, cid)
             cell = run_clients(svc, name, qs, clients, max(plan.passes * len(qs), clients * plan.per_client))
             events = tasks.since_mark()
+            count, seconds = np.subtract(shard_searches(svc.redis, cid), searched_before)
             recalls = [recall([h["id"] for h in body["hits"]], exact[kind][i]) for i, body in cell.answers]
             # Repeated queries are answered from the query workers' result cache (`cached`):
             # latency percentiles are of the searches that ran, the cached ones reported apart.
@@ -304,7 +310,8 @@ def measure_collection(svc: Service, name: str, queries: dict[str, list[Query]],
                 results.breakdown.append({
                     **labels, "kind": kind, "client_ms": row["mean_ms"],
                     "api_took_ms": round(float(np.mean([b["took_ms"] for _, b in cell.answers])), 1),
-                    "encode_here_ms": encode_ms[kind], **worker_stages(events)})
+                    "encode_here_ms": encode_ms[kind], "search_task_ms": search_task_ms(events),
+                    "shard_search_ms": round(float(seconds / count) * 1000, 2) if count else None})
 
 
 def run(svc: Service, plan: Plan) -> Results:
@@ -413,14 +420,15 @@ def report(results: Results, slots: int, load: list[float]) -> None:
     for b in results.breakdown:
         b["api_hops_ms"] = _minus(b["api_took_ms"], b["search_task_ms"])
     print("\n== where a 1-client query's time goes (mean ms). client: HTTP round trip; API took: the API's\n"
-          "   own wall time; search task / shard task: Celery runtimes from the workers' logs (the shards\n"
-          "   run in parallel); API hops = API took - search task (broker, result backend, API work);\n"
+          "   own wall time; search task: its Celery runtime from the query worker's log; shard search:\n"
+          "   one shard's index search as the shard workers' histogram recorded it (the shards of a query\n"
+          "   run in parallel); API hops = API took - search task (broker, reply list, API work);\n"
           "   encode / index here: the same query encoding and a search of one index of all items, in this\n"
           "   process (timed apart from the service runs, so under other load)")
-    print(table(["items", "shards", "kind", "client", "API took", "API hops", "search task", "shard task",
+    print(table(["items", "shards", "kind", "client", "API took", "API hops", "search task", "shard search",
                  "encode here", "index here"],
                 [[b["items"], b["shards"], b["kind"], b["client_ms"], b["api_took_ms"], b["api_hops_ms"],
-                  b["search_task_ms"], b["shard_task_ms"], b["encode_here_ms"], b["index_here_ms"]]
+                  b["search_task_ms"], b["shard_search_ms"], b["encode_here_ms"], b["index_here_ms"]]
                  for b in results.breakdown]))
     print(f"\nload average at the end (other processes share these cores): {load}")
 

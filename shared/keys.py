@@ -40,6 +40,12 @@ def deliveries(task_id: str) -> str:
     return f"{PREFIX}:deliveries:{task_id}"
 
 
+def slot_searches(slot: int) -> str:
+    """List: search requests for one shard slot, pushed by the query workers and popped by the
+    slot's owner and read replicas (no Celery: a search lost with its worker is only late)."""
+    return f"{PREFIX}:searches:{slot}"
+
+
 def search_replies(search_id: str) -> str:
     """List: the answers of the shard slots to one search, pushed by the shard workers."""
     return f"{PREFIX}:replies:{search_id}"

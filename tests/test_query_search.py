@@ -1,20 +1,20 @@
-"""The search path in one process, on a real Redis: slot messages answered by in-process shard
-owners (workers.shard), the query worker's fan-out, gather, merge and result cache
-(workers.query, workers.search_cache). The Celery broker is replaced by a sender that runs each
-slot message in the slot's owner at once; the query encoder by one that returns a given vector.
+"""The search path in one process, on a real Redis: slot requests answered by in-process shard
+owners (workers.shard's search threads on the real request lists), the query worker's fan-out,
+gather, merge and result cache (workers.query, workers.search_cache); the Celery task that
+earlier query workers sent. The query encoder is replaced by one that returns a given query.
 """
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
-from typing import Any, Iterator
+import threading
+from typing import Any
 
 import numpy as np
 import pytest
 
-from shared import catalog, jobs, keys, queues, shardlog
+from shared import catalog, jobs, keys, shardlog
 from shared.config import Settings
-from shared.fusion import FusedQuery
+from shared.fusion import FusedQuery, build_query
 from shared.labels import shard_for
 from shared.serializers import vector_to_b64
 from shared.shardlog import LogEntry
@@ -38,25 +38,35 @@ def drain(owner: ShardOwner) -> None:
         pass
 
 
-class SlotSender:
-    """Stands in for the Celery app of the query worker: each shard_search message is run at once
-    by the owner of the queue's slot (its answer lands in the reply list like a worker's)."""
+class SlotServers:
+    """The shard workers' search threads (`serve_slot_searches`), one per slot owner, on the real
+    Redis lists; `sent` records each request a slot took: (slot, search_slot's arguments)."""
 
-    def __init__(self, owners: dict[int, ShardOwner]) -> None:
-        self.owners = owners
-        self.sent: list[tuple[str, dict[str, Any]]] = []
+    def __init__(self, owners: dict[int, ShardOwner], monkeypatch) -> None:
+        self.sent: list[tuple[int, dict[str, Any]]] = []
+        self.stops: dict[int, threading.Event] = {}
+        self.threads: dict[int, threading.Thread] = {}
+        search_slot = shard_worker.search_slot
 
-    @contextmanager
-    def producer_or_acquire(self) -> Iterator[None]:
-        yield None
+        def recorded(own: ShardOwner, **request: Any) -> dict[str, Any]:
+            self.sent.append((own.slot, request))
+            return search_slot(own, **request)
 
-    def send_task(self, name: str, queue: str, kwargs: dict[str, Any], **options: Any) -> None:
-        assert name == queues.SHARD_SEARCH
-        self.sent.append((queue, kwargs))
-        slot = int(queue.split(".")[1])
-        if slot in self.owners:
-            shard_worker._owner = self.owners[slot]
-            shard_worker.shard_search(**json.loads(json.dumps(kwargs)))  # as it travels: JSON
+        monkeypatch.setattr(shard_worker, "search_slot", recorded)
+        monkeypatch.setattr(shard_worker, "POP_TIMEOUT_S", 0.1)  # stopped threads end sooner
+        for slot, owner in owners.items():
+            self.stops[slot] = threading.Event()
+            self.threads[slot] = threading.Thread(target=shard_worker.serve_slot_searches,
+                                                  args=(owner, self.stops[slot]), daemon=True)
+            self.threads[slot].start()
+
+    def stop(self, slot: int) -> None:
+        self.stops[slot].set()
+        self.threads[slot].join()
+
+    def stop_all(self) -> None:
+        for slot in list(self.threads):
+            self.stop(slot)
 
 
 class Setup:
@@ -64,10 +74,10 @@ class Setup:
         self.r, self.settings, self.coll = r, settings, coll
         self.dim = coll.dims["image"] + coll.dims["text"]
         self.owners = {slot: ShardOwner(slot, settings, r) for slot in range(SLOTS)}
-        self.sender = SlotSender(self.owners)
-        self.query_vector = unit(self.dim)
+        self.fused = build_query(unit(coll.dims["image"]), unit(coll.dims["text"]), coll.dims["image"],
+                                 coll.dims["text"])
+        self.query_vector = self.fused.vector
         self.vectors: dict[str, np.ndarray] = {}
-        monkeypatch.setattr(query_worker, "app", self.sender)
         monkeypatch.setattr(query_worker, "_cache", search_cache.ResultCache())
         monkeypatch.setattr(query_worker, "_collections", {})
         import shared.encoding
@@ -77,9 +87,14 @@ class Setup:
             r.set(keys.slot_owner(slot), "test-owner", ex=600)
 
     def query(self, rgb: Any, text: str | None, weights: dict[str, float] | None) -> FusedQuery:
-        """The encoder's query: the test's query vector whatever the text."""
-        return FusedQuery(vector=self.query_vector, image_dim=self.coll.dims["image"], image=None, text=None,
-                          weights={"text": 1.0})
+        """The encoder's query: the test's query whatever the text."""
+        return self.fused
+
+    def message(self) -> dict[str, Any]:
+        """The query as a query worker sends it to the shards."""
+        return {"image_dim": self.coll.dims["image"], "text_dim": self.coll.dims["text"],
+                "image": vector_to_b64(self.fused.image), "text": vector_to_b64(self.fused.text),
+                "weights": self.fused.weights}
 
     def write(self, ops: list[tuple[str, str, float | None]]) -> str:
         """Log ("upsert", id, similarity to the query) / ("delete", id, None) entries; the job id."""
@@ -118,7 +133,9 @@ def setup(redis_client, tmp_path, monkeypatch):
     s = Setup(redis_client, settings, coll, monkeypatch)
     s.write([("upsert", f"item-{i}", 0.1 + 0.02 * i) for i in range(30)])
     s.apply()
-    return s
+    s.servers = SlotServers(s.owners, monkeypatch)
+    yield s
+    s.servers.stop_all()
 
 
 def hit_ids(body: dict[str, Any]) -> list[str]:
@@ -130,10 +147,8 @@ def hit_ids(body: dict[str, Any]) -> list[str]:
 def test_a_slot_message_searches_each_of_its_shards_and_answers_once(setup):
     owner = setup.owners[0]
     shard_worker._owner = owner
-    message = {"vector": vector_to_b64(setup.query_vector), "image_dim": setup.coll.dims["image"],
-               "image": None, "text": None, "weights": {}}
     reply = keys.search_replies("slot-test")
-    answer = shard_worker.shard_search(setup.coll.cid, None, message, 3, shards=[0, 2], reply_to=reply)
+    answer = shard_worker.shard_search(setup.coll.cid, None, setup.message(), 3, shards=[0, 2], reply_to=reply)
     assert setup.r.llen(reply) == 1 and json.loads(setup.r.lpop(reply)) == answer
     assert [a["shard"] for a in answer["answers"]] == [0, 2]
     for a in answer["answers"]:
@@ -141,6 +156,8 @@ def test_a_slot_message_searches_each_of_its_shards_and_answers_once(setup):
         assert a["position"] == state.position
         expected = [h.id for h in state.index.search(setup.query_vector, 3)]
         assert [h["id"] for h in a["hits"]] == expected
+        for hit in a["hits"]:  # each score explained by block, as from the stored vector
+            assert hit["scores"] == pytest.approx(setup.fused.score_parts(setup.vectors[hit["id"]]), abs=1e-5)
         assert all(shard_for(i, SHARDS) == a["shard"] for i in expected)
     # The histogram got one observation per shard, in the same write.
     from shared import metrics
@@ -149,13 +166,16 @@ def test_a_slot_message_searches_each_of_its_shards_and_answers_once(setup):
 
 
 def test_the_single_shard_message_of_earlier_versions_is_still_answered(setup):
+    """Earlier query workers sent one shard per message, with the fused vector."""
     shard_worker._owner = setup.owners[1]
-    message = {"vector": vector_to_b64(setup.query_vector), "image_dim": setup.coll.dims["image"],
-               "image": None, "text": None, "weights": {}}
+    message = {**setup.message(), "vector": vector_to_b64(setup.query_vector)}
+    del message["text_dim"]
     reply = keys.search_replies("legacy")
     body = shard_worker.shard_search(setup.coll.cid, 3, message, 2, reply_to=reply)
     assert body["shard"] == 3 and len(body["hits"]) == 2
     assert json.loads(setup.r.lpop(reply)) == body
+    assert [h["id"] for h in body["hits"]] == \
+        [h["id"] for h in shard_worker.shard_search(setup.coll.cid, 3, setup.message(), 2)["hits"]]
 
 
 def test_a_shard_that_cannot_be_served_is_reported_beside_the_others(setup):
@@ -163,9 +183,7 @@ def test_a_shard_that_cannot_be_served_is_reported_beside_the_others(setup):
     shard_worker._owner = owner
     owner.refused[(setup.coll.cid, 2)] = ("the log was trimmed", 0.0)
     owner.shards.pop((setup.coll.cid, 2))
-    message = {"vector": vector_to_b64(setup.query_vector), "image_dim": setup.coll.dims["image"],
-               "image": None, "text": None, "weights": {}}
-    answer = shard_worker.shard_search(setup.coll.cid, None, message, 3, shards=[0, 2])
+    answer = shard_worker.shard_search(setup.coll.cid, None, setup.message(), 3, shards=[0, 2])
     by_shard = {a["shard"]: a for a in answer["answers"]}
     assert by_shard[2]["error"] == "the log was trimmed" and "position" not in by_shard[2]
     assert len(by_shard[0]["hits"]) == 3
@@ -175,8 +193,7 @@ def test_a_shard_that_cannot_be_served_is_reported_beside_the_others(setup):
 
 def test_one_message_per_slot_carries_the_slots_shards(setup):
     body = setup.search(k=5)
-    assert [(q, kw["shards"], kw["shard"]) for q, kw in setup.sender.sent] == [("shard.0", [0, 2], None),
-                                                                               ("shard.1", [1, 3], None)]
+    assert sorted((slot, kw["shards"]) for slot, kw in setup.servers.sent) == [(0, [0, 2]), (1, [1, 3])]
     assert body["shards"] == {"total": SHARDS, "answered": SHARDS} and body["cached"] is False
     best = sorted(setup.vectors, key=lambda i: -float(setup.vectors[i] @ setup.query_vector))[:5]
     assert hit_ids(body) == best
@@ -185,9 +202,9 @@ def test_one_message_per_slot_carries_the_slots_shards(setup):
 
 def test_an_identical_search_is_served_from_the_cache_until_the_collection_changes(setup):
     first = setup.search(k=5)
-    sent = len(setup.sender.sent)
+    sent = len(setup.servers.sent)
     again = setup.search(k=5)
-    assert again["cached"] is True and len(setup.sender.sent) == sent  # no shard was asked
+    assert again["cached"] is True and len(setup.servers.sent) == sent  # no shard was asked
     assert again["hits"] == first["hits"] and again["shards"] == first["shards"]
     assert setup.search(k=4)["cached"] is False  # another k is another query
     assert setup.search(k=5, filter={"n": 3})["cached"] is False
@@ -227,11 +244,11 @@ def test_a_slot_without_a_live_owner_gives_a_partial_answer_that_is_not_kept(set
     assert partial["cached"] is False
     assert partial["shards"]["answered"] == 2 and "2 had no live owner or replica" in partial["shards"]["message"]
     assert all(shard_for(i, SHARDS) % SLOTS == 0 for i in hit_ids(partial))
-    assert [q for q, _ in setup.sender.sent[-1:]] == ["shard.0"]
+    assert [slot for slot, _ in setup.servers.sent[-1:]] == [0]
 
 
 def test_a_slot_that_does_not_answer_in_time_is_reported(setup):
-    del setup.sender.owners[1]  # the queue of slot 1 is consumed by nobody, its lease still held
+    setup.servers.stop(1)  # the requests of slot 1 are taken by nobody, its lease still held
     body = setup.search(k=5)
     assert body["shards"]["answered"] == 2
     assert "2 did not answer within 1 s" in body["shards"]["message"]
@@ -246,7 +263,7 @@ def test_read_your_writes_searches_neither_use_nor_fill_the_cache(setup):
         body = setup.search(k=5, after_job=job)
         assert body["cached"] is False and hit_ids(body)[0] == "mine"
         assert body["consistency"] == {"after_job": job, "counted": True, "applied": True, "met": True}
-    marks = [kw["min_positions"] for _, kw in setup.sender.sent[-2:]]
+    marks = [kw["min_positions"] for _, kw in setup.servers.sent[-2:]]
     mark_shard = str(shard_for("mine", SHARDS))
     assert sum(mark_shard in m for m in marks) == 1 and all(len(m) <= 1 for m in marks)
     assert setup.search(k=5, after_job="0123456789abcdef")["error"]["code"] == "not_found"

@@ -1,10 +1,11 @@
 """Query workers (queue "query"): encode a search, fan it out to the shard slots, merge the top-k.
 
 `search` encodes the query (text with GloVe, no torch; an image with the collection's image
-model) and sends one `shard_search` message to each shard slot that has a live owner or
-replica, naming every shard of the collection that the slot holds (all the messages in one
-pipelined write); whichever process of the slot takes one searches those shards in parallel
-and pushes one answer for all of them to a Redis list. The query worker gathers the answers
+model) and pushes one search request to each shard slot that has a live owner or replica
+(`keys.slot_searches`, see workers.shard), naming every shard of the collection that the slot
+holds and carrying the query's unit blocks and weights, not the mostly-zero fused vector (all
+the requests in one pipelined write); whichever process of the slot pops one searches those
+shards in parallel and pushes one answer for all of them to a Redis list. The query worker gathers the answers
 until every slot answered or `MMSEARCH_SHARD_TIMEOUT_S` has passed. Whatever answered by then
 is merged: a shard that died, hangs or cannot serve is counted as not answered
 (`shards.answered < total`, with a message), so a search never waits longer than the shard
@@ -24,7 +25,7 @@ new as the end of its log is kept in this process and served again (`cached: tru
 same encoded query, k and filter while every log still ends there and every slot of the
 collection is live. Searches with `after_job` neither use nor fill it.
 
-Read-your-writes: with `after_job`, each slot message carries, per shard, the highest log
+Read-your-writes: with `after_job`, each slot request carries, per shard, the highest log
 position that job wrote there (its marks), and the process that takes it (owner or replica)
 waits, within the deadline, until it has applied that far. The answer's `consistency` says
 whether the job had counted all its items when the search started and whether every shard got
@@ -32,11 +33,10 @@ that far.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import time
-from typing import Any, ContextManager
+from typing import Any
 
 from shared import catalog, jobs, keys, logs, queues, staging
 from shared.catalog import Collection
@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 BLPOP_MAX_S = 5.0      # one blocking read at most this long (below the client's socket timeout)
 WAIT_MARGIN_S = 0.25   # a shard stops waiting for read-your-writes this long before the deadline
 ANSWER_TTL_S = 60      # an answer nobody popped (its caller gave up) is dropped after this long
+REQUESTS_TTL_S = 60    # a slot's request list that nobody pops (no live process) is dropped after this long
 COLLECTIONS_KEPT = 256
 
 _collections: dict[str, Collection] = {}  # cid -> its collection, read once per process
@@ -102,13 +103,6 @@ def _job_marks(cid: str, after_job: str, job: list[bytes | None],
         return _error("invalid_request", f"job {after_job!r} belongs to another collection")
     total, done, failed = (int(v or 0) for v in job[1:])
     return {int(s): m.decode() for s, m in marks.items()}, done + failed >= total
-
-
-def _batch(producer: Any) -> ContextManager[Any]:
-    """Publishes of `producer` sent together, in one pipelined write, when the block ends
-    (kombu >= 5.7 on Redis; with an older kombu each one is sent at once)."""
-    batch = getattr(producer, "batch", None)
-    return batch() if batch is not None else contextlib.nullcontext()
 
 
 def gather(reply_key: str, expected: int, deadline: float) -> list[dict[str, Any]]:
@@ -196,7 +190,9 @@ def _search(search_id: str, collection: str, cid: str, text: str | None, image: 
     except ValueError as exc:
         return _error("invalid_request", str(exc))
 
-    message = {"vector": vector_to_b64(fused.vector), "image_dim": fused.image_dim,
+    # The shards fuse the vector again from the unit blocks: a text query sends 50 floats, not
+    # the mostly-zero fused vector.
+    message = {"image_dim": fused.image_dim, "text_dim": len(fused.vector) - fused.image_dim,
                "image": vector_to_b64(fused.image) if fused.image is not None else None,
                "text": vector_to_b64(fused.text) if fused.text is not None else None,
                "weights": fused.weights}
@@ -210,13 +206,15 @@ def _search(search_id: str, collection: str, cid: str, text: str | None, image: 
     deadline = time.monotonic() + cfg.shard_timeout_s
     wait_until = time.time() + max(0.0, cfg.shard_timeout_s - WAIT_MARGIN_S)
     reply_key = keys.search_replies(search_id)
-    with app.producer_or_acquire() as producer, _batch(producer):
+    if targets:
+        pipe = r.pipeline(transaction=False)
         for slot, shards in targets.items():
-            app.send_task(queues.SHARD_SEARCH, queue=queues.shard_queue(slot), expires=cfg.shard_timeout_s,
-                          ignore_result=True, producer=producer,
-                          kwargs={"cid": cid, "shard": None, "shards": shards, "query": message, "k": k,
-                                  "filter": filter, "reply_to": reply_key, "wait_until": wait_until,
-                                  "min_positions": {str(s): marks[s] for s in shards if s in marks}})
+            pipe.lpush(keys.slot_searches(slot), json.dumps({
+                "cid": cid, "shards": shards, "query": message, "k": k, "filter": filter,
+                "reply_to": reply_key, "wait_until": wait_until, "expires": time.time() + cfg.shard_timeout_s,
+                "min_positions": {str(s): marks[s] for s in shards if s in marks}}))
+            pipe.expire(keys.slot_searches(slot), REQUESTS_TTL_S)
+        pipe.execute()
     replies = gather(reply_key, len(targets), deadline) if targets else []
     answers = [answer for reply in replies for answer in reply["answers"]]
     failed = [a for a in answers if a.get("error")]
