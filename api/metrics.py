@@ -231,23 +231,31 @@ def _finish(response: Response) -> Response:
     started = g.get("mms_started")
     seconds = time.perf_counter() - started if started is not None else 0.0
     endpoint = request.url_rule.rule if request.url_rule is not None else UNMATCHED
-    obs = _observability()
-    if time.monotonic() >= obs.retry_at:
-        try:
-            r = services().redis
-            pipe = r.pipeline(transaction=False)
-            shared_metrics.HTTP_HISTOGRAM.observe(pipe, (request.method, endpoint, str(response.status_code)), seconds)
-            pipe.execute()
-        except redis.exceptions.RedisError as exc:
-            obs.retry_at = time.monotonic() + REDIS_RETRY_AFTER_S
-            logging.getLogger(__name__).debug("request metrics not recorded: %s", exc)
+    labels = (request.method, endpoint, str(response.status_code))
+    obs, r = _observability(), services().redis
     level = logging.DEBUG if endpoint in QUIET_ENDPOINTS else logging.INFO
+    access = None
     if access_log.isEnabledFor(level):
-        access_log.log(level, "%s %s %d %.1fms", request.method, request.path, response.status_code,
-                       seconds * 1000, extra={
-                           "method": request.method, "path": request.path, "endpoint": endpoint,
-                           "status": response.status_code, "duration_ms": round(seconds * 1000, 2),
-                           "job_id": _job_id(response)})
+        access = ("%s %s %d %.1fms", request.method, request.path, response.status_code, seconds * 1000), {
+            "method": request.method, "path": request.path, "endpoint": endpoint,
+            "status": response.status_code, "duration_ms": round(seconds * 1000, 2),
+            "job_id": _job_id(response), **logs.current_context()}
+
+    def record() -> None:
+        """Once the server has sent the answer (WSGI close): the request's metrics and access
+        line, so that neither a Redis write nor a log line delays the client."""
+        if time.monotonic() >= obs.retry_at:
+            try:
+                pipe = r.pipeline(transaction=False)
+                shared_metrics.HTTP_HISTOGRAM.observe(pipe, labels, seconds)
+                pipe.execute()
+            except redis.exceptions.RedisError as exc:
+                obs.retry_at = time.monotonic() + REDIS_RETRY_AFTER_S
+                logging.getLogger(__name__).debug("request metrics not recorded: %s", exc)
+        if access is not None:
+            access_log.log(level, *access[0], extra=access[1])
+
+    response.call_on_close(record)
     return response
 
 

@@ -14,6 +14,7 @@ from typing import Iterator
 
 import pytest
 import redis
+from flask.testing import FlaskClient
 
 os.environ.setdefault("MMSEARCH_COMPILE", "false")
 
@@ -33,6 +34,15 @@ def redis_server(tmp_path_factory) -> str:
     proc.wait(timeout=10)
 
 
+class ClosingClient(FlaskClient):
+    """A test client that reads each answer whole and closes it, as a WSGI server does once it
+    has sent it (the API records request metrics and access lines on that close)."""
+
+    def open(self, *args, **kwargs):
+        kwargs.setdefault("buffered", True)
+        return super().open(*args, **kwargs)
+
+
 @pytest.fixture
 def make_app(request, redis_server, redis_client, tmp_path):
     """Builds Flask apps on the test Redis; the test module's `APP_SETTINGS` are the base
@@ -44,6 +54,7 @@ def make_app(request, redis_server, redis_client, tmp_path):
     def make(**overrides):
         app = create_app({"redis_url": redis_server, "data_dir": tmp_path, **base, **overrides})
         app.testing = True
+        app.test_client_class = ClosingClient
         return app
     return make
 
