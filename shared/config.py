@@ -121,6 +121,7 @@ class Settings:
     device: str = "auto"                    # MMSEARCH_DEVICE: auto | cpu | cuda
     precision: str = "auto"                 # MMSEARCH_PRECISION: new collections' model precision: auto | fp32 | bf16 | fp16
     compile_models: bool = True             # MMSEARCH_COMPILE: torch.compile the image models (cached under the data dir)
+    model_streams: int = 0                  # MMSEARCH_MODEL_STREAMS: model calls at once per CPU process (0: one per core)
     max_request_bytes: int = 64 * 2**20     # MMSEARCH_MAX_REQUEST_BYTES (413 above)
     max_items_per_request: int = 1000       # MMSEARCH_MAX_ITEMS (413 above)
     max_image_bytes: int = 25 * 2**20       # MMSEARCH_MAX_IMAGE_BYTES (item fails / 413 above)
@@ -174,6 +175,7 @@ class Settings:
             device=_str(env, "MMSEARCH_DEVICE", d.device),
             precision=_str(env, "MMSEARCH_PRECISION", d.precision).lower(),
             compile_models=_bool(env, "MMSEARCH_COMPILE", d.compile_models),
+            model_streams=_int(env, "MMSEARCH_MODEL_STREAMS", d.model_streams),
             max_request_bytes=_int(env, "MMSEARCH_MAX_REQUEST_BYTES", d.max_request_bytes),
             max_items_per_request=_int(env, "MMSEARCH_MAX_ITEMS", d.max_items_per_request),
             max_image_bytes=_int(env, "MMSEARCH_MAX_IMAGE_BYTES", d.max_image_bytes),

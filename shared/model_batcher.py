@@ -1,11 +1,13 @@
-"""One model thread per image model, batching the images of concurrent callers.
+"""Model threads per image model, batching the images of concurrent callers.
 
 Encode tasks and image queries run in worker threads; each hands its images to the model's
-`BatchingImageModel` and waits. The model thread takes whatever requests are queued, up to the
+`BatchingImageModel` and waits. A model thread takes whatever requests are queued, up to the
 model's batch size, and runs them as one batch, so the model sees full batches whenever work
 piles up (several small encode tasks, many image queries at once) and a lone request is never
-held back waiting for company. While it runs, the callers' threads decode and resize their next
-images, which overlaps decoding with the model.
+held back waiting for company. There are as many model threads as the model has `streams` (one
+per core on the CPU, each call single-threaded; one on CUDA), all taking from the same queue.
+While they run, the callers' threads decode and resize their next images, which overlaps
+decoding with the model.
 """
 from __future__ import annotations
 
@@ -33,13 +35,14 @@ class _Request:
 class BatchingImageModel:
     """Thread-safe front of one ImageModel: `encode` calls from many threads share batches."""
 
-    def __init__(self, model: "ImageModel", max_batch: int | None = None) -> None:
+    def __init__(self, model: "ImageModel", max_batch: int | None = None, streams: int | None = None) -> None:
         self.model = model
         self.max_batch = max_batch or model.batch
+        self.streams = streams or getattr(model, "streams", 1)
         self._queue: deque[_Request] = deque()
         self._ready = threading.Condition()
-        self._thread: threading.Thread | None = None
-        self.batches = 0  # model calls made, for tests and benchmarks
+        self._threads: list[threading.Thread] = []
+        self.batches = 0  # model calls made, for tests and benchmarks (counted under _ready)
 
     @property
     def input_size(self) -> int:
@@ -73,9 +76,13 @@ class BatchingImageModel:
         return request.result
 
     def _start(self) -> None:
-        if self._thread is None or not self._thread.is_alive():
-            self._thread = threading.Thread(target=self._run, name=f"model-{self.model.name}", daemon=True)
-            self._thread.start()
+        """Start the model threads that are not running (caller holds _ready)."""
+        self._threads = [t for t in self._threads if t.is_alive()]
+        while len(self._threads) < self.streams:
+            thread = threading.Thread(target=self._run, name=f"model-{self.model.name}-{len(self._threads)}",
+                                      daemon=True)
+            thread.start()
+            self._threads.append(thread)
 
     def _next_batch(self) -> list[_Request]:
         """Queued requests up to `max_batch` images (at least one request, however large)."""
@@ -105,7 +112,8 @@ class BatchingImageModel:
                     request.error = exc
                     request.done.set()
                 continue
-            self.batches += 1
+            with self._ready:
+                self.batches += 1
             start = 0
             for request in batch:
                 stop = start + len(request.images)

@@ -42,10 +42,16 @@ class GatedModel:
         self.gate = threading.Event()
         self.entered = threading.Event()
         self.calls: list[int] = []
+        self.inside = 0  # calls waiting at the gate now
+        self.lock = threading.Lock()
 
     def encode(self, images: list[np.ndarray]) -> ImageEncoding:
+        with self.lock:
+            self.inside += 1
         self.entered.set()
         assert self.gate.wait(30)
+        with self.lock:
+            self.inside -= 1
         self.calls.append(len(images))
         if any(img[0, 0, 0] == 255 for img in images):
             raise ValueError("bad pixel")
@@ -77,6 +83,21 @@ def test_requests_queued_while_the_model_runs_go_in_one_batch_up_to_its_size():
         values = [o.result().features[:, 0].tolist() for o in outs]
     assert model.calls == [1, 4, 2]  # 2+2 fit in a batch of 4, the third request waits
     assert values == [[2, 2], [3, 3], [4, 4]]
+
+
+def test_each_stream_runs_its_own_batch_at_the_same_time():
+    model = GatedModel()
+    front = BatchingImageModel(model, max_batch=2, streams=2)
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        outs = [pool.submit(front.encode, [_img(v), _img(v)]) for v in (1, 2, 3)]
+        deadline = time.monotonic() + 30
+        while model.inside < 2:  # two batches in the model at once; the third request queues
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        _wait_queued(front, 1)
+        model.gate.set()
+        values = [o.result().features[:, 0].tolist() for o in outs]
+    assert values == [[1, 1], [2, 2], [3, 3]] and model.calls == [2, 2, 2]
 
 
 def test_a_model_error_reaches_its_callers_and_the_front_keeps_serving():

@@ -6,6 +6,7 @@ import logging
 import os
 
 from shared import queues
+from shared.allocator import keep_freed_memory
 from shared.logs import setup_logging
 from shared.redis_conn import wait_for_redis
 from shared.config import Settings
@@ -53,6 +54,8 @@ def main(argv: list[str] | None = None) -> None:
     query = sub.add_parser("query", help="encode and fan out searches (queue 'query')")
     query.add_argument("-c", "--concurrency", type=int, default=8, help="query threads")
     args = parser.parse_args(argv)
+    if args.role in ("encode", "query"):
+        keep_freed_memory()  # before any thread allocates: every thread then shares the tuned heap
 
     cfg = settings()
     setup_logging(cfg.log_level)
