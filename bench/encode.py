@@ -7,10 +7,12 @@ re-encoded at JPEG quality 90, repeated to 520 items). Stages timed:
 
 - decode: `decode_image` + `resize_for_model` only, in one thread and in a 2-thread pool;
 - model: `model.encode` on pre-decoded 224x224 images, batch 8, the model's own precision
-  (fp32 on the CPU);
+  (fp32 on the CPU), as the workers run it (`model.streams` calls at once, each on cores /
+  streams torch threads: one single-threaded call per core on a CPU);
 - decode, then model: each batch of 8 decoded by the 2-thread pool and then encoded, one after
   the other (what `workers/encode.py` does within a task);
-- decode || model: a decode pool running ahead of the model (decode threads x torch threads).
+- decode || model: a decode pool running ahead of one model call at a time (decode threads x
+  torch threads).
 
 Before the stages, the precision modes a collection may use (`shared.precision`) are compared on
 the model alone, each eager and compiled (`torch.compile`, frozen on the CPU): images/s at the
@@ -41,6 +43,7 @@ import numpy as np
 
 from bench.datasets import note, opencv_photos, wallpapers
 from bench.photos import foolbox_photos, skimage_photos
+from bench.modelrun import encode_all
 from shared.errors import ModelUnavailableError
 from shared.imagedecode import decode_image, resize_for_model
 
@@ -98,8 +101,7 @@ def stages(model: "ImageModel", items: list[bytes]) -> dict[str, Callable[[], No
         return run
 
     def model_only() -> None:
-        for start in range(0, n, BATCH):
-            model.encode(images[start:start + BATCH])
+        encode_all(model, [images[start:start + BATCH] for start in range(0, n, BATCH)])
 
     def decode_then_model() -> None:
         with ThreadPoolExecutor(2) as pool:
@@ -125,7 +127,10 @@ def stages(model: "ImageModel", items: list[bytes]) -> dict[str, Callable[[], No
 
     out = {"decode 1 thread": decode_pool(1), "decode 2 threads": decode_pool(2), "model": model_only,
            "decode(2), then model": decode_then_model}
-    for decode_threads, torch_threads in ((1, default_threads), (2, default_threads), (1, 1)):
+    from shared.image_models import usable_cores
+
+    cores = usable_cores()
+    for decode_threads, torch_threads in ((1, cores), (2, cores), (1, 1)):
         out[f"decode({decode_threads}) || model({torch_threads} threads)"] = overlapped(decode_threads, torch_threads)
     return out
 
@@ -153,8 +158,7 @@ def compare_modes(model_name: str, photos: list[np.ndarray], rounds: int) -> dic
     for _ in range(rounds):
         for name, model in models.items():
             t0 = time.perf_counter()
-            for start in range(0, len(batch), BATCH):
-                model.encode(batch[start:start + BATCH])
+            encode_all(model, [batch[start:start + BATCH] for start in range(0, len(batch), BATCH)])
             runs[name].append(len(batch) / (time.perf_counter() - t0))
     for name, rates in runs.items():
         out[name]["images_per_s"] = round(max(rates), 1)

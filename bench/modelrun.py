@@ -1,0 +1,47 @@
+"""An image model run as the service runs it, for the benchmarks, and the other layout for
+comparison: `model.streams` calls at once, each on cores / streams torch threads (what the
+workers do, `shared.image_models.model_streams`), or one call at a time on every core."""
+from __future__ import annotations
+
+import contextlib
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Iterator
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from shared.image_models import ImageModel
+
+
+def encode_all(model: "ImageModel", batches: list[list[np.ndarray]], streams: int | None = None) -> None:
+    """`model.encode` over the batches, `streams` calls at a time (default: the model's)."""
+    streams = streams or model.streams
+    if streams == 1:
+        for batch in batches:
+            model.encode(batch)
+        return
+    with ThreadPoolExecutor(streams) as pool:
+        list(pool.map(model.encode, batches))
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """torch's intra-op threads set to `threads` inside the block (process-wide)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def layouts(model: "ImageModel") -> dict[str, tuple[int, int]]:
+    """name -> (calls at once, torch threads per call): the service's layout and one call on
+    every core."""
+    from shared.image_models import usable_cores  # (torch loads here: after OMP_WAIT_POLICY is set)
+
+    cores = usable_cores()
+    service = (model.streams, max(1, cores // model.streams))
+    return {f"{service[0]} x {service[1]} thread(s)": service, f"1 x {cores} thread(s)": (1, cores)}
