@@ -10,8 +10,10 @@ the Plasma wallpapers, encoded here), so the 26 photos are not outliers among th
 
 Queries, k=10, through HTTP by 1, 8 (and 32 in the full run) client threads, each with its own
 `requests.Session`: text only (16 phrases, JSON), image (a crop, multipart) and fused (the crop
-and a word for what it shows, multipart). Each query is sent more than once: repeats are answered
-from the query workers' result cache (`"cached": true`), so p50/p95/p99 are of the searches that
+and a word for what it shows, multipart). Each (kind, clients) run of a collection sends its own
+variant of the queries (the phrases after another prefix, other crop boxes), so its first pass
+is searched whatever ran before; each query is sent more than once: repeats are answered from
+the query workers' result cache (`"cached": true`), so p50/p95/p99 are of the searches that
 ran and the cache hits are counted apart with their p50. Per row also: queries/s, recall@10
 against exact search over the same vectors (query vectors computed here with
 `shared.encoding.collection_encoder` in the precision the service gives the collections, whose
@@ -81,6 +83,12 @@ TEXT_QUERIES = (
     "tents among pine trees", "a beetle on a leaf",
 )
 KINDS = ("text", "image", "fused")
+# Query variants: each (kind, clients) run of a collection sends its own, so the first pass of
+# every run is searched (repeats within a run come from the result cache, reported apart), and
+# the warm-up sends the last. Text: the phrase after a prefix; images: another crop box.
+TEXT_PREFIXES = ("", "a photo of ", "a picture of ", "an image of ")
+CROP_BOXES = ((0.15, 0.9, 0.1, 0.85), (0.1, 0.85, 0.15, 0.9), (0.05, 0.8, 0.05, 0.8), (0.2, 0.95, 0.2, 0.95))
+VARIANTS = len(TEXT_PREFIXES)
 INDEX_BATCH = 1000  # rows per ShardIndex.upsert when building the floor
 
 
@@ -102,11 +110,13 @@ class Cell:
     wall_s: float
 
 
-def query_crop(data: bytes) -> bytes:
-    """A recompressed off-centre crop (75% of each side, 2/3 scale, JPEG quality 60)."""
+def query_crop(data: bytes, variant: int = 0) -> bytes:
+    """A recompressed off-centre crop (75% of each side from CROP_BOXES[variant], 2/3 scale,
+    JPEG quality 60)."""
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     h, w = bgr.shape[:2]
-    crop = bgr[int(h * 0.15):int(h * 0.9), int(w * 0.1):int(w * 0.85)]
+    top, bottom, left, right = CROP_BOXES[variant]
+    crop = bgr[int(h * top):int(h * bottom), int(w * left):int(w * right)]
     crop = cv2.resize(crop, (crop.shape[1] * 2 // 3, crop.shape[0] * 2 // 3), interpolation=cv2.INTER_AREA)
     ok, buf = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, 60])
     if not ok:
@@ -114,24 +124,28 @@ def query_crop(data: bytes) -> bytes:
     return buf.tobytes()
 
 
-def build_queries(encoder: Any, photos: list[Photo]) -> tuple[dict[str, list[Query]], dict[str, float]]:
-    """The queries of each kind with their vectors; mean in-process encode ms per kind."""
-    queries: dict[str, list[Query]] = {kind: [] for kind in KINDS}
+def build_queries(encoder: Any, photos: list[Photo]) -> tuple[dict[str, list[list[Query]]], dict[str, float]]:
+    """The queries of each kind, VARIANTS lists of them, with their vectors; mean in-process
+    encode ms per kind."""
+    queries: dict[str, list[list[Query]]] = {kind: [[] for _ in range(VARIANTS)] for kind in KINDS}
     encode_s: dict[str, list[float]] = {kind: [] for kind in KINDS}
     encoder.query(decode_image(query_crop(photos[0].read_bytes())), "a cat", None)  # warm-up
 
-    def add(kind: str, text: str | None, image: bytes | None, expect: str | None) -> None:
+    def add(kind: str, variant: int, text: str | None, image: bytes | None, expect: str | None) -> None:
         t0 = time.perf_counter()
         fused = encoder.query(decode_image(image) if image is not None else None, text, None)
         encode_s[kind].append(time.perf_counter() - t0)
-        queries[kind].append(Query(kind, text, image, fused.vector, expect))
+        queries[kind][variant].append(Query(kind, text, image, fused.vector, expect))
 
-    for text in TEXT_QUERIES:
-        add("text", text, None, None)
+    for variant, prefix in enumerate(TEXT_PREFIXES):
+        for text in TEXT_QUERIES:
+            add("text", variant, prefix + text, None, None)
     for photo in photos:
-        crop = query_crop(photo.read_bytes())
-        add("image", None, crop, photo.name)
-        add("fused", (tags_of(photo) or ("photo",))[0], crop, photo.name)
+        data = photo.read_bytes()
+        for variant in range(VARIANTS):
+            crop = query_crop(data, variant)
+            add("image", variant, None, crop, photo.name)
+            add("fused", variant, (tags_of(photo) or ("photo",))[0], crop, photo.name)
     return queries, {kind: round(float(np.mean(s)) * 1000, 2) for kind, s in encode_s.items()}
 
 
@@ -280,21 +294,22 @@ class Results:
     skipped: list[dict[str, Any]] = field(default_factory=list)
 
 
-def measure_collection(svc: Service, name: str, queries: dict[str, list[Query]],
-                       exact: dict[str, list[list[str]]], encode_ms: dict[str, float], plan: Plan,
+def measure_collection(svc: Service, name: str, queries: dict[str, list[list[Query]]],
+                       exact: dict[str, list[list[list[str]]]], encode_ms: dict[str, float], plan: Plan,
                        labels: dict[str, int], results: Results) -> None:
-    """Every (kind, clients) run against one filled collection."""
+    """Every (kind, clients) run against one filled collection, each with its own query variant."""
     tasks = TaskLog(svc.log_dir)
     cid = get_collection(svc.redis, name).cid
-    for kind, qs in queries.items():
-        run_clients(svc, name, qs, 1, 2)  # warm-up (models, connections)
-        for clients in plan.client_counts:
+    for kind, variants in queries.items():
+        run_clients(svc, name, variants[-1], 1, 2)  # warm-up (models, connections)
+        for run, clients in enumerate(plan.client_counts):
+            qs, truths = variants[run % (VARIANTS - 1)], exact[kind][run % (VARIANTS - 1)]
             tasks.mark()
             searched_before = shard_searches(svc.redis, cid)
             cell = run_clients(svc, name, qs, clients, max(plan.passes * len(qs), clients * plan.per_client))
             events = tasks.since_mark()
             count, seconds = np.subtract(shard_searches(svc.redis, cid), searched_before)
-            recalls = [recall([h["id"] for h in body["hits"]], exact[kind][i]) for i, body in cell.answers]
+            recalls = [recall([h["id"] for h in body["hits"]], truths[i]) for i, body in cell.answers]
             # Repeated queries are answered from the query workers' result cache (`cached`):
             # latency percentiles are of the searches that ran, the cached ones reported apart.
             ran = [s for s, (_, body) in zip(cell.latencies, cell.answers) if not body.get("cached")]
@@ -346,7 +361,7 @@ def run(svc: Service, plan: Plan) -> Results:
         syn_ids = [f"syn-{i}" for i in range(len(synthetic))]
         vectors = np.concatenate([synthetic, photo_vectors])
         ids = syn_ids + [p.name for p in photos]
-        exact = {kind: exact_top(vectors, ids, qs) for kind, qs in queries.items()}
+        exact = {kind: [exact_top(vectors, ids, qs) for qs in variants] for kind, variants in queries.items()}
         for shards in plan.shard_counts:
             name = f"n{n}-s{shards}"
             svc.restart_shard_workers()
@@ -362,7 +377,8 @@ def run(svc: Service, plan: Plan) -> Results:
             results.memory.append(memory_row(n, shards, rss_before, svc.shard_rss()))
             svc.session.delete(f"{svc.url}/collections/{name}", timeout=60)
         del synthetic
-        results.floors[n] = floor(vectors, ids, dims["image"], queries, exact, plan.repeats)
+        results.floors[n] = floor(vectors, ids, dims["image"], {kind: v[0] for kind, v in queries.items()},
+                                  {kind: e[0] for kind, e in exact.items()}, plan.repeats)
     return results
 
 
