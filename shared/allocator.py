@@ -1,4 +1,5 @@
-"""The C heap of a process that runs a CNN on the CPU: freed activation buffers are kept.
+"""The C heap of a process, tuned to what it does: a CPU model keeps freed activation buffers,
+a shard worker hands back the pages of large transient copies.
 
 A forward pass at batch 8 allocates and frees activation tensors of 10-40 MB. glibc's malloc
 serves blocks that large with mmap and returns them with munmap, so every pass faults its
@@ -10,6 +11,10 @@ for the main arena only: a thread with an arena of its own (glibc gives threads 
 the encode worker's model thread kept faulting (1.4 million minor faults in 10 s) until every
 thread shared the main arena. The price is that the process keeps up to MALLOC_TRIM_BYTES of
 freed heap instead of handing it back, and that its threads share one malloc lock.
+
+The opposite need, in the shard workers: `release_free_memory()` hands the heap's free pages
+back to the system (malloc_trim) after a large transient copy, such as a calibration's copy of
+every vector; otherwise glibc keeps them and the worker's resident memory stays at the peak.
 
 `keep_freed_memory()` sets glibc's mmap and trim thresholds and one arena, once per process
 (mallopt); with a C library without mallopt it does nothing. A thread that has allocated before
@@ -33,11 +38,18 @@ log = logging.getLogger(__name__)
 
 
 @functools.cache
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c"))
+    except (OSError, TypeError):
+        return None
+
+
+@functools.cache
 def keep_freed_memory() -> bool:
     """Set the thresholds (the first call in a process); whether the C library took them."""
-    try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
-    except (OSError, AttributeError, TypeError):
+    mallopt = getattr(_libc(), "mallopt", None)
+    if mallopt is None:
         log.debug("no mallopt in this C library: the heap keeps its defaults")
         return False
     ok = all(mallopt(option, value) for option, value in (
@@ -45,3 +57,12 @@ def keep_freed_memory() -> bool:
     if not ok:
         log.warning("mallopt refused the heap thresholds: CPU models may spend time in page faults")
     return ok
+
+
+def release_free_memory() -> bool:
+    """Return the heap's free pages to the system now; whether the C library could."""
+    malloc_trim = getattr(_libc(), "malloc_trim", None)
+    if malloc_trim is None:
+        return False
+    malloc_trim(0)
+    return True

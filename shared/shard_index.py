@@ -80,6 +80,7 @@ from typing import Any, BinaryIO
 import hnswlib
 import numpy as np
 
+from shared.allocator import release_free_memory
 from shared.errors import SnapshotError
 from shared.labels import label_for
 from shared.rwlock import RWLock
@@ -613,6 +614,8 @@ class ShardIndex:
             self._calibrated_at = count
             self._inserted -= inserted
             self._changed -= changed
+        del dumps
+        release_free_memory()  # the copies of every vector, or the process keeps their pages
         return dict(chosen)
 
     def _dump(self, graph: _Graph) -> _Dump:
