@@ -26,8 +26,10 @@ item among similar ones). Exact top-k comes from a matmul over every live item's
 (copied out of hnswlib in one piece under the read lock, then computed outside it). `ef` is the
 smallest rung of EF_LADDER whose recall@k reaches the `recall_target` with a margin for the
 sample (it may miss only CALIBRATION_MARGIN of what the target allows: 99.5% for 99%);
-`far_below` is the lowest exact k-th score of a calibration query per unit of query norm. A
-query farther from the items than that (its k-th score below far_below x its norm: e.g. a text
+`far_below` is the median exact k-th score of the calibration queries per unit of query norm
+(FAR_QUANTILE; the lowest left real text queries that were only a little farther than the
+calibration ones at ef, with recall 0.96-0.99 at 25k items). A query farther from the items than
+that (its k-th score below far_below x its norm: e.g. a text
 whose words no caption has, or a photo unlike any stored one, whose top k are near-ties that a
 graph finds only with a longer list), or whose search went astray, is searched again with the
 kind's `far_ef`. That one is calibrated the same way on far queries: the same stored items
@@ -92,6 +94,7 @@ EF_DEFAULT = 256          # ef at CALIBRATION_K until a kind is calibrated
 EF_LADDER = (CALIBRATION_K, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)
 EF_FAR = 4096             # far ef (at k = CALIBRATION_K) where no rung of EF_LADDER is enough
 FAR_COSINES = (0.1, 0.9)  # far calibration queries: cosine with the stored item they turn away from
+FAR_QUANTILE = 0.5        # far_below: this quantile of the calibration queries' k-th score per norm
 CALIBRATION_QUERIES = 64  # stored items used as queries per kind
 CALIBRATE_MIN = 1000      # a kind is calibrated once its graphs hold this many items
 CALIBRATION_MARGIN = 0.5  # calibration queries may miss this share of what the target allows
@@ -651,7 +654,7 @@ class ShardIndex:
         neighbours[np.searchsorted(universe, picks), np.arange(count)] = -np.inf
         queries = _off_node(stored, neighbours.max(axis=0), chosen[1][count:2 * count] - chosen[1][2 * count:])
         top, scores = self._exact_top(graphs, dumps, universe, queries)
-        far_below = float((scores.min(axis=0) / np.linalg.norm(queries, axis=1)).min())
+        far_below = float(np.quantile(scores.min(axis=0) / np.linalg.norm(queries, axis=1), FAR_QUANTILE))
         ef = self._smallest_ef(graphs, queries, universe, top, EF_LADDER[0])
         # Far queries: the same items turned towards random directions, those that end up far.
         directions = np.zeros_like(stored)
