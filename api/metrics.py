@@ -5,7 +5,8 @@
   bound to the log context (shared.logs) while it runs and echoed in the `X-Request-ID`
   response header; each answer is timed, logged as one access line (`mmsearch.access`, with
   method, path, status, duration_ms and the job id when the request names or creates one) and
-  counted in Redis (shared.metrics), so the figures add up over every API process;
+  counted in Redis (shared.metrics), so the figures add up over every API process; the line and
+  the count are written once the server has sent the answer (its WSGI close), not before;
 - `GET /metrics`: Prometheus text from a `CollectorRegistry` of this app alone (no global
   state), whose one collector reads Redis at scrape time.
 
