@@ -51,8 +51,8 @@ def log_ends(raw: list[bytes]) -> LogEnds:
 
 
 def entry_key(cid: str, query: dict[str, Any], k: int, filter: dict[str, Any] | None) -> bytes:
-    """What identifies a search's answer: the collection, the encoded query (vector, blocks and
-    weights, as sent to the shards), k and the filter."""
+    """What identifies a search's answer: the collection, the encoded query (its blocks, their
+    dims and the weights, as sent to the shards), k and the filter."""
     text = json.dumps([cid, query, k, filter or {}], sort_keys=True, separators=(",", ":"))
     return hashlib.blake2b(text.encode(), digest_size=20).digest()
 
