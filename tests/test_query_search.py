@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -198,6 +199,17 @@ def test_one_message_per_slot_carries_the_slots_shards(setup):
     best = sorted(setup.vectors, key=lambda i: -float(setup.vectors[i] @ setup.query_vector))[:5]
     assert hit_ids(body) == best
     assert not list(setup.r.scan_iter(keys.search_replies("*")))  # every answer popped, nothing left
+
+
+def test_a_request_past_its_deadline_is_dropped_and_the_next_one_answered(setup):
+    late, fresh = keys.search_replies("late"), keys.search_replies("fresh")
+    for reply_to, expires in ((late, time.time() - 1), (fresh, time.time() + 30)):
+        setup.r.lpush(keys.slot_searches(0), json.dumps({
+            "cid": setup.coll.cid, "shards": [0, 2], "query": setup.message(), "k": 3, "filter": None,
+            "reply_to": reply_to, "wait_until": None, "expires": expires, "min_positions": {}}))
+    popped = setup.r.blpop([fresh], timeout=10)  # the requests are taken in the order pushed
+    assert popped is not None and len(json.loads(popped[1])["answers"]) == 2
+    assert setup.r.llen(late) == 0 and [kw["reply_to"] for _, kw in setup.servers.sent] == [fresh]
 
 
 def test_an_identical_search_is_served_from_the_cache_until_the_collection_changes(setup):
