@@ -28,11 +28,10 @@ smallest rung of EF_LADDER whose recall@k reaches the `recall_target` with a mar
 sample (it may miss only CALIBRATION_MARGIN of what the target allows: 99.5% for 99%);
 `far_below` is the median exact k-th score of the calibration queries per unit of query norm
 (FAR_QUANTILE; the lowest left real text queries that were only a little farther than the
-calibration ones at ef, with recall 0.96-0.99 at 25k items). A query farther from the items than
-that (its k-th score below far_below x its norm: e.g. a text
-whose words no caption has, or a photo unlike any stored one, whose top k are near-ties that a
-graph finds only with a longer list), or whose search went astray, is searched again with the
-kind's `far_ef`. That one is calibrated the same way on far queries: the same stored items
+calibration ones at ef, with recall 0.96-0.99 at 25k items). A query farther from the items
+than that (its k-th score below far_below x its norm: e.g. a text whose words no caption has,
+or a photo unlike any stored one, whose top k are near-ties that a graph finds only with a
+longer list), or whose search went astray, is searched again with the kind's `far_ef`. That one is calibrated the same way on far queries: the same stored items
 turned towards random directions (cosine FAR_COSINES with the item), those of them whose exact
 k-th score is below far_below; it is EF_FAR where none reach the target. A kind whose graphs hold
 fewer than CALIBRATE_MIN items keeps EF_DEFAULT and is never searched again; a single-block
@@ -395,25 +394,26 @@ class ShardIndex:
                     ranked = self._exact(query, list(self._records if allowed is None else allowed), k)
             labels = [label for label, _ in ranked]
             vectors = self._vectors(labels) if return_vectors else None
-            blocks = self._block_scores(query, ranked)
+            blocks = self._block_scores(query, graphs, ranked)
             return [SearchHit(id=self._records[label].id, label=label, score=float(score),
                               record=self._records[label],
                               vector=None if vectors is None else vectors[i],
                               blocks=None if blocks is None else blocks[i])
                     for i, (label, score) in enumerate(ranked)]
 
-    def _block_scores(self, query: np.ndarray, ranked: list[tuple[int, float]]) -> list[dict[str, float]] | None:
-        """Each ranked item's score split by block (None in a one-graph shard): a block the query
-        lacks scores 0; with both, the smaller block is read back and the larger one is the rest."""
+    def _block_scores(self, query: np.ndarray, graphs: list[_Graph],
+                      ranked: list[tuple[int, float]]) -> list[dict[str, float]] | None:
+        """Each ranked item's score split by block (None in a one-graph shard), given the graphs
+        the query searched (`_graphs_for`): a block the query lacks scores 0; with both, the
+        smaller block is read back and the larger one is the rest."""
         if not self.image_dim:
             return None
         out = [{graph.name: 0.0 for graph in self._graphs} for _ in ranked]
-        present = [graph for graph in self._graphs if graph.part(query).any()]
-        if len(present) == 1:
+        if len(graphs) == 1:
             for parts, (_, score) in zip(out, ranked):
-                parts[present[0].name] = score
-        elif present:
-            small, large = sorted(present, key=lambda graph: graph.stop - graph.start)
+                parts[graphs[0].name] = score
+        else:
+            small, large = sorted(graphs, key=lambda graph: graph.stop - graph.start)
             rows = [i for i, (label, _) in enumerate(ranked) if self._blocks[label] & small.bit]
             if rows:
                 scores = small.index.get_items([ranked[i][0] for i in rows]) @ small.part(query)
@@ -647,12 +647,13 @@ class ShardIndex:
         if len(candidates) < 3 * CALIBRATION_K:
             return None
         count = min(CALIBRATION_QUERIES, len(candidates) // 3)
-        chosen = self._stored(graphs, dumps, rng.choice(candidates, size=3 * count, replace=False))
-        picks, stored = chosen[0][:count], chosen[1][:count]
+        picks = rng.choice(candidates, size=3 * count, replace=False)
+        chosen = self._stored(graphs, dumps, picks)
+        picks, stored = picks[:count], chosen[:count]
         universe = np.unique(np.concatenate(labels))
         neighbours = self._exact_scores(graphs, dumps, universe, stored)
         neighbours[np.searchsorted(universe, picks), np.arange(count)] = -np.inf
-        queries = _off_node(stored, neighbours.max(axis=0), chosen[1][count:2 * count] - chosen[1][2 * count:])
+        queries = _off_node(stored, neighbours.max(axis=0), chosen[count:2 * count] - chosen[2 * count:])
         top, scores = self._exact_top(graphs, dumps, universe, queries)
         far_below = float(np.quantile(scores.min(axis=0) / np.linalg.norm(queries, axis=1), FAR_QUANTILE))
         ef = self._smallest_ef(graphs, queries, universe, top, EF_LADDER[0])
@@ -695,9 +696,8 @@ class ShardIndex:
                 return ef
         return EF_FAR
 
-    def _stored(self, graphs: list[_Graph], dumps: dict[str, _Dump],
-                labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(labels, their stored vectors) from the dumps; each label is live in every graph."""
+    def _stored(self, graphs: list[_Graph], dumps: dict[str, _Dump], labels: np.ndarray) -> np.ndarray:
+        """The stored vectors of `labels` from the dumps; each label is live in every graph."""
         vectors = np.zeros((len(labels), self.dim), np.float32)
         for graph in graphs:
             dump = dumps[graph.name]
@@ -705,7 +705,7 @@ class ShardIndex:
             order = np.argsort(dump.labels[rows])
             at = rows[order[np.searchsorted(dump.labels[rows][order], labels)]]
             vectors[:, graph.start:graph.stop] = dump.vectors[at]
-        return labels, vectors
+        return vectors
 
     @staticmethod
     def _exact_scores(graphs: list[_Graph], dumps: dict[str, _Dump], universe: np.ndarray,
