@@ -25,7 +25,8 @@ stored items until it is as close to the item as the item's nearest other item i
 item among similar ones). Exact top-k comes from a matmul over every live item's block vectors
 (copied out of hnswlib in one piece under the read lock, then computed outside it). `ef` is the
 smallest rung of EF_LADDER whose recall@k reaches the `recall_target` with a margin for the
-sample (it may miss only CALIBRATION_MARGIN of what the target allows: 99.5% for 99%);
+sample (it may miss only CALIBRATION_MARGIN of what the target allows: 99.5% for 99%), the
+last rung if none does;
 `far_below` is the median exact k-th score of the calibration queries per unit of query norm
 (FAR_QUANTILE; the lowest left real text queries that were only a little farther than the
 calibration ones at ef, with recall 0.96-0.99 at 25k items). A query farther from the items
@@ -656,7 +657,7 @@ class ShardIndex:
         queries = _off_node(stored, neighbours.max(axis=0), chosen[count:2 * count] - chosen[2 * count:])
         top, scores = self._exact_top(graphs, dumps, universe, queries)
         far_below = float(np.quantile(scores.min(axis=0) / np.linalg.norm(queries, axis=1), FAR_QUANTILE))
-        ef = self._smallest_ef(graphs, queries, universe, top, EF_LADDER[0])
+        ef = self._smallest_ef(graphs, queries, universe, top, EF_LADDER[0], EF_LADDER[-1])
         # Far queries: the same items turned towards random directions, those that end up far.
         directions = np.zeros_like(stored)
         for graph in graphs:
@@ -665,7 +666,7 @@ class ShardIndex:
         far = _off_node(stored, cosines * np.einsum("ij,ij->i", stored, stored), directions)
         far_top, far_scores = self._exact_top(graphs, dumps, universe, far)
         beyond = far_scores.min(axis=0) / np.linalg.norm(far, axis=1) < far_below
-        far_ef = self._smallest_ef(graphs, far[beyond], universe, far_top[:, beyond], ef) if beyond.any() else ef
+        far_ef = self._smallest_ef(graphs, far[beyond], universe, far_top[:, beyond], ef, EF_FAR) if beyond.any() else ef
         return Tuning(ef, far_below, far_ef)
 
     def _exact_top(self, graphs: list[_Graph], dumps: dict[str, _Dump], universe: np.ndarray,
@@ -677,9 +678,10 @@ class ShardIndex:
         return top, scores[top, np.arange(len(queries))]
 
     def _smallest_ef(self, graphs: list[_Graph], queries: np.ndarray, universe: np.ndarray,
-                     top: np.ndarray, start: int) -> int:
+                     top: np.ndarray, start: int, otherwise: int) -> int:
         """The smallest rung of EF_LADDER from `start` on whose recall@CALIBRATION_K on `queries`
-        (exact top: rows `top` of `universe`) reaches the target with the margin; EF_FAR if none."""
+        (exact top: rows `top` of `universe`) reaches the target with the margin; `otherwise` if
+        none does (the ladder's last rung for `ef`, EF_FAR for `far_ef`)."""
         truth = [set(universe[column].tolist()) for column in top.T]
         needed = (1.0 - (1.0 - self.recall_target) * CALIBRATION_MARGIN) * CALIBRATION_K * len(queries)
         for ef in (rung for rung in EF_LADDER if rung >= start):
@@ -694,7 +696,7 @@ class ShardIndex:
                 found += len(expected.intersection(label for label, _ in ranked))
             if found >= needed:
                 return ef
-        return EF_FAR
+        return otherwise
 
     def _stored(self, graphs: list[_Graph], dumps: dict[str, _Dump], labels: np.ndarray) -> np.ndarray:
         """The stored vectors of `labels` from the dumps; each label is live in every graph."""
