@@ -43,7 +43,7 @@ import numpy as np
 
 from bench.datasets import note, opencv_photos, wallpapers
 from bench.photos import foolbox_photos, skimage_photos
-from bench.modelrun import encode_all
+from bench.modelrun import encode_all, torch_threads
 from shared.errors import ModelUnavailableError
 from shared.imagedecode import decode_image, resize_for_model
 
@@ -83,10 +83,7 @@ def prepare(data: bytes, size: int) -> np.ndarray:
 
 def stages(model: "ImageModel", items: list[bytes]) -> dict[str, Callable[[], None]]:
     """The timed stages on `items` (encoded images); each runs over all of them once."""
-    import torch
-
     size, n = model.input_size, len(items)
-    default_threads = torch.get_num_threads()
     images = [prepare(d, size) for d in items]
     model.encode(images[:BATCH])  # warm-up
 
@@ -108,21 +105,17 @@ def stages(model: "ImageModel", items: list[bytes]) -> dict[str, Callable[[], No
             for start in range(0, n, BATCH):
                 model.encode(list(pool.map(lambda d: prepare(d, size), items[start:start + BATCH])))
 
-    def overlapped(decode_threads: int, torch_threads: int) -> Callable[[], None]:
+    def overlapped(decode_threads: int, threads: int) -> Callable[[], None]:
         def run() -> None:
-            torch.set_num_threads(torch_threads)
-            try:
-                with ThreadPoolExecutor(decode_threads) as pool:
-                    batch: list[np.ndarray] = []
-                    for img in pool.map(lambda d: prepare(d, size), items):
-                        batch.append(img)
-                        if len(batch) == BATCH:
-                            model.encode(batch)
-                            batch = []
-                    if batch:
+            with torch_threads(threads), ThreadPoolExecutor(decode_threads) as pool:
+                batch: list[np.ndarray] = []
+                for img in pool.map(lambda d: prepare(d, size), items):
+                    batch.append(img)
+                    if len(batch) == BATCH:
                         model.encode(batch)
-            finally:
-                torch.set_num_threads(default_threads)
+                        batch = []
+                if batch:
+                    model.encode(batch)
         return run
 
     out = {"decode 1 thread": decode_pool(1), "decode 2 threads": decode_pool(2), "model": model_only,
@@ -130,8 +123,8 @@ def stages(model: "ImageModel", items: list[bytes]) -> dict[str, Callable[[], No
     from shared.image_models import usable_cores
 
     cores = usable_cores()
-    for decode_threads, torch_threads in ((1, cores), (2, cores), (1, 1)):
-        out[f"decode({decode_threads}) || model({torch_threads} threads)"] = overlapped(decode_threads, torch_threads)
+    for decode_threads, threads in ((1, cores), (2, cores), (1, 1)):
+        out[f"decode({decode_threads}) || model({threads} threads)"] = overlapped(decode_threads, threads)
     return out
 
 

@@ -43,5 +43,5 @@ def layouts(model: "ImageModel") -> dict[str, tuple[int, int]]:
     from shared.image_models import usable_cores  # (torch loads here: after OMP_WAIT_POLICY is set)
 
     cores = usable_cores()
-    service = (model.streams, max(1, cores // model.streams))
-    return {f"{service[0]} x {service[1]} thread(s)": service, f"1 x {cores} thread(s)": (1, cores)}
+    return {f"{model.streams} x {model.threads} thread(s)": (model.streams, model.threads),
+            f"1 x {cores} thread(s)": (1, cores)}

@@ -10,6 +10,7 @@ without re-ingesting anything; `score_parts` recovers both cosines of a hit for 
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -48,8 +49,10 @@ class FusedQuery:
     text: np.ndarray | None = None
     weights: dict[str, float] = field(default_factory=dict)
 
+    @functools.cached_property
     def _scales(self) -> dict[str, float]:
-        """The norm of each block the query has in `vector` (its weight's share times sqrt 2)."""
+        """The norm of each block the query has in `vector` (its weight's share times sqrt 2);
+        computed once per query, not per hit."""
         parts = {"image": self.vector[: self.image_dim], "text": self.vector[self.image_dim:]}
         return {block: float(np.linalg.norm(parts[block]))
                 for block, unit in (("image", self.image), ("text", self.text)) if unit is not None}
@@ -57,13 +60,13 @@ class FusedQuery:
     @property
     def explained_by_blocks(self) -> bool:
         """Whether `block_scores` can explain a hit: every block the query has is weighted."""
-        return all(scale > 0 for scale in self._scales().values())
+        return all(scale > 0 for scale in self._scales.values())
 
     def block_scores(self, blocks: dict[str, float]) -> dict[str, float | None]:
         """cos_image and cos_text of a hit from its per-block inner products with `vector` (a
         shard's `SearchHit.blocks`), as `score_parts` gives them from the stored vector."""
         parts: dict[str, float | None] = {"image": None, "text": None}
-        for block, scale in self._scales().items():
+        for block, scale in self._scales.items():
             parts[block] = blocks[block] * SQRT2 / scale
         return parts
 

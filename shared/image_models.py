@@ -101,9 +101,10 @@ class ImageModel:
         self.device = device or select_device(settings.device)
         cuda = self.device.type == "cuda"
         self.streams = model_streams(self.device, settings.model_streams)
+        self.threads = max(1, usable_cores() // self.streams)  # torch threads per call on the CPU
         if not cuda:
             keep_freed_memory()  # activations reuse the heap instead of faulting in fresh pages
-            torch.set_num_threads(max(1, usable_cores() // self.streams))  # for the whole process
+            torch.set_num_threads(self.threads)  # for the whole process
         self.batch = batch or default_batch(self.device)
         dtype = _DTYPES[precision]
         # CUDA runs the weights in the precision itself; the CPU keeps fp32 weights under autocast.
