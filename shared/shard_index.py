@@ -32,9 +32,10 @@ last rung if none does;
 calibration ones at ef, with recall 0.96-0.99 at 25k items). A query farther from the items
 than that (its k-th score below far_below x its norm: e.g. a text whose words no caption has,
 or a photo unlike any stored one, whose top k are near-ties that a graph finds only with a
-longer list), or whose search went astray, is searched again with the kind's `far_ef`. That one is calibrated the same way on far queries: the same stored items
-turned towards random directions (cosine FAR_COSINES with the item), those of them whose exact
-k-th score is below far_below; it is EF_FAR where none reach the target. A kind whose graphs hold
+longer list), or whose search went astray, is searched again with the kind's `far_ef`. That
+one is calibrated the same way on far queries: the same stored items turned towards random
+directions (cosine FAR_COSINES with the item), those of them whose exact k-th score is below
+far_below; it is EF_FAR where none reach the target. A kind whose graphs hold
 fewer than CALIBRATE_MIN items keeps EF_DEFAULT and is never searched again; a single-block
 search among at most CALIBRATE_MIN items uses a list as long as they are many (the whole graph).
 Writes trigger a recalibration, run by the writing thread after it released the write lock,

@@ -5,8 +5,8 @@ model) and pushes one search request to each shard slot that has a live owner or
 (`keys.slot_searches`, see workers.shard), naming every shard of the collection that the slot
 holds and carrying the query's unit blocks and weights, not the mostly-zero fused vector (all
 the requests in one pipelined write); whichever process of the slot pops one searches those
-shards in parallel and pushes one answer for all of them to a Redis list. The query worker gathers the answers
-until every slot answered or `MMSEARCH_SHARD_TIMEOUT_S` has passed. Whatever answered by then
+shards in parallel and pushes one answer for all of them to a Redis list. The query worker
+gathers the answers until every slot answered or `MMSEARCH_SHARD_TIMEOUT_S` has passed. Whatever answered by then
 is merged: a shard that died, hangs or cannot serve is counted as not answered
 (`shards.answered < total`, with a message), so a search never waits longer than the shard
 deadline.
