@@ -47,7 +47,8 @@ Only the shard's owner writes it (upserts and deletes from the shard's log, in b
 batches); any number of threads search it. hnswlib must never run `add_items`, `mark_deleted`
 or `resize_index` alongside `knn_query`, so writes hold the write side of a `RWLock` and
 searches the read side. Snapshots are single files written atomically, with a checksum and the
-log position they cover; a snapshot that fails any check is never loaded.
+log position they cover, by a forked child (searches here go on meanwhile); a snapshot that fails
+any check is never loaded.
 
 Snapshot file layout (little-endian), format version 2:
     header   magic b"MMSHARD\\0", u32 format version, u32 dim, u64 count (live items),
@@ -76,15 +77,17 @@ import os
 import struct
 import tempfile
 import threading
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Iterator
 
 import hnswlib
 import numpy as np
 
 from shared.allocator import release_free_memory
 from shared.errors import SnapshotError
+from shared.forked import run_forked
 from shared.labels import label_for
 from shared.rwlock import RWLock
 
@@ -728,68 +731,82 @@ class ShardIndex:
 
     # -- snapshots ---------------------------------------------------------------------------
     def save(self, path: Path, log_position: str) -> None:
-        """Write a snapshot covering the log up to `log_position`; atomic and durable."""
+        """Write a snapshot covering the log up to `log_position`; atomic and durable.
+
+        The file is written by a forked child (`shared.forked`): hnswlib's `save_index` holds
+        the GIL throughout, and in this process it would stall every search thread. The read
+        and tuning locks are held across the fork only, so the child writes the graphs and
+        records as they were at that moment while writes here go on.
+        """
         path = Path(path)
-        position = log_position.encode("utf-8")
         fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
         tmp = Path(tmp_name)
         graph_files = [tmp.with_suffix(f".{graph.name}.hnsw") for graph in self._graphs]
         try:
-            with os.fdopen(fd, "wb") as out:
-                with self._lock.read():  # a consistent set of graphs and records
-                    for graph, graph_file in zip(self._graphs, graph_files):
-                        graph.index.save_index(str(graph_file))
-                    records = [(r, self._blocks[label]) for label, r in self._records.items()]
-                    with self._meta:
-                        meta = {"image_dim": self.image_dim, "recall_target": self.recall_target,
-                                "calibrated_at": self._calibrated_at,
-                                "tuning": {kind: asdict(t) for kind, t in self._tuning.items()}}
-                entries, thumbnails, offset = [], [], 0
-                for r, blocks in records:
-                    thumb = None
-                    if r.thumbnail is not None:
-                        thumb = [offset, len(r.thumbnail)]
-                        offset += len(r.thumbnail)
-                        thumbnails.append(r.thumbnail)
-                    entries.append({"id": r.id, "text": r.text, "metadata": r.metadata,
-                                    "has_image": r.has_image, "thumbnail": thumb, "blocks": blocks})
-                records_json = json.dumps(entries, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-                meta_json = json.dumps(meta, separators=(",", ":")).encode("utf-8")
-                graph_sizes = [graph_file.stat().st_size for graph_file in graph_files]
-                payload_size = ((3 + len(graph_files)) * _U64.size + len(meta_json) + sum(graph_sizes)
-                                + len(records_json) + offset)
-                header = _HEADER.pack(MAGIC, FORMAT_VERSION, self.dim, len(records), len(position),
-                                      payload_size, bytes(32))
-                digest = hashlib.sha256(header[len(MAGIC):_DIGEST_AT])
-
-                def emit(data: bytes) -> None:
-                    out.write(data)
-                    digest.update(data)
-
-                out.write(header)
-                emit(position)
-                emit(_U64.pack(len(meta_json)))
-                emit(meta_json)
-                for graph_file, graph_size in zip(graph_files, graph_sizes):
-                    emit(_U64.pack(graph_size))
-                    with open(graph_file, "rb") as graph:
-                        while chunk := graph.read(_CHUNK):
-                            emit(chunk)
-                emit(_U64.pack(len(records_json)))
-                emit(records_json)
-                emit(_U64.pack(offset))
-                for thumbnail in thumbnails:
-                    emit(thumbnail)
-                out.seek(_DIGEST_AT)
-                out.write(digest.digest())
-                out.flush()
-                os.fsync(out.fileno())
+            run_forked(lambda: self._write_snapshot(tmp, graph_files, log_position.encode("utf-8")),
+                       self._frozen())
             os.replace(tmp, path)
             fsync_dir(path.parent)
         finally:
             tmp.unlink(missing_ok=True)
             for graph_file in graph_files:
                 graph_file.unlink(missing_ok=True)
+
+    @contextmanager
+    def _frozen(self) -> Iterator[None]:
+        """Held across a snapshot's fork: no write and no tuning update is half done."""
+        with self._lock.read(), self._meta:
+            yield
+
+    def _write_snapshot(self, tmp: Path, graph_files: list[Path], position: bytes) -> None:
+        """The snapshot file's bytes, written to `tmp` and synced (run in the forked child)."""
+        for graph, graph_file in zip(self._graphs, graph_files):
+            graph.index.save_index(str(graph_file))
+        meta = {"image_dim": self.image_dim, "recall_target": self.recall_target,
+                "calibrated_at": self._calibrated_at,
+                "tuning": {kind: asdict(t) for kind, t in self._tuning.items()}}
+        entries, thumbnails, offset = [], [], 0
+        for label, r in self._records.items():
+            thumb = None
+            if r.thumbnail is not None:
+                thumb = [offset, len(r.thumbnail)]
+                offset += len(r.thumbnail)
+                thumbnails.append(r.thumbnail)
+            entries.append({"id": r.id, "text": r.text, "metadata": r.metadata,
+                            "has_image": r.has_image, "thumbnail": thumb, "blocks": self._blocks[label]})
+        records_json = json.dumps(entries, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        meta_json = json.dumps(meta, separators=(",", ":")).encode("utf-8")
+        graph_sizes = [graph_file.stat().st_size for graph_file in graph_files]
+        payload_size = ((3 + len(graph_files)) * _U64.size + len(meta_json) + sum(graph_sizes)
+                        + len(records_json) + offset)
+        header = _HEADER.pack(MAGIC, FORMAT_VERSION, self.dim, len(entries), len(position),
+                              payload_size, bytes(32))
+        digest = hashlib.sha256(header[len(MAGIC):_DIGEST_AT])
+        with open(tmp, "wb") as out:
+
+            def emit(data: bytes) -> None:
+                out.write(data)
+                digest.update(data)
+
+            out.write(header)
+            emit(position)
+            emit(_U64.pack(len(meta_json)))
+            emit(meta_json)
+            for graph_file, graph_size in zip(graph_files, graph_sizes):
+                emit(_U64.pack(graph_size))
+                with open(graph_file, "rb") as graph:
+                    while chunk := graph.read(_CHUNK):
+                        emit(chunk)
+            emit(_U64.pack(len(records_json)))
+            emit(records_json)
+            emit(_U64.pack(offset))
+            for thumbnail in thumbnails:
+                emit(thumbnail)
+            out.seek(_DIGEST_AT)
+            out.write(digest.digest())
+            out.flush()
+            os.fsync(out.fileno())
 
     @classmethod
     def load(cls, path: Path, *, image_dim: int | None = None,

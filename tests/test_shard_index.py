@@ -291,6 +291,55 @@ def test_save_replaces_atomically_and_a_failed_save_leaves_the_old_file(tmp_path
     assert ShardIndex.load(path)[1] == "3-0"
 
 
+class GatedIndex:
+    """An hnswlib index whose `save_index` first says it started, then waits for a gate file."""
+
+    def __init__(self, index: hnswlib.Index, started: Path, gate: Path) -> None:
+        self._index, self._started, self._gate = index, started, gate
+
+    def save_index(self, name: str) -> None:
+        self._started.touch()
+        deadline = time.monotonic() + 10
+        while not self._gate.exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError("the gate was never opened")
+            time.sleep(0.01)
+        self._index.save_index(name)
+
+    def __getattr__(self, name: str):
+        return getattr(self._index, name)
+
+
+def test_writes_and_searches_go_on_while_a_snapshot_is_written(tmp_path: Path):
+    index, ids, vectors = filled(n=50)
+    started, gate, path = tmp_path / "started", tmp_path / "gate", tmp_path / "s.bin"
+    for graph in index._graphs:
+        graph.index = GatedIndex(graph.index, started, gate)
+    errors: list[BaseException] = []
+
+    def save() -> None:
+        try:
+            index.save(path, "7-0")
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            errors.append(exc)
+
+    saver = threading.Thread(target=save)
+    saver.start()
+    deadline = time.monotonic() + 10
+    while not started.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert started.exists(), "the snapshot never started writing"
+    late = unit(np.random.default_rng(99), 1, 16)
+    index.upsert(["late"], late, records_for(["late"]))  # would wait for the snapshot under its lock
+    assert index.search(late[0], 1)[0].id == "late"
+    gate.touch()
+    saver.join(30)
+    assert not errors and not saver.is_alive()
+    loaded, position = ShardIndex.load(path)
+    assert position == "7-0" and len(loaded) == 50 and "late" not in loaded  # as at its start
+    assert loaded.search(vectors[3], 1)[0].id == ids[3]
+
+
 @pytest.fixture()
 def snapshot_file(tmp_path: Path) -> Path:
     index, _, _ = filled(n=40)
