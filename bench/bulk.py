@@ -35,9 +35,10 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
 
 def synthetic_vectors(n: int, image_dim: int, text_dim: int, seed: int = 0, *,
                       anchors: np.ndarray | None = None, clusters: int = 1000, spread: float = 0.5,
-                      mix: int = 3) -> np.ndarray:
+                      mix: int = 3, out: np.ndarray | None = None) -> np.ndarray:
     """`n` fused item vectors (float32, n x (image_dim + text_dim)) drawn around `clusters`
-    centres, each block unit-normalised and fused with `shared.fusion.fuse`.
+    centres, each block unit-normalised and fused with `shared.fusion.fuse`; written into `out`
+    (an array of that shape, e.g. a memory-mapped file) when given.
 
     With `anchors` (fused vectors of real items, e.g. photos encoded with the collection's
     models), each centre mixes `mix` random anchors (Dirichlet weights), both blocks with the
@@ -62,7 +63,10 @@ def synthetic_vectors(n: int, image_dim: int, text_dim: int, seed: int = 0, *,
         mixed = np.einsum("ck,ckd->cd", weights, anchors[picks])
         image_centres, text_centres = mixed[:, :image_dim], mixed[:, image_dim:]
     image_centres, text_centres = _unit_rows(image_centres), _unit_rows(text_centres)
-    out = np.empty((n, image_dim + text_dim), np.float32)
+    if out is None:
+        out = np.empty((n, image_dim + text_dim), np.float32)
+    elif out.shape != (n, image_dim + text_dim):
+        raise ValueError(f"out must have shape ({n}, {image_dim + text_dim}), got {out.shape}")
     for start in range(0, n, _ROWS):
         rows = min(_ROWS, n - start)
         which = rng.integers(0, clusters, rows)

@@ -257,12 +257,15 @@ def memory_row(n: int, shards: int, before: dict[str, int], after: dict[str, int
             "workers": {name: {"before": before[name], "after": after[name]} for name in sorted(after)}}
 
 
-def fits_in_memory(n: int, dim: int, collections: int) -> bool:
-    """Whether the copies of N vectors fit: per collection its log in Redis and its shard
-    indexes (~3 copies with graph and records); here the vectors, the floor index and a spare."""
+def fits_in_memory(n: int, dim: int) -> bool:
+    """Whether one collection of N vectors fits: its shard indexes (the vectors, graph and
+    allocator slack: 1.5 copies) and, at once, the calibrations' copies of shards' vectors and
+    the not yet trimmed logs in Redis (half a copy). The collections of a size are filled one
+    after the other, each deleted (and the shard workers restarted) before the next; the floor
+    is built once they are gone. The vectors here are a memory-mapped file (page cache)."""
     with open("/proc/meminfo") as f:
         available_kb = next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:"))
-    return n * dim * 4 * (3 * collections + 3) < 0.8 * available_kb * 1024
+    return n * dim * 4 * 2 < 0.8 * available_kb * 1024
 
 
 def parse_ints(text: str) -> list[int]:
@@ -346,8 +349,8 @@ def run(svc: Service, plan: Plan) -> Results:
     anchors = encode_photos(encoder, cifar_photos() + opencv_photos() + wallpapers())
     results = Results()
     for n in plan.sizes:
-        if not fits_in_memory(n, dims["image"] + dims["text"], len(plan.shard_counts)):
-            note(f"N={n}: {len(plan.shard_counts)} collections of {n} vectors would not fit in memory; skipped")
+        if not fits_in_memory(n, dims["image"] + dims["text"]):
+            note(f"N={n}: a collection of {n} vectors would not fit in memory; skipped")
             results.skipped.append({"items": n, "reason": "memory"})
             continue
         minutes = estimated_minutes(n, len(plan.shard_counts), results)
@@ -357,9 +360,12 @@ def run(svc: Service, plan: Plan) -> Results:
                  f"(limit --max-minutes {plan.max_minutes:g}); skipped")
             results.skipped.append({"items": n, "reason": "time", "estimated_min": round(minutes, 1)})
             continue
-        synthetic = synthetic_vectors(n - len(photos), dims["image"], dims["text"], seed=SEED, anchors=anchors)
+        vectors = np.lib.format.open_memmap(svc.data_dir / f"vectors-{n}.npy", mode="w+", dtype=np.float32,
+                                            shape=(n, dims["image"] + dims["text"]))
+        synthetic = synthetic_vectors(n - len(photos), dims["image"], dims["text"], seed=SEED, anchors=anchors,
+                                      out=vectors[:n - len(photos)])
+        vectors[n - len(photos):] = photo_vectors
         syn_ids = [f"syn-{i}" for i in range(len(synthetic))]
-        vectors = np.concatenate([synthetic, photo_vectors])
         ids = syn_ids + [p.name for p in photos]
         exact = {kind: [exact_top(vectors, ids, qs) for qs in variants] for kind, variants in queries.items()}
         for shards in plan.shard_counts:
@@ -376,9 +382,11 @@ def run(svc: Service, plan: Plan) -> Results:
             measure_collection(svc, name, queries, exact, encode_ms, plan, {"items": n, "shards": shards}, results)
             results.memory.append(memory_row(n, shards, rss_before, svc.shard_rss()))
             svc.session.delete(f"{svc.url}/collections/{name}", timeout=60)
-        del synthetic
+        svc.restart_shard_workers()  # the deleted collections' memory back before the floor's
         results.floors[n] = floor(vectors, ids, dims["image"], {kind: v[0] for kind, v in queries.items()},
                                   {kind: e[0] for kind, e in exact.items()}, plan.repeats)
+        del synthetic, vectors
+        (svc.data_dir / f"vectors-{n}.npy").unlink()
     return results
 
 
