@@ -2,8 +2,8 @@
 
 1. Time to recover a shard of `--vectors` (100,000) vectors from its snapshot plus the log
    after it: a snapshot covering all but the last `--log-entries` items (by default
-   MMSEARCH_SNAPSHOT_EVERY's default, 5000: what a log holds past the newest snapshot just
-   before the next one), and those items as entries in the shard's log in a real redis-server
+   `snapshot_interval` of the shard at MMSEARCH_SNAPSHOT_EVERY's default: what a log holds past
+   the newest snapshot just before the next one, 10000 at 100k vectors), and those items as entries in the shard's log in a real redis-server
    (AOF on). Measured twice: in process (`ShardOwner.refresh` loading the snapshot, then
    `step` until the log is drained), and as a real `python -m workers shard` process, from its
    start to its "caught up with the logs" line (imports, Redis, lease, load, replay).
@@ -46,7 +46,7 @@ from bench.service import TaskLog, free_port, latency_ms, running_stack, table
 from shared import catalog, embedded_redis
 from shared.config import Settings
 from shared.shard_index import ShardIndex
-from workers.shard_owner import SNAPSHOT, ShardOwner
+from workers.shard_owner import SNAPSHOT, ShardOwner, snapshot_interval
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE_DIM, TEXT_DIM = 1280, 50
@@ -253,13 +253,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.recovery", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--vectors", type=int, default=100_000, help="vectors in the recovered shard")
-    parser.add_argument("--log-entries", type=int, default=5000, help="of them, entries in the log after the snapshot")
+    parser.add_argument("--log-entries", type=int, default=None,
+                        help="of them, entries in the log after the snapshot (default: the snapshot interval)")
     parser.add_argument("--items", type=int, default=20_000, help="vectors in the throughput collection")
     parser.add_argument("--clients", type=int, default=4, help="concurrent HTTP clients")
     parser.add_argument("--queries", type=int, default=400, help="searches per throughput run")
     parser.add_argument("--skip-recovery", action="store_true")
     parser.add_argument("--skip-throughput", action="store_true")
     args = parser.parse_args(argv)
+    if args.log_entries is None:
+        args.log_entries = snapshot_interval(args.vectors, Settings().snapshot_every)
     out: dict[str, Any] = {"cpus": os.cpu_count()}
     if not args.skip_recovery:
         with tempfile.TemporaryDirectory(prefix="mmsearch-recovery-") as work:

@@ -142,7 +142,7 @@ class Settings:
     rate_limit: int = 0                     # MMSEARCH_RATE_LIMIT "N/S": requests per window per key; 0 off
     rate_limit_window_s: int = 60           # (the S of MMSEARCH_RATE_LIMIT)
     store_thumbnails: bool = True           # MMSEARCH_STORE_THUMBNAILS (collection default)
-    snapshot_every: int = 5000              # MMSEARCH_SNAPSHOT_EVERY: log entries between snapshots
+    snapshot_every: int = 5000              # MMSEARCH_SNAPSHOT_EVERY: log entries between snapshots (at least)
     task_time_limit_s: int = 900            # MMSEARCH_TASK_TIME_LIMIT_S: hard limit of one task (visibility timeout above it)
     task_max_deliveries: int = 3            # MMSEARCH_TASK_MAX_DELIVERIES: encode task starts before its items fail
     job_stall_s: float = 600.0              # MMSEARCH_JOB_STALL_S: no progress this long and nothing queued: items fail

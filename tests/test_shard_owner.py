@@ -5,6 +5,7 @@ import pytest
 from shared import catalog, jobs, keys, shardlog
 from shared.config import Settings
 from shared.shardlog import LogEntry
+from shared.shard_index import ShardIndex
 from workers.shard_owner import PREVIOUS, SNAPSHOT, ShardOwner
 
 rng = np.random.default_rng(7)
@@ -81,3 +82,23 @@ def test_a_corrupt_newest_snapshot_falls_back_to_the_previous_one(setup):
     drain(recovered)
     index = recovered.get(coll.cid, 0).index
     assert len(index) == 20  # previous snapshot (10) + the log replayed after it (10)
+
+
+def test_a_large_shard_waits_for_a_tenth_of_its_items_between_snapshots(redis_client, tmp_path):
+    settings = Settings(data_dir=tmp_path, shard_slots=1, snapshot_every=10)
+    coll = catalog.create_collection(redis_client, settings, "photos", shards=1)
+    owner = ShardOwner(0, settings, redis_client)
+    key = (coll.cid, 0)
+    log_items(redis_client, coll, [f"a{i}" for i in range(300)])
+    drain(owner)
+    owner.snapshot(key)
+    state = owner.get(*key)
+    log_items(redis_client, coll, [f"b{i}" for i in range(20)])  # past snapshot_every, short of 10% of 320
+    drain(owner)
+    owner.snapshot_due()
+    assert state.unsaved == 20
+    log_items(redis_client, coll, [f"c{i}" for i in range(15)])
+    drain(owner)
+    owner.snapshot_due()
+    assert state.unsaved == 0
+    assert len(ShardIndex.load(state.directory / SNAPSHOT)[0]) == 335

@@ -3,7 +3,8 @@
 Slot `i` owns shard `s` of every collection where `s mod MMSEARCH_SHARDS == i`. Only the owner
 writes those indexes. A background thread applies each shard's log in order, in bounded
 batches (the index's write lock is held per batch, so searches are not starved), publishes the
-applied position and item count to Redis, and snapshots to `MMSEARCH_DATA_DIR/shards/<cid>/<s>`.
+applied position and item count to Redis, and snapshots to `MMSEARCH_DATA_DIR/shards/<cid>/<s>`
+(every `snapshot_interval` entries while writes come, and once they stop).
 On start it loads the newest verified snapshot (falling back to the previous one) and replays
 the log after it; each index keeps one graph per vector block (the collection's image dim) and
 tunes its search list for `Settings.recall_target`, and a snapshot of the older one-graph format
@@ -48,12 +49,22 @@ log = logging.getLogger(__name__)
 
 APPLY_BATCH = 256
 IDLE_SNAPSHOT_S = 2.0
+SNAPSHOT_SHARE = 0.1  # a shard also waits for this share of its items in new entries between snapshots
 REFRESH_S = 1.0
 RETRY_REFUSED_S = 30.0  # a shard that could not be rebuilt is tried again this often
 SNAPSHOT, PREVIOUS = "snapshot.bin", "snapshot.prev.bin"
 PENDING = "snapshot.new.bin"  # complete and verified, not yet rotated in (a crash between two renames)
 
 ShardKey = tuple[str, int]
+
+
+def snapshot_interval(items: int, every: int) -> int:
+    """Log entries a shard of `items` items applies between two snapshots while writes keep
+    coming: `every` (MMSEARCH_SNAPSHOT_EVERY), or SNAPSHOT_SHARE of its items once that is more.
+    Each snapshot writes the whole shard, so with a fixed interval filling a shard would cost
+    time quadratic in its size; this keeps snapshots to a constant share of the applier's time
+    (and a replay after a crash to at most twice the interval)."""
+    return max(every, int(SNAPSHOT_SHARE * items))
 
 
 class ShardState:
@@ -296,8 +307,8 @@ class ShardOwner:
         with self._lock:
             current = list(self.shards.items())
         for key, state in current:
-            if state.unsaved and (state.unsaved >= self.settings.snapshot_every
-                                  or now - state.last_write >= IDLE_SNAPSHOT_S):
+            interval = snapshot_interval(len(state.index), self.settings.snapshot_every)
+            if state.unsaved and (state.unsaved >= interval or now - state.last_write >= IDLE_SNAPSHOT_S):
                 self.snapshot(key)
 
     def snapshot_all(self) -> None:
