@@ -22,6 +22,9 @@ time on every core. "serial" is 1 / (1/decode + 1/model), what an encode worker 
 batch and then encodes it can reach. Where the time went comes from the encode worker's log
 (Celery's per-task runtimes): the task-seconds summed and the mean number of tasks in flight
 (task-seconds / wall time; the worker runs several tasks at once and batches their images).
+Where the CPU went: the cores each stack process used on average during the end-to-end run
+(with its children: gunicorn's workers, redis-server and its AOF rewrites, snapshot writers),
+this bench process's (the client) and the machine's idle cores.
 
 The figures vary with the machine's load (compare ratios of one run only). The last line of
 output is one JSON object: `e2e_items_per_s`, `ceiling_items_per_s` (the smaller ceiling) and
@@ -43,8 +46,8 @@ import numpy as np
 
 from bench.datasets import note, wallpapers
 from bench.modelrun import encode_all, layouts, torch_threads
-from bench.service import (Service, TaskLog, Upload, jpeg_with_long_side, real_photos, result_path,
-                           running_stack, runtimes, table)
+from bench.service import (Service, TaskLog, Upload, jpeg_with_long_side, machine_cpu_seconds, real_photos,
+                           result_path, running_stack, runtimes, table)
 from shared.imagedecode import decode_image, resize_for_model
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the workers set it, before torch loads
@@ -121,10 +124,13 @@ def end_to_end(svc: Service, name: str, items: list[Upload]) -> dict[str, Any]:
     svc.create_collection(name, SHARDS)
     tasks = TaskLog(svc.log_dir)
     tasks.mark()
+    cpu_before, machine_before = svc.cpu_seconds(), machine_cpu_seconds()
     t0 = time.perf_counter()
     job_ids = [svc.post_items(name, batch) for batch in request_batches(items)]
     posted = time.perf_counter() - t0
     timings = svc.wait_jobs(job_ids, timeout_s=900)
+    wall = time.perf_counter() - t0
+    cpu_after, machine_after = svc.cpu_seconds(), machine_cpu_seconds()
     counted = max(t.counted_s for t in timings.values()) - t0
     final = max(t.final_s for t in timings.values()) - t0
     failed = sum(t.body["failed"] for t in timings.values())
@@ -139,7 +145,9 @@ def end_to_end(svc: Service, name: str, items: list[Upload]) -> dict[str, Any]:
             "failed": failed, "e2e_items_per_s": round(len(items) / final, 2),
             "posted_s": round(posted, 2), "counted_s": round(counted, 2), "final_s": round(final, 2),
             "encode_tasks": len(encode_runs), "encode_task_s": round(task_s, 2),
-            "encode_tasks_in_flight": round(task_s / final, 2)}
+            "encode_tasks_in_flight": round(task_s / final, 2),
+            "cores_used": {proc: round((cpu_after[proc] - cpu_before[proc]) / wall, 2) for proc in sorted(cpu_after)},
+            "cores_idle": round((machine_after[1] - machine_before[1]) / wall, 2)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -198,6 +206,11 @@ def main(argv: list[str] | None = None) -> None:
                 [[n, r["requests"], r["posted_s"], r["counted_s"], r["final_s"], r["encode_tasks"],
                   r["encode_task_s"], r["encode_tasks_in_flight"]]
                  for n, r in results.items()]))
+    print("\n== CPU during the end-to-end runs (cores busy on average: each stack process with its children,"
+          " this bench process, and the machine's idle)")
+    procs = sorted({proc for r in results.values() for proc in r["cores_used"]})
+    print(table(["set", *procs, "idle"],
+                [[n, *(r["cores_used"].get(proc) for proc in procs), r["cores_idle"]] for n, r in results.items()]))
     print(f"\nload average at the end (other processes share these cores): {load}")
     headline = results["photos500"]
     summary = {"e2e_items_per_s": headline["e2e_items_per_s"], "ceiling_items_per_s": headline["ceiling_items_per_s"],

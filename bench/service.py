@@ -159,6 +159,55 @@ class Service:
         return {name: rss_bytes(proc.pid) for name, proc in self.stack.procs.items() if name.startswith("shard.")}
 
 
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds each stack process has used so far, with its descendants (gunicorn's
+        workers, redis-server, snapshot children), and this process's as `bench`."""
+        children: dict[int, list[int]] = {}
+        own: dict[int, float] = {}
+        for pid, parent, seconds in _process_stats():
+            children.setdefault(parent, []).append(pid)
+            own[pid] = seconds
+        used = {"bench": _own_cpu_seconds()}
+        for name, proc in self.stack.procs.items():
+            tree, total = [proc.pid], 0.0
+            while tree:
+                pid = tree.pop()
+                total += own.get(pid, 0.0)
+                tree += children.get(pid, [])
+            used[name] = total
+        return used
+
+
+def machine_cpu_seconds() -> tuple[float, float]:
+    """(busy, idle) CPU seconds of the whole machine since boot, all cores (/proc/stat)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    ticks = os.sysconf("SC_CLK_TCK")
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / ticks, idle / ticks
+
+
+def _process_stats() -> list[tuple[int, int, float]]:
+    """(pid, parent pid, CPU seconds incl. its reaped children) of every process."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    stats = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        stats.append((int(entry), int(fields[1]), sum(int(x) for x in fields[11:15]) / ticks))
+    return stats
+
+
+def _own_cpu_seconds() -> float:
+    usage = os.times()
+    return usage.user + usage.system
+
+
 def rss_bytes(pid: int) -> int:
     """Resident memory of a process (VmRSS in /proc/<pid>/status), in bytes."""
     with open(f"/proc/{pid}/status") as f:
