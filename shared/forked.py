@@ -20,18 +20,20 @@ class ForkedChildDied(RuntimeError):
     """The child ended without finishing or reporting an error (killed, out of memory...)."""
 
 
-def run_forked(work: Callable[[], None], consistent: AbstractContextManager[Any] = nullcontext()) -> None:
+def run_forked(work: Callable[[], None], consistent: AbstractContextManager[Any] = nullcontext(),
+               *, niceness: int = 0) -> None:
     """Run `work()` in a forked child and wait for it; its exception is raised here again.
 
     `consistent` (a lock's context, say) is held across the fork only: the child's view is the
-    memory as it was at that moment.
+    memory as it was at that moment. `niceness` is added to the child's (background work that
+    should yield the CPU to this process's threads).
     """
     read_end, write_end = os.pipe()
     try:
         with consistent:
             pid = os.fork()
             if pid == 0:
-                _child(work, read_end, write_end)
+                _child(work, read_end, write_end, niceness)
     except BaseException:
         os.close(read_end)
         raise
@@ -48,10 +50,12 @@ def run_forked(work: Callable[[], None], consistent: AbstractContextManager[Any]
         raise ForkedChildDied(f"forked child {pid} ended with {ended} before finishing")
 
 
-def _child(work: Callable[[], None], read_end: int, write_end: int) -> NoReturn:
+def _child(work: Callable[[], None], read_end: int, write_end: int, niceness: int) -> NoReturn:
     code = 0
     try:
         os.close(read_end)
+        if niceness:
+            os.nice(niceness)
         work()
     except BaseException as exc:  # noqa: BLE001 - every failure goes back to the parent
         code = 1

@@ -118,6 +118,8 @@ _HEADER = struct.Struct("<8sIIQIQ32s")
 _DIGEST_AT = _HEADER.size - 32
 _U64 = struct.Struct("<Q")
 _CHUNK = 1 << 20
+_SYNC_EVERY = 1 << 20     # snapshot bytes written between two fdatasyncs
+SNAPSHOT_NICENESS = 10    # the snapshot writer yields the CPU to the searches
 _SCORE_ROWS = 8192  # rows per matmul when scoring a whole graph
 _JOIN_BATCH = 16    # blocks read from hnswlib at a time when joining fused candidates
 _MISSING = object()
@@ -736,7 +738,9 @@ class ShardIndex:
         The file is written by a forked child (`shared.forked`): hnswlib's `save_index` holds
         the GIL throughout, and in this process it would stall every search thread. The read
         and tuning locks are held across the fork only, so the child writes the graphs and
-        records as they were at that moment while writes here go on.
+        records as they were at that moment while writes here go on. The child runs niced and
+        syncs every _SYNC_EVERY bytes: one fsync of the whole file at the end made Redis's
+        own fsyncs (appendfsync always) wait behind it, and searches with them.
         """
         path = Path(path)
         fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -745,7 +749,7 @@ class ShardIndex:
         graph_files = [tmp.with_suffix(f".{graph.name}.hnsw") for graph in self._graphs]
         try:
             run_forked(lambda: self._write_snapshot(tmp, graph_files, log_position.encode("utf-8")),
-                       self._frozen())
+                       self._frozen(), niceness=SNAPSHOT_NICENESS)
             os.replace(tmp, path)
             fsync_dir(path.parent)
         finally:
@@ -785,8 +789,16 @@ class ShardIndex:
         digest = hashlib.sha256(header[len(MAGIC):_DIGEST_AT])
         with open(tmp, "wb") as out:
 
+            unsynced = 0
+
             def emit(data: bytes) -> None:
+                nonlocal unsynced
                 out.write(data)
+                unsynced += len(data)
+                if unsynced >= _SYNC_EVERY:  # write back as it goes: no burst for others' fsyncs to wait behind
+                    out.flush()
+                    os.fdatasync(out.fileno())
+                    unsynced = 0
                 digest.update(data)
 
             out.write(header)

@@ -57,3 +57,9 @@ def test_the_lock_is_held_across_the_fork_only():
 
     run_forked(work, lock)
     assert not lock.locked()
+
+
+def test_the_child_runs_at_the_niceness_asked_for(tmp_path: Path):
+    out = tmp_path / "nice"
+    run_forked(lambda: out.write_text(str(os.nice(0))), niceness=5)
+    assert int(out.read_text()) == min(os.nice(0) + 5, 19)
