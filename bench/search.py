@@ -8,6 +8,10 @@ real: a recompressed crop of each photo should find the photo first ("top-1"). T
 vectors are mixes of other real photos' vectors (foolbox's CIFAR samples, opencv-doc's photos and
 the Plasma wallpapers, encoded here), so the 26 photos are not outliers among them.
 
+Once filled, the bench waits until every shard has snapshotted all it applied (the shard workers
+write those snapshots when the writes stop; "snapshots s" in the fill table), so the searches
+measure the service at rest, not sharing the disk and cores with the snapshot writers.
+
 Queries, k=10, through HTTP by 1, 8 (and 32 in the full run) client threads, each with its own
 `requests.Session`: text only (16 phrases, JSON), image (a crop, multipart) and fused (the crop
 and a word for what it shows, multipart). Each (kind, clients) run of a collection sends its own
@@ -67,7 +71,7 @@ from bench.datasets import cifar_photos, note, opencv_photos, tags_of, wallpaper
 from bench.photos import Photo, foolbox_photos, skimage_photos
 from bench.service import (Service, TaskEvent, TaskLog, Upload, latency_ms, result_path, running_stack,
                            runtimes, table)
-from shared import metrics, queues
+from shared import keys, metrics, queues
 from shared.catalog import Collection, get_collection
 from shared.imagedecode import decode_image
 from shared.shard_index import ItemRecord, ShardIndex
@@ -220,6 +224,21 @@ def fill(svc: Service, name: str, vectors: np.ndarray, ids: list[str], photos: l
     if states != {"succeeded"} or count != len(ids) + len(photos):
         raise RuntimeError(f"filling {name}: jobs {states}, {count} items searchable of {len(ids) + len(photos)}")
     return seconds
+
+
+def settle(svc: Service, name: str, timeout_s: float = 600) -> float:
+    """Seconds until every shard of the collection has a snapshot of all it applied (the shard
+    workers write them once the writes stop; searches meanwhile share the disk and the cores
+    with the snapshot writers)."""
+    coll: Collection = get_collection(svc.redis, name)
+    t0 = time.perf_counter()
+    while True:
+        states = [svc.redis.hgetall(keys.shard_state(coll.cid, shard)) for shard in range(coll.shards)]
+        if all(b"applied" in state and state.get(b"snapshot") == state[b"applied"] for state in states):
+            return time.perf_counter() - t0
+        if time.perf_counter() - t0 > timeout_s:
+            raise RuntimeError(f"{name}: the shards did not snapshot what they applied within {timeout_s:g} s")
+        time.sleep(0.2)
 
 
 def floor(vectors: np.ndarray, ids: list[str], image_dim: int, queries: dict[str, list[Query]],
@@ -377,8 +396,9 @@ def run(svc: Service, plan: Plan) -> Results:
             svc.search(svc.session, name, text=TEXT_QUERIES[0], k=K)
             rss_before = svc.shard_rss()
             fill_s = fill(svc, name, synthetic, syn_ids, photos)
+            settle_s = settle(svc, name)
             results.fills.append({"items": n, "shards": shards, "fill_s": round(fill_s, 1),
-                                  "items_per_s": round(n / fill_s, 1)})
+                                  "items_per_s": round(n / fill_s, 1), "snapshots_s": round(settle_s, 1)})
             measure_collection(svc, name, queries, exact, encode_ms, plan, {"items": n, "shards": shards}, results)
             results.memory.append(memory_row(n, shards, rss_before, svc.shard_rss()))
             svc.session.delete(f"{svc.url}/collections/{name}", timeout=60)
@@ -417,8 +437,8 @@ def report(results: Results, slots: int, load: list[float]) -> None:
         m["index_bytes_per_item"] = round((f["vector_bytes"] + f["graph_bytes"]) / m["items"], 1)
         m["ratio"] = round(m["bytes_per_item"] / m["index_bytes_per_item"], 2)
     print(f"\n== fill: bulk vectors + 26 photos through the API, until both jobs are final ({slots} shard workers)")
-    print(table(["items", "shards", "seconds", "items/s"],
-                [[f["items"], f["shards"], f["fill_s"], f["items_per_s"]] for f in results.fills]))
+    print(table(["items", "shards", "seconds", "items/s", "snapshots s"],
+                [[f["items"], f["shards"], f["fill_s"], f["items_per_s"], f["snapshots_s"]] for f in results.fills]))
     print(f"\n== searches through HTTP, k={K} (latency ms of the searches that ran; hits: answers from the "
           "result cache, with their p50; qps over all; x floor: p50 / in-process index p50)")
     print(table(["items", "shards", "kind", "clients", "queries", "p50", "p95", "p99", "hits", "hit p50", "qps",

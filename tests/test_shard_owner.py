@@ -45,6 +45,7 @@ def test_apply_snapshot_and_recover_with_replay(setup):
     assert len(state.index) == 30
     assert r.hget(keys.shard_state(coll.cid, 0), "count") == b"30"
     owner.snapshot((coll.cid, 0))
+    assert r.hget(keys.shard_state(coll.cid, 0), "snapshot") == state.position.encode()  # published
     second = log_items(r, coll, [f"b{i}" for i in range(20)])
     shardlog.log_item(r, coll.cid, 0, jobs.create_job(r, "delete", coll.name, coll.cid, 1), 0, LogEntry("delete", "a0"))
     drain(owner)

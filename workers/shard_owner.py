@@ -293,6 +293,8 @@ class ShardOwner:
             os.replace(current, previous)
         os.replace(pending, current)
         fsync_dir(state.directory)
+        if self.may_write():  # what a restart of this shard would replay from, for operators and benchmarks
+            self.r.hset(keys.shard_state(*key), "snapshot", state.position)
         older_position = None
         if previous.exists():
             try:
