@@ -16,6 +16,10 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Callable, NoReturn
 
 
+class ForkFailed(OSError):
+    """No child could be forked (out of memory, too many processes): nothing ran."""
+
+
 class ForkedChildDied(RuntimeError):
     """The child ended without finishing or reporting an error (killed, out of memory...)."""
 
@@ -31,7 +35,10 @@ def run_forked(work: Callable[[], None], consistent: AbstractContextManager[Any]
     read_end, write_end = os.pipe()
     try:
         with consistent:
-            pid = os.fork()
+            try:
+                pid = os.fork()
+            except OSError as exc:
+                raise ForkFailed(exc.errno, f"cannot fork: {exc.strerror}") from exc
             if pid == 0:
                 _child(work, read_end, write_end, niceness)
     except BaseException:

@@ -72,6 +72,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import json
+import logging
 import math
 import os
 import struct
@@ -87,9 +88,11 @@ import numpy as np
 
 from shared.allocator import release_free_memory
 from shared.errors import SnapshotError
-from shared.forked import run_forked
+from shared.forked import ForkFailed, run_forked
 from shared.labels import label_for
 from shared.rwlock import RWLock
+
+log = logging.getLogger(__name__)
 
 EXACT_FILTER_MAX = 4096  # a filter that matches at most this many items is answered exactly
 
@@ -747,9 +750,16 @@ class ShardIndex:
         os.close(fd)
         tmp = Path(tmp_name)
         graph_files = [tmp.with_suffix(f".{graph.name}.hnsw") for graph in self._graphs]
+        def write() -> None:
+            self._write_snapshot(tmp, graph_files, log_position.encode("utf-8"))
+
         try:
-            run_forked(lambda: self._write_snapshot(tmp, graph_files, log_position.encode("utf-8")),
-                       self._frozen(), niceness=SNAPSHOT_NICENESS)
+            try:
+                run_forked(write, self._frozen(), niceness=SNAPSHOT_NICENESS)
+            except ForkFailed as exc:  # a snapshot still beats a log that grows without end
+                log.warning("no snapshot writer could be forked (%s); writing %s here, searches wait", exc, path)
+                with self._frozen():
+                    write()
             os.replace(tmp, path)
             fsync_dir(path.parent)
         finally:

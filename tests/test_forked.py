@@ -2,6 +2,7 @@
 and its failures come back here."""
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import threading
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.forked import ForkedChildDied, run_forked
+from shared.forked import ForkedChildDied, ForkFailed, run_forked
 
 
 def test_the_work_runs_in_a_child_on_a_copy_of_the_memory(tmp_path: Path):
@@ -63,3 +64,15 @@ def test_the_child_runs_at_the_niceness_asked_for(tmp_path: Path):
     out = tmp_path / "nice"
     run_forked(lambda: out.write_text(str(os.nice(0))), niceness=5)
     assert int(out.read_text()) == min(os.nice(0) + 5, 19)
+
+
+def test_a_failed_fork_runs_nothing_and_leaks_no_descriptor(monkeypatch):
+    def no_fork() -> int:
+        raise OSError(errno.ENOMEM, "Cannot allocate memory")
+
+    ran: list[int] = []
+    before = len(os.listdir("/proc/self/fd"))
+    monkeypatch.setattr(os, "fork", no_fork)
+    with pytest.raises(ForkFailed, match="cannot fork"):
+        run_forked(lambda: ran.append(1))
+    assert ran == [] and len(os.listdir("/proc/self/fd")) == before

@@ -340,6 +340,18 @@ def test_writes_and_searches_go_on_while_a_snapshot_is_written(tmp_path: Path):
     assert loaded.search(vectors[3], 1)[0].id == ids[3]
 
 
+def test_a_snapshot_is_written_in_process_when_no_child_can_be_forked(tmp_path: Path, monkeypatch):
+    index, ids, vectors = filled(n=30)
+
+    def no_fork() -> int:
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr(os, "fork", no_fork)
+    index.save(tmp_path / "s.bin", "4-0")
+    loaded, position = ShardIndex.load(tmp_path / "s.bin")
+    assert position == "4-0" and len(loaded) == 30 and loaded.search(vectors[2], 1)[0].id == ids[2]
+
+
 @pytest.fixture()
 def snapshot_file(tmp_path: Path) -> Path:
     index, _, _ = filled(n=40)
