@@ -6,10 +6,10 @@ every search thread; `ShardIndex.save` writes it from a forked child instead (`s
 For each size N this fills one in-process `ShardIndex` with N synthetic fused vectors
 (`bench.bulk.synthetic_vectors`, the image and text dims of the default models, no thumbnails),
 runs one search thread (a random query, k=10, one after the other) and, while it runs, writes
-the snapshot both ways: in this process (`ShardIndex._write_snapshot`, the writing code the
-child runs) and with `ShardIndex.save`. Per way: the write's wall time, the searches done during
-it, the longest gap between two searches ending (the stall a query waits out) and the p99 of the
-searches' latency during the write. The last line of output is one JSON object with every
+the snapshot both ways with `ShardIndex.save`: in this process (`forked=False`, the same
+writing code) and from a forked child (the default). Per way: the write's wall time, the
+searches done during it, the longest gap between two searches ending (the stall a query waits
+out) and the p99 of the searches' latency during the write. The last line of output is one JSON object with every
 figure, also written to --json (default bench/results/snapshot-<UTC time>.json).
 """
 from __future__ import annotations
@@ -85,17 +85,6 @@ def timed_write(searcher: Searcher, write: Callable[[], None]) -> dict[str, Any]
     return {"write_s": round(end - start, 3), **searcher.during(start, end)}
 
 
-def in_process(index: ShardIndex, path: Path) -> Callable[[], None]:
-    graph_files = [path.with_suffix(f".{graph.name}.hnsw") for graph in index._graphs]
-
-    def write() -> None:
-        with index._frozen():
-            index._write_snapshot(path, graph_files, b"0-0")
-        for graph_file in graph_files:
-            graph_file.unlink()
-    return write
-
-
 def measure(n: int, image_dim: int, text_dim: int, directory: Path) -> list[dict[str, Any]]:
     index = ShardIndex(image_dim + text_dim, image_dim=image_dim, initial_capacity=n)
     vectors = synthetic_vectors(n, image_dim, text_dim, seed=SEED)
@@ -105,7 +94,7 @@ def measure(n: int, image_dim: int, text_dim: int, directory: Path) -> list[dict
     queries = vectors[np.random.default_rng(SEED).choice(n, 64, replace=False)]
     rows = []
     with Searcher(index, queries) as searcher:
-        for way, write in (("in process", in_process(index, directory / "inproc.bin")),
+        for way, write in (("in process", lambda: index.save(directory / "inproc.bin", "0-0", forked=False)),
                            ("forked child", lambda: index.save(directory / "forked.bin", "0-0"))):
             rows.append({"items": n, "way": way, **timed_write(searcher, write)})
     return rows

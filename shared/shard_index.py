@@ -735,7 +735,7 @@ class ShardIndex:
         return scores
 
     # -- snapshots ---------------------------------------------------------------------------
-    def save(self, path: Path, log_position: str) -> None:
+    def save(self, path: Path, log_position: str, *, forked: bool = True) -> None:
         """Write a snapshot covering the log up to `log_position`; atomic and durable.
 
         The file is written by a forked child (`shared.forked`): hnswlib's `save_index` holds
@@ -743,21 +743,26 @@ class ShardIndex:
         and tuning locks are held across the fork only, so the child writes the graphs and
         records as they were at that moment while writes here go on. The child runs niced and
         syncs every _SYNC_EVERY bytes: one fsync of the whole file at the end made Redis's
-        own fsyncs (appendfsync always) wait behind it, and searches with them.
+        own fsyncs (appendfsync always) wait behind it, and searches with them. When no child
+        can be forked, or with `forked=False`, this process writes it, holding the locks.
         """
         path = Path(path)
         fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.close(fd)
         tmp = Path(tmp_name)
         graph_files = [tmp.with_suffix(f".{graph.name}.hnsw") for graph in self._graphs]
+
         def write() -> None:
             self._write_snapshot(tmp, graph_files, log_position.encode("utf-8"))
 
         try:
-            try:
-                run_forked(write, self._frozen(), niceness=SNAPSHOT_NICENESS)
-            except ForkFailed as exc:  # a snapshot still beats a log that grows without end
-                log.warning("no snapshot writer could be forked (%s); writing %s here, searches wait", exc, path)
+            if forked:
+                try:
+                    run_forked(write, self._frozen(), niceness=SNAPSHOT_NICENESS)
+                except ForkFailed as exc:  # a snapshot still beats a log that grows without end
+                    log.warning("no snapshot writer could be forked (%s); writing %s here, searches wait", exc, path)
+                    forked = False
+            if not forked:
                 with self._frozen():
                     write()
             os.replace(tmp, path)
@@ -798,7 +803,6 @@ class ShardIndex:
                               payload_size, bytes(32))
         digest = hashlib.sha256(header[len(MAGIC):_DIGEST_AT])
         with open(tmp, "wb") as out:
-
             unsynced = 0
 
             def emit(data: bytes) -> None:
