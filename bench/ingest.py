@@ -46,7 +46,7 @@ import numpy as np
 
 from bench.datasets import note, wallpapers
 from bench.modelrun import encode_all, layouts, torch_threads
-from bench.service import (Service, TaskLog, Upload, jpeg_with_long_side, machine_cpu_seconds, real_photos,
+from bench.service import (Service, TaskLog, Upload, jpeg_with_long_side, machine_idle_seconds, real_photos,
                            result_path, running_stack, runtimes, table)
 from shared.imagedecode import decode_image, resize_for_model
 
@@ -124,13 +124,13 @@ def end_to_end(svc: Service, name: str, items: list[Upload]) -> dict[str, Any]:
     svc.create_collection(name, SHARDS)
     tasks = TaskLog(svc.log_dir)
     tasks.mark()
-    cpu_before, machine_before = svc.cpu_seconds(), machine_cpu_seconds()
+    cpu_before, idle_before = svc.cpu_seconds(), machine_idle_seconds()
     t0 = time.perf_counter()
     job_ids = [svc.post_items(name, batch) for batch in request_batches(items)]
     posted = time.perf_counter() - t0
     timings = svc.wait_jobs(job_ids, timeout_s=900)
     wall = time.perf_counter() - t0
-    cpu_after, machine_after = svc.cpu_seconds(), machine_cpu_seconds()
+    cpu_after, idle_after = svc.cpu_seconds(), machine_idle_seconds()
     counted = max(t.counted_s for t in timings.values()) - t0
     final = max(t.final_s for t in timings.values()) - t0
     failed = sum(t.body["failed"] for t in timings.values())
@@ -147,7 +147,7 @@ def end_to_end(svc: Service, name: str, items: list[Upload]) -> dict[str, Any]:
             "encode_tasks": len(encode_runs), "encode_task_s": round(task_s, 2),
             "encode_tasks_in_flight": round(task_s / final, 2),
             "cores_used": {proc: round((cpu_after[proc] - cpu_before[proc]) / wall, 2) for proc in sorted(cpu_after)},
-            "cores_idle": round((machine_after[1] - machine_before[1]) / wall, 2)}
+            "cores_idle": round((idle_after - idle_before) / wall, 2)}
 
 
 def main(argv: list[str] | None = None) -> None:

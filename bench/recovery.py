@@ -3,8 +3,8 @@
 1. Time to recover a shard of `--vectors` (100,000) vectors from its snapshot plus the log
    after it: a snapshot covering all but the last `--log-entries` items (by default
    `snapshot_interval` of the shard at MMSEARCH_SNAPSHOT_EVERY's default: what a log holds past
-   the newest snapshot just before the next one, 10000 at 100k vectors), and those items as entries in the shard's log in a real redis-server
-   (AOF on). Measured twice: in process (`ShardOwner.refresh` loading the snapshot, then
+   the newest snapshot just before the next one, 10000 at 100k vectors), and those items as
+   entries in the shard's log in a real redis-server (AOF on). Measured twice: in process (`ShardOwner.refresh` loading the snapshot, then
    `step` until the log is drained), and as a real `python -m workers shard` process, from its
    start to its "caught up with the logs" line (imports, Redis, lease, load, replay).
    Each recovered index is checked: every item there, 200 random items found by their vectors.

@@ -379,7 +379,8 @@ def run(svc: Service, plan: Plan) -> Results:
                  f"(limit --max-minutes {plan.max_minutes:g}); skipped")
             results.skipped.append({"items": n, "reason": "time", "estimated_min": round(minutes, 1)})
             continue
-        vectors = np.lib.format.open_memmap(svc.data_dir / f"vectors-{n}.npy", mode="w+", dtype=np.float32,
+        vectors_file = svc.data_dir / f"vectors-{n}.npy"
+        vectors = np.lib.format.open_memmap(vectors_file, mode="w+", dtype=np.float32,
                                             shape=(n, dims["image"] + dims["text"]))
         synthetic = synthetic_vectors(n - len(photos), dims["image"], dims["text"], seed=SEED, anchors=anchors,
                                       out=vectors[:n - len(photos)])
@@ -406,7 +407,7 @@ def run(svc: Service, plan: Plan) -> Results:
         results.floors[n] = floor(vectors, ids, dims["image"], {kind: v[0] for kind, v in queries.items()},
                                   {kind: e[0] for kind, e in exact.items()}, plan.repeats)
         del synthetic, vectors
-        (svc.data_dir / f"vectors-{n}.npy").unlink()
+        vectors_file.unlink()
     return results
 
 

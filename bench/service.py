@@ -158,7 +158,6 @@ class Service:
         """Resident bytes of each shard worker process (`shard.<n>`; read replicas not included)."""
         return {name: rss_bytes(proc.pid) for name, proc in self.stack.procs.items() if name.startswith("shard.")}
 
-
     def cpu_seconds(self) -> dict[str, float]:
         """CPU seconds each stack process has used so far, with its descendants (gunicorn's
         workers, redis-server, snapshot children), and this process's as `bench`."""
@@ -178,13 +177,11 @@ class Service:
         return used
 
 
-def machine_cpu_seconds() -> tuple[float, float]:
-    """(busy, idle) CPU seconds of the whole machine since boot, all cores (/proc/stat)."""
+def machine_idle_seconds() -> float:
+    """Idle (and I/O wait) CPU seconds of the whole machine since boot, all cores (/proc/stat)."""
     with open("/proc/stat") as f:
         fields = [int(x) for x in f.readline().split()[1:]]
-    ticks = os.sysconf("SC_CLK_TCK")
-    idle = fields[3] + fields[4]  # idle + iowait
-    return (sum(fields[:8]) - idle) / ticks, idle / ticks
+    return (fields[3] + fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def _process_stats() -> list[tuple[int, int, float]]:

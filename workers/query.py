@@ -6,10 +6,10 @@ model) and pushes one search request to each shard slot that has a live owner or
 holds and carrying the query's unit blocks and weights, not the mostly-zero fused vector (all
 the requests in one pipelined write); whichever process of the slot pops one searches those
 shards in parallel and pushes one answer for all of them to a Redis list. The query worker
-gathers the answers until every slot answered or `MMSEARCH_SHARD_TIMEOUT_S` has passed. Whatever answered by then
-is merged: a shard that died, hangs or cannot serve is counted as not answered
-(`shards.answered < total`, with a message), so a search never waits longer than the shard
-deadline.
+gathers the answers until every slot answered or `MMSEARCH_SHARD_TIMEOUT_S` has passed.
+Whatever answered by then is merged: a shard that died, hangs or cannot serve is counted as not
+answered (`shards.answered < total`, with a message), so a search never waits longer than the
+shard deadline.
 
 Before it sends anything, one pipelined read checks that the collection is live, which slots
 are, the last entry id of each shard log (for the result cache) and, with `after_job`, the
