@@ -1,4 +1,4 @@
-"""The mmsearch HTTP API: a Flask application factory (see /work/shared/API.md for the contract).
+"""The mmsearch HTTP API: a Flask application factory (the contract: docs/api.md).
 
 `create_app()` reads the settings from the environment (a mapping of Settings fields
 overrides them: tests), stores them with a Redis client and a Celery client in
@@ -14,11 +14,11 @@ from flask import Blueprint, Flask
 
 from api import collections, items, jobs, metrics, ops, openapi, search, web
 from api.auth import require_api_key
-from api.broker import make_celery
+from shared.runtime.celery_config import make_celery
 from api.context import EXTENSION, Services
 from api.errors import register_error_handlers
-from shared.config import Settings
-from shared.redis_conn import connect
+from shared.runtime.config import Settings
+from shared.runtime.redis_conn import connect
 
 # Form parts besides the `image` files that a multipart request may carry (items, or the
 # search fields), so Werkzeug's part limit never undercuts the item limit.
@@ -43,7 +43,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     )
     app.json.mimetype = "application/json; charset=utf-8"
     app.json.sort_keys = False
-    app.extensions[EXTENSION] = Services(settings, connect(settings), make_celery(settings))
+    app.extensions[EXTENSION] = Services(settings, connect(settings), make_celery(settings, name="mmsearch-api"))
     register_error_handlers(app)
     metrics.init_app(app)  # request ids, access log, request metrics, GET /metrics
     app.register_blueprint(_v1())

@@ -24,7 +24,7 @@ from flask import request
 from api import ratelimit
 from api.context import services
 from api.errors import ApiError
-from shared.config import SCOPES
+from shared.runtime.config import SCOPES
 
 SCHEME = "bearer "
 READ, WRITE, ADMIN = SCOPES

@@ -1,4 +1,4 @@
-"""/v1/collections: create, list, show and delete collections (shared.catalog does the work)."""
+"""/v1/collections: create, list, show and delete collections (shared.store.catalog does the work)."""
 from __future__ import annotations
 
 from dataclasses import asdict
@@ -9,7 +9,7 @@ from api.bodies import read_json_object
 from api.context import services
 from api.errors import ApiError
 from api.validation import parse_new_collection
-from shared import catalog
+from shared.store import catalog
 from shared.errors import ModelUnavailableError
 
 bp = Blueprint("collections", __name__, url_prefix="/collections")

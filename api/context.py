@@ -11,7 +11,7 @@ import redis
 from celery import Celery
 from flask import current_app
 
-from shared.config import Settings
+from shared.runtime.config import Settings
 
 EXTENSION = "mmsearch"
 

@@ -1,6 +1,6 @@
 """The one error body of the API and the handlers that make every failure use it.
 
-Every error leaves as `{"error": {"code", "message", "details"}}` (API.md): our own
+Every error leaves as `{"error": {"code", "message", "details"}}` (docs/api.md): our own
 `ApiError`s, Werkzeug's HTTP errors (unknown route, wrong method, body over
 MAX_CONTENT_LENGTH...), Redis or broker outages (503 `unavailable`) and unexpected exceptions
 (500 `internal`, logged with their traceback, never sent one).
@@ -25,7 +25,7 @@ HTTP_CODES = {400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404
 
 
 class ApiError(Exception):
-    """An error answer: HTTP status, API.md code, human message and structured details."""
+    """An error answer: HTTP status, docs/api.md code, human message and structured details."""
 
     def __init__(self, status: int, code: str, message: str, details: dict[str, Any] | None = None) -> None:
         super().__init__(message)

@@ -25,8 +25,8 @@ from api.errors import ApiError
 from api.jobs import accepted
 from api.validation import (ItemInput, image_source, is_valid_id, parse_items_json,
                             parse_items_multipart)
-from shared import catalog, jobs, queues, shardlog, slots, staging
-from shared.labels import shard_for
+from shared.store import catalog, jobs, queues, shardlog, slots, staging
+from shared.index.labels import shard_for
 
 bp = Blueprint("items", __name__, url_prefix="/collections/<name>/items")
 

@@ -5,7 +5,7 @@ from flask import Blueprint, Response, jsonify
 
 from api.context import services
 from api.errors import ApiError
-from shared import jobs
+from shared.store import jobs
 
 bp = Blueprint("jobs", __name__, url_prefix="/jobs")
 

@@ -2,10 +2,10 @@
 
 `init_app(app)` registers
 - request hooks: each request gets an id (a sane `X-Request-ID` header, else a new uuid4 hex),
-  bound to the log context (shared.logs) while it runs and echoed in the `X-Request-ID`
+  bound to the log context (shared.runtime.logs) while it runs and echoed in the `X-Request-ID`
   response header; each answer is timed, logged as one access line (`mmsearch.access`, with
   method, path, status, duration_ms and the job id when the request names or creates one) and
-  counted in Redis (shared.metrics), so the figures add up over every API process; the line and
+  counted in Redis (shared.runtime.metrics), so the figures add up over every API process; the line and
   the count are written once the server has sent the answer (its WSGI close), not before;
 - `GET /metrics`: Prometheus text from a `CollectorRegistry` of this app alone (no global
   state), whose one collector reads Redis at scrape time.
@@ -44,9 +44,10 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, Hist
 
 from api.context import services
 from api.errors import ApiError
-from shared import catalog, keys, logs, queues
-from shared import metrics as shared_metrics
-from shared.config import Settings
+from shared.store import catalog, keys, queues
+from shared.runtime import logs
+from shared.runtime import metrics as shared_metrics
+from shared.runtime.config import Settings
 
 EXTENSION = "mmsearch.metrics"
 REQUEST_ID_HEADER = "X-Request-ID"

@@ -14,9 +14,9 @@ from flask import Blueprint, Response, jsonify
 from api.context import services
 from api.errors import HTTP_CODES
 from api.validation import DEFAULT_K, MAX_ID_CHARS, MAX_K
-from shared import catalog
-from shared.config import Settings
-from shared.precision import PRECISIONS
+from shared.store import catalog
+from shared.runtime.config import Settings
+from shared.encoding.precision import PRECISIONS
 
 bp = Blueprint("openapi", __name__)
 
@@ -181,7 +181,9 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
         }, ("hits", "k", "took_ms", "shards")),
         "Health": obj({"status": {"type": "string", "enum": ["ok"]}}, ("status",)),
         "Ready": obj({"status": {"type": "string", "enum": ["ready"]}, "redis": {"type": "string"},
-                      "collections": {"type": "integer"}, "slots": {"type": "array", "items": {"type": "integer"}}},
+                      "collections": {"type": "integer"}, "slots": {"type": "array", "items": {"type": "integer"}},
+                      "queues": {"type": "object", "additionalProperties": {"type": "integer"},
+                                 "description": "Messages waiting on the encode and query queues."}},
                      ("status",)),
     }
 
@@ -235,7 +237,7 @@ def _operations(secured: bool, limited: bool = False) -> dict[str, dict[str, Sch
         "/readyz": {"get": op("Readiness", "operations", {
             **ok("Ready", "Redis answers and every shard of every collection has a live owner or read replica."),
             "503": {"description": "Not ready; `details` says what is missing (redis, missing_slots, "
-                                   "missing_shards).", "content": {JSON_TYPE: {"schema": ref("Error")}}}})},
+                                   "missing_shards) and gives `queues`.", "content": {JSON_TYPE: {"schema": ref("Error")}}}})},
         "/openapi.json": {"get": op("This document", "operations", {"200": {
             "description": "OpenAPI 3.0 document.", "content": {JSON_TYPE: {"schema": {"type": "object"}}}}})},
         "/metrics": {"get": {**op("Prometheus metrics (text exposition format)", "operations", {

@@ -7,7 +7,7 @@ from flask import Blueprint, Response, jsonify
 
 from api.context import services
 from api.errors import ApiError
-from shared import catalog, queues, slots as slot_leases
+from shared.store import catalog, queues, slots as slot_leases
 
 bp = Blueprint("ops", __name__)
 
@@ -27,6 +27,7 @@ def readyz() -> Response:
                    for c in collections for s in range(c.shards)}
         slots = sorted(set(slot_of.values()))
         live = slot_leases.live_slots(svc.redis, slots)
+        waiting = _queue_lengths(svc.redis)
     except redis.exceptions.RedisError as exc:
         raise ApiError(503, "unavailable", "Redis does not answer",
                        {"redis": f"unreachable ({type(exc).__name__})"}) from exc
@@ -37,5 +38,15 @@ def readyz() -> Response:
             if slot not in live:
                 shards.setdefault(name, []).append(shard)
         raise ApiError(503, "unavailable", f"shard slot(s) without a live owner: {missing}",
-                       {"redis": "ok", "missing_slots": missing, "missing_shards": shards})
-    return jsonify({"status": "ready", "redis": "ok", "collections": len(collections), "slots": slots})
+                       {"redis": "ok", "missing_slots": missing, "missing_shards": shards, "queues": waiting})
+    return jsonify({"status": "ready", "redis": "ok", "collections": len(collections), "slots": slots,
+                    "queues": waiting})
+
+
+def _queue_lengths(r: redis.Redis) -> dict[str, int]:
+    """Messages waiting on the encode and query queues (one round trip)."""
+    names = (queues.ENCODE, queues.QUERY)
+    pipe = r.pipeline(transaction=False)
+    for name in names:
+        pipe.llen(name)
+    return dict(zip(names, pipe.execute()))

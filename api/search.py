@@ -28,7 +28,7 @@ from api.context import services
 from api.errors import ApiError, HTTP_CODES
 from api.jobs import accepted
 from api.validation import SearchInput, image_source, invalid, parse_search_json, parse_search_multipart
-from shared import jobs, keys, queues, staging
+from shared.store import jobs, keys, queues, staging
 
 bp = Blueprint("search", __name__, url_prefix="/collections/<name>/search")
 

@@ -4,13 +4,13 @@ Every check raises `ApiError` (400 `invalid_request`, 413 `payload_too_large`) w
 name the offending `field` (and the item's `index`), so a malformed request is refused as a
 whole and a well-formed one carries only what the workers can use.
 
-Rules where API.md is silent:
+Rules where docs/api.md is silent:
 - Unknown fields are refused everywhere; `null` counts as an absent optional field.
 - A text that is empty or only whitespace counts as no text.
 - Image sources: exactly one of `base64` (strict alphabet, no whitespace), `url` or `path`.
   A `url` must be http/https with a host, no credentials, no whitespace or control characters,
   at most 8192 characters, and a host given as a literal IP address must be one the URL
-  policy allows (shared.sources: no loopback, private, link-local or metadata address unless
+  policy allows (shared.encoding.sources: no loopback, private, link-local or metadata address unless
   MMSEARCH_URL_ALLOW_PRIVATE says so); host names are resolved and checked by the worker, so
   an unreachable or forbidden host fails the item alone. A `path` is relative to
   MMSEARCH_INGEST_ROOT; absolute paths, paths that lead out of the root (through `..` or a
@@ -46,10 +46,10 @@ from werkzeug.datastructures import FileStorage, MultiDict
 
 from api.bodies import loads_strict
 from api.errors import ApiError
-from shared import catalog
-from shared.config import Settings
-from shared.precision import PRECISIONS
-from shared.sources import SourceError, address_allowed, check_url_syntax, literal_address
+from shared.store import catalog
+from shared.runtime.config import Settings
+from shared.encoding.precision import PRECISIONS
+from shared.encoding.sources import SourceError, address_allowed, check_url_syntax, literal_address
 
 # Uploaded bytes to stage for the workers, or a source they fetch: {"url": u} / {"path": abs}.
 ImageInput = Union[bytes, dict[str, str]]

@@ -5,8 +5,8 @@ Without API keys the API refuses to start on anything but a loopback address.
 from __future__ import annotations
 
 from api import create_app
-from shared.config import get_settings
-from shared.logs import setup_logging
+from shared.runtime.config import get_settings
+from shared.runtime.logs import setup_logging
 
 setup_logging(get_settings().log_level)
 get_settings().refuse_open_listen()

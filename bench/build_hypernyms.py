@@ -1,4 +1,4 @@
-"""Regenerates shared/data/imagenet_hypernyms.tsv from WordNet 3.0 (Debian `wordnet-base`).
+"""Regenerates shared/encoding/data/imagenet_hypernyms.tsv from WordNet 3.0 (Debian `wordnet-base`).
 
 For each ImageNet-1k class (timm's synset list gives the WordNet noun offsets in class order),
 the lemmas of its hypernym chain, nearest first: `class_id<TAB>wnid<TAB>level1|level2|...`, each
@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 LEVELS = 8
-OUT = Path(__file__).resolve().parent.parent / "shared" / "data" / "imagenet_hypernyms.tsv"
+OUT = Path(__file__).resolve().parent.parent / "shared" / "encoding" / "data" / "imagenet_hypernyms.tsv"
 
 
 def parse_nouns(path: Path) -> dict[str, tuple[list[str], list[str]]]:

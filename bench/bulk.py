@@ -17,10 +17,10 @@ from typing import Any, Sequence
 import numpy as np
 import redis
 
-from shared import jobs, keys, shardlog
-from shared.catalog import Collection
-from shared.fusion import fuse
-from shared.labels import shard_for
+from shared.store import jobs, keys, shardlog
+from shared.store.catalog import Collection
+from shared.encoding.fusion import fuse
+from shared.index.labels import shard_for
 
 CHUNK = 500          # items per pipelined round trip
 _ROWS = 10_000       # synthetic rows generated per step (bounds temporary memory)
@@ -37,7 +37,7 @@ def synthetic_vectors(n: int, image_dim: int, text_dim: int, seed: int = 0, *,
                       anchors: np.ndarray | None = None, clusters: int = 1000, spread: float = 0.5,
                       mix: int = 3, out: np.ndarray | None = None) -> np.ndarray:
     """`n` fused item vectors (float32, n x (image_dim + text_dim)) drawn around `clusters`
-    centres, each block unit-normalised and fused with `shared.fusion.fuse`; written into `out`
+    centres, each block unit-normalised and fused with `shared.encoding.fusion.fuse`; written into `out`
     (an array of that shape, e.g. a memory-mapped file) when given.
 
     With `anchors` (fused vectors of real items, e.g. photos encoded with the collection's

@@ -14,7 +14,7 @@ re-encoded at JPEG quality 90, repeated to 520 items). Stages timed:
 - decode || model: a decode pool running ahead of one model call at a time (decode threads x
   torch threads).
 
-Before the stages, the precision modes a collection may use (`shared.precision`) are compared on
+Before the stages, the precision modes a collection may use (`shared.encoding.precision`) are compared on
 the model alone, each eager and compiled (`torch.compile`, frozen on the CPU): images/s at the
 model batch, the compile time of both batch shapes, and the cosine of each mode's features with
 eager fp32's on the real photos (mean and worst photo). The stage table then runs the mode the
@@ -45,10 +45,10 @@ from bench.datasets import note, opencv_photos, wallpapers
 from bench.photos import foolbox_photos, skimage_photos
 from bench.modelrun import encode_all, torch_threads
 from shared.errors import ModelUnavailableError
-from shared.imagedecode import decode_image, resize_for_model
+from shared.encoding.imagedecode import decode_image, resize_for_model
 
 if TYPE_CHECKING:
-    from shared.image_models import ImageModel
+    from shared.encoding.image_models import ImageModel
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when torch first loads (in main)
 
@@ -120,7 +120,7 @@ def stages(model: "ImageModel", items: list[bytes]) -> dict[str, Callable[[], No
 
     out = {"decode 1 thread": decode_pool(1), "decode 2 threads": decode_pool(2), "model": model_only,
            "decode(2), then model": decode_then_model}
-    from shared.image_models import usable_cores
+    from shared.encoding.image_models import usable_cores
 
     cores = usable_cores()
     for decode_threads, threads in ((1, cores), (2, cores), (1, 1)):
@@ -131,8 +131,8 @@ def stages(model: "ImageModel", items: list[bytes]) -> dict[str, Callable[[], No
 def compare_modes(model_name: str, photos: list[np.ndarray], rounds: int) -> dict[str, dict[str, float]]:
     """Model-only images/s (best of interleaved rounds), compile seconds, and cosine with eager
     fp32 features (mean, min over `photos`) of every precision, eager and compiled."""
-    from shared.image_models import create_image_model
-    from shared.precision import PRECISIONS
+    from shared.encoding.image_models import create_image_model
+    from shared.encoding.precision import PRECISIONS
 
     reference = create_image_model(model_name, "fp32", compile=False).encode(photos).features
     models, out = {}, {}
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     import torch
 
-    from shared.image_models import create_image_model
+    from shared.encoding.image_models import create_image_model
 
     datasets = {"wallpapers": large_wallpapers(36 if args.quick else 90), "photos500": photos_500()}
     rounds = 2 if args.quick else 5
@@ -187,8 +187,8 @@ def main(argv: list[str] | None = None) -> None:
     summary: dict[str, object] = {"quick": args.quick, "rounds": rounds, "cores": CORES, "torch_threads": torch.get_num_threads(),
                                   "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "batch": BATCH}
     results: dict[str, dict[str, dict[str, float]]] = {}
-    from shared.config import get_settings
-    from shared.precision import resolve_precision
+    from shared.runtime.config import get_settings
+    from shared.encoding.precision import resolve_precision
 
     settings = get_settings()
     service_precision = resolve_precision(None, settings.precision)

@@ -30,7 +30,7 @@ from bench.datasets import note
 from bench.photos import foolbox_photos, skimage_photos
 from bench.service import jpeg_with_long_side
 from shared.errors import ModelUnavailableError
-from shared.imagedecode import decode_image, resize_for_model
+from shared.encoding.imagedecode import decode_image, resize_for_model
 
 BATCHES = (64, 128, 256)
 HALF = ("fp16", "bf16")
@@ -38,7 +38,7 @@ HALF = ("fp16", "bf16")
 
 def build(name: str, precision: str, batch: int, compile: bool) -> tuple[Any, bool]:
     """The model in `precision` at `batch`, and whether its weights are the real ones."""
-    from shared import image_models
+    from shared.encoding import image_models
 
     try:
         return image_models.create_image_model(name, precision, compile=compile, batch=batch), True

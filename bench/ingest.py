@@ -48,7 +48,7 @@ from bench.datasets import note, wallpapers
 from bench.modelrun import encode_all, layouts, torch_threads
 from bench.service import (Service, TaskLog, Upload, jpeg_with_long_side, machine_idle_seconds, real_photos,
                            result_path, running_stack, runtimes, table)
-from shared.imagedecode import decode_image, resize_for_model
+from shared.encoding.imagedecode import decode_image, resize_for_model
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the workers set it, before torch loads
 # The stack's workers (temporary data dir) and this process share one compile cache across runs.
@@ -168,9 +168,9 @@ def main(argv: list[str] | None = None) -> None:
         svc.create_collection("warmup", SHARDS)
         svc.ingest("warmup", sets["photos500"][:MODEL_BATCH])
 
-        from shared.config import get_settings
-        from shared.image_models import create_image_model
-        from shared.precision import resolve_precision
+        from shared.runtime.config import get_settings
+        from shared.encoding.image_models import create_image_model
+        from shared.encoding.precision import resolve_precision
 
         # The model as the encode worker runs it: the collection's precision, compiled or not alike.
         model = create_image_model(IMAGE_MODEL, resolve_precision(None, get_settings().precision))

@@ -1,6 +1,6 @@
 """An image model run as the service runs it, for the benchmarks, and the other layout for
 comparison: `model.streams` calls at once, each on cores / streams torch threads (what the
-workers do, `shared.image_models.model_streams`), or one call at a time on every core."""
+workers do, `shared.encoding.image_models.model_streams`), or one call at a time on every core."""
 from __future__ import annotations
 
 import contextlib
@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Iterator
 import numpy as np
 
 if TYPE_CHECKING:
-    from shared.image_models import ImageModel
+    from shared.encoding.image_models import ImageModel
 
 
 def encode_all(model: "ImageModel", batches: list[list[np.ndarray]], streams: int | None = None) -> None:
@@ -40,7 +40,7 @@ def torch_threads(threads: int) -> Iterator[None]:
 def layouts(model: "ImageModel") -> dict[str, tuple[int, int]]:
     """name -> (calls at once, torch threads per call): the service's layout and one call on
     every core."""
-    from shared.image_models import usable_cores  # (torch loads here: after OMP_WAIT_POLICY is set)
+    from shared.encoding.image_models import usable_cores  # (torch loads here: after OMP_WAIT_POLICY is set)
 
     cores = usable_cores()
     return {f"{model.streams} x {model.threads} thread(s)": (model.streams, model.threads),

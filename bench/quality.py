@@ -13,11 +13,11 @@ the headline figures and the settings chosen.
    features of the image and its mirror, renormalised).
 2. Cross-modal: a word query (text block only) against uncaptioned images (their ConSE
    vectors); precision@10, R-precision and mAP over ~40 words, for ConSE top-k x temperature,
-   and for class vectors with and without their WordNet hypernyms (shared.conse).
+   and for class vectors with and without their WordNet hypernyms (shared.encoding.conse).
 3. Captioned images: the same queries against normalise(caption + beta * conse).
 4. Paraphrases: 40 caption/paraphrase pairs, precision@1 both ways, for plain mean vs SIF
    pooling, with and without common-component removal.
-5. hnswlib: recall@10 of `shared.shard_index.ShardIndex` at its defaults against exact search,
+5. hnswlib: recall@10 of `shared.index.shard_index.ShardIndex` at its defaults against exact search,
    on fused vectors of real features replicated with noise.
 """
 from __future__ import annotations
@@ -35,15 +35,15 @@ import numpy as np
 
 from bench.datasets import cifar_label, cifar_photos, note, opencv_photos, tags_of, wallpapers
 from bench.photos import Photo, foolbox_photos, skimage_photos
-from shared.conse import (HYPERNYM_LEVELS, HYPERNYM_WEIGHT, ConSE, class_vectors, imagenet_class_names,
+from shared.encoding.conse import (HYPERNYM_LEVELS, HYPERNYM_WEIGHT, ConSE, class_vectors, imagenet_class_names,
                           imagenet_hypernyms)
 from shared.errors import ModelUnavailableError
-from shared.fusion import build_query, fuse
-from shared.imagedecode import decode_image, resize_for_model
-from shared.text_encoder import TextEncoder, create_text_model, load_glove
+from shared.encoding.fusion import build_query, fuse
+from shared.encoding.imagedecode import decode_image, resize_for_model
+from shared.encoding.text_encoder import TextEncoder, create_text_model, load_glove
 
 if TYPE_CHECKING:
-    from shared.image_models import ImageModel
+    from shared.encoding.image_models import ImageModel
 
 TEXT_MODEL = "glove-6b-50d"
 SIZE = 224
@@ -512,9 +512,9 @@ def paraphrases() -> dict[str, dict[str, float]]:
 def hnsw_recall(image_feats: np.ndarray, text_vecs: np.ndarray, n_items: int, n_queries: int) -> dict[str, float] | None:
     """recall@10 of ShardIndex at its defaults vs exact inner-product search."""
     try:
-        from shared.shard_index import ItemRecord, ShardIndex
+        from shared.index.shard_index import ItemRecord, ShardIndex
     except ImportError as exc:
-        note(f"shared.shard_index is not importable ({exc}); hnswlib recall skipped")
+        note(f"shared.index.shard_index is not importable ({exc}); hnswlib recall skipped")
         return None
     rng = np.random.default_rng(SEED + 5)
     image_dim, text_dim = image_feats.shape[1], text_vecs.shape[1]
@@ -587,7 +587,7 @@ def collect_photos() -> list[tuple[str, Photo]]:
 
 
 def image_models() -> Iterator[tuple[str, ImageModel]]:
-    from shared.image_models import create_image_model
+    from shared.encoding.image_models import create_image_model
 
     for name in ("efficientnet_lite0", "resnet50"):
         try:

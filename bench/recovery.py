@@ -43,9 +43,10 @@ import requests
 
 from bench.bulk import bulk_insert, synthetic_vectors
 from bench.service import TaskLog, free_port, latency_ms, running_stack, table
-from shared import catalog, embedded_redis
-from shared.config import Settings
-from shared.shard_index import ShardIndex
+from shared.store import catalog
+from shared.runtime import embedded_redis
+from shared.runtime.config import Settings
+from shared.index.shard_index import ShardIndex
 from workers.shard_owner import SNAPSHOT, ShardOwner, snapshot_interval
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,7 +63,7 @@ _LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})")
 
 def _build_snapshot(path: Path, vectors: np.ndarray, ids: list[str]) -> float:
     """Index the items the way an owner would, save the snapshot; seconds it took."""
-    from shared.shard_index import ItemRecord
+    from shared.index.shard_index import ItemRecord
 
     t0 = time.perf_counter()
     index = ShardIndex(vectors.shape[1], image_dim=IMAGE_DIM, initial_capacity=len(ids))

@@ -20,7 +20,7 @@ is searched whatever ran before; each query is sent more than once: repeats are 
 the query workers' result cache (`"cached": true`), so p50/p95/p99 are of the searches that
 ran and the cache hits are counted apart with their p50. Per row also: queries/s, recall@10
 against exact search over the same vectors (query vectors computed here with
-`shared.encoding.collection_encoder` in the precision the service gives the collections, whose
+`shared.encoding.encoders.collection_encoder` in the precision the service gives the collections, whose
 models are deterministic), and the top-1 rate.
 
 The floor: the same vectors in one in-process `ShardIndex` (the collection's image dim, so one
@@ -71,10 +71,11 @@ from bench.datasets import cifar_photos, note, opencv_photos, tags_of, wallpaper
 from bench.photos import Photo, foolbox_photos, skimage_photos
 from bench.service import (Service, TaskEvent, TaskLog, Upload, latency_ms, result_path, running_stack,
                            runtimes, table)
-from shared import keys, metrics, queues
-from shared.catalog import Collection, get_collection
-from shared.imagedecode import decode_image
-from shared.shard_index import ItemRecord, ShardIndex
+from shared.store import keys, queues
+from shared.runtime import metrics
+from shared.store.catalog import Collection, get_collection
+from shared.encoding.imagedecode import decode_image
+from shared.index.shard_index import ItemRecord, ShardIndex
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the workers set it, before torch loads
 
@@ -353,9 +354,9 @@ def measure_collection(svc: Service, name: str, queries: dict[str, list[list[Que
 
 def run(svc: Service, plan: Plan) -> Results:
     """Fill, query and delete each collection; the floor of each size."""
-    from shared.catalog import check_models
-    from shared.encoding import collection_encoder
-    from shared.precision import resolve_precision
+    from shared.store.catalog import check_models
+    from shared.encoding.encoders import collection_encoder
+    from shared.encoding.precision import resolve_precision
 
     settings = svc.stack.settings
     dims = check_models(settings, settings.image_model, settings.text_model)

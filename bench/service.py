@@ -1,6 +1,6 @@
 """Shared helpers of the service benchmarks (`bench/ingest.py`, `bench/search.py`).
 
-- `running_stack`: the real stack (`workers.stack.Stack`, i.e. the Procfile's processes) on a
+- `running_stack`: the real stack (`shared.runtime.stack.Stack`, i.e. the Procfile's processes) on a
   temporary data dir and free ports, stopped again however the benchmark ends (SIGTERM included);
 - `Service`: a small HTTP client of that stack (collections, multipart ingest, job polling,
   searches) plus its Redis client and log folder;
@@ -18,7 +18,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -34,7 +33,8 @@ import requests
 
 from bench.datasets import opencv_photos
 from bench.photos import Photo, foolbox_photos, skimage_photos
-from workers.stack import Stack, free_port
+from shared.runtime.stack import Stack
+from tests.support.stack import running_stack as support_stack
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 FINAL_STATES = ("succeeded", "completed_with_errors", "failed", "cancelled")
@@ -64,7 +64,7 @@ class Service:
     """HTTP client of a running stack (one `requests.Session` for the calls made here)."""
 
     def __init__(self, stack: Stack, data_dir: Path) -> None:
-        from shared.redis_conn import redis_url
+        from shared.runtime.redis_conn import redis_url
 
         self.stack = stack
         self.data_dir = data_dir
@@ -217,24 +217,14 @@ def rss_bytes(pid: int) -> int:
 @contextmanager
 def running_stack(slots: int = 2, env: Mapping[str, str] | None = None,
                   ready_timeout_s: float = 240) -> Iterator[Service]:
-    """Start the whole stack (embedded Redis, API, encode, query, `slots` shard workers) on a
-    temporary data dir and free ports; stop it and delete the data dir on the way out."""
+    """The whole stack (tests.support.stack) with `slots` shard workers on a temporary data dir;
+    the data dir is deleted on the way out."""
     data_dir = Path(tempfile.mkdtemp(prefix="mmsearch-bench-"))
-    full_env = dict(os.environ)
-    full_env.pop("REDIS_URL", None)
-    full_env.update({"MMSEARCH_DATA_DIR": str(data_dir), "MMSEARCH_PORT": str(free_port()),
-                     "MMSEARCH_REDIS_PORT": str(free_port()), "MMSEARCH_SHARDS": str(slots),
-                     "MMSEARCH_SEARCH_TIMEOUT_S": "60", "MMSEARCH_LOG_LEVEL": "INFO", **(env or {})})
-    stack = Stack(full_env, log_dir=data_dir / "logs")
-    # SIGTERM unwinds like Ctrl-C, so the finally below stops the stack's process groups.
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
-        stack.start()
-        stack.wait_ready(timeout_s=ready_timeout_s)
-        yield Service(stack, data_dir)
+        with support_stack(data_dir, ready_timeout_s, MMSEARCH_SHARDS=str(slots),
+                           MMSEARCH_SEARCH_TIMEOUT_S="60", **(env or {})) as stack:
+            yield Service(stack, data_dir)
     finally:
-        stack.stop()
-        signal.signal(signal.SIGTERM, previous)
         shutil.rmtree(data_dir, ignore_errors=True)
 
 

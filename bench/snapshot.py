@@ -2,7 +2,7 @@
 
 A shard worker writes a snapshot while its search threads answer queries. hnswlib's
 `save_index` holds the GIL for its whole run, so written in the worker's own process it stops
-every search thread; `ShardIndex.save` writes it from a forked child instead (`shared.forked`).
+every search thread; `ShardIndex.save` writes it from a forked child instead (`shared.runtime.forked`).
 For each size N this fills one in-process `ShardIndex` with N synthetic fused vectors
 (`bench.bulk.synthetic_vectors`, the image and text dims of the default models, no thumbnails),
 runs one search thread (a random query, k=10, one after the other) and, while it runs, writes
@@ -26,9 +26,9 @@ import numpy as np
 
 from bench.bulk import synthetic_vectors
 from bench.service import result_path, table
-from shared.catalog import check_models
-from shared.config import Settings
-from shared.shard_index import ItemRecord, ShardIndex
+from shared.store.catalog import check_models
+from shared.runtime.config import Settings
+from shared.index.shard_index import ItemRecord, ShardIndex
 
 K = 10
 SEED = 7

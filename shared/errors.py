@@ -3,7 +3,7 @@ from __future__ import annotations
 
 
 class MMSearchError(Exception):
-    """Base of every error mmsearch raises on purpose. `code` is the API.md error code."""
+    """Base of every error mmsearch raises on purpose. `code` is the docs/api.md error code."""
 
     code = "internal"
 

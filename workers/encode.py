@@ -3,7 +3,7 @@
 One task carries a batch of items of one job. The worker runs several tasks at once in threads
 (`python -m workers encode -c N`): each task's images are fetched, decoded, resized for the model
 and thumbnailed in a decode pool (one thread per core), then handed to the process's one model
-thread (shared.model_batcher), which runs the images of all waiting tasks as one model batch
+thread (shared.encoding.model_batcher), which runs the images of all waiting tasks as one model batch
 while other tasks decode. The features are fused with their text, and each item is appended to
 its shard's log and counted in its job in one atomic step. A bad item fails alone, with a reason
 in the job's errors; a redelivered task skips the items its job already counted.
@@ -34,15 +34,17 @@ import numpy as np
 import redis
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 
-from shared import catalog, jobs, keys, logs, metrics, queues, shardlog, staging
+from shared.store import catalog, jobs, keys, queues, shardlog, staging
+from shared.runtime import logs, metrics
 from shared.errors import MMSearchError
-from shared.labels import shard_for
-from shared.sources import load_image_bytes
-from workers.celery_app import app, soft_time_limit
+from shared.index.labels import shard_for
+from shared.encoding.sources import load_image_bytes
+from shared.runtime.celery_config import soft_time_limit
+from workers.celery_app import app
 from workers.resources import redis_client, settings
 
 if TYPE_CHECKING:
-    from shared.encoding import CollectionEncoder
+    from shared.encoding.encoders import CollectionEncoder
 
 log = logging.getLogger(__name__)
 _decoders = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="decode")
@@ -58,7 +60,7 @@ class DecodedImage:
 
 def _decode(item: dict[str, Any], encoder: "CollectionEncoder", thumbnails: bool) -> DecodedImage | MMSearchError | None:
     """The item's image ready for the model, None when it has none, or the error that stopped it."""
-    from shared.imagedecode import decode_image, make_thumbnail
+    from shared.encoding.imagedecode import decode_image, make_thumbnail
 
     source = item.get("image")
     if not source:
@@ -80,7 +82,7 @@ def _encode_and_log(job_id: str, coll: catalog.Collection, todo: list[dict[str, 
                     outcome: dict[str, int], deadline: float) -> None:
     """Decode, encode and log the items of `todo`, counting each in the job; SoftTimeLimitExceeded
     when the model has not answered by `deadline` (time.monotonic)."""
-    from shared.encoding import collection_encoder
+    from shared.encoding.encoders import collection_encoder
 
     r = redis_client()
     encoder = collection_encoder(coll.image_model, coll.text_model, coll.precision)

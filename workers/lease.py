@@ -25,8 +25,8 @@ import uuid
 
 import redis
 
-from shared import keys
-from shared.slots import MAX_REPLICAS
+from shared.store import keys
+from shared.store.slots import MAX_REPLICAS
 
 log = logging.getLogger(__name__)
 

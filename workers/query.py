@@ -38,14 +38,15 @@ import logging
 import time
 from typing import Any
 
-from shared import catalog, jobs, keys, logs, queues, staging
-from shared.catalog import Collection
+from shared.store import catalog, jobs, keys, queues, staging
+from shared.runtime import logs
+from shared.store.catalog import Collection
 from shared.errors import MMSearchError
-from shared.merge import merge_topk
-from shared.serializers import vector_to_b64
-from shared.slots import liveness_keys
-from shared.sources import load_image_bytes
-from shared.streamids import at_least
+from shared.index.merge import merge_topk
+from shared.store.serializers import vector_to_b64
+from shared.store.slots import liveness_keys
+from shared.encoding.sources import load_image_bytes
+from shared.store.streamids import at_least
 from workers import search_cache
 from workers.celery_app import app
 from workers.resources import redis_client, settings
@@ -137,7 +138,7 @@ def search(self, collection: str, cid: str, text: str | None, image: dict[str, A
 def _search(search_id: str, collection: str, cid: str, text: str | None, image: dict[str, Any] | None,
             k: int, weights: dict[str, float] | None, filter: dict[str, Any] | None,
             after_job: str | None) -> dict[str, Any]:
-    from shared.encoding import collection_encoder
+    from shared.encoding.encoders import collection_encoder
 
     wall_started = time.time()
     r, cfg = redis_client(), settings()
@@ -172,7 +173,7 @@ def _search(search_id: str, collection: str, cid: str, text: str | None, image: 
         ends = search_cache.log_ends(rest[0])
     rgb = None
     if image:
-        from shared.imagedecode import decode_image
+        from shared.encoding.imagedecode import decode_image
 
         try:
             rgb = decode_image(load_image_bytes(image, r, cfg), max_pixels=cfg.max_image_pixels,

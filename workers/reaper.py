@@ -26,8 +26,8 @@ from typing import Any
 
 import redis
 
-from shared import jobs, keys, queues
-from shared.config import Settings
+from shared.store import jobs, keys, queues
+from shared.runtime.config import Settings
 
 log = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@ import functools
 
 import redis
 
-from shared.config import Settings, get_settings
-from shared.redis_conn import connect
+from shared.runtime.config import Settings, get_settings
+from shared.runtime.redis_conn import connect
 
 
 def settings() -> Settings:

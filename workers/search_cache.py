@@ -22,7 +22,7 @@ from typing import Any
 
 import redis
 
-from shared import keys
+from shared.store import keys
 
 MAX_ENTRIES = 4096
 MAX_BYTES = 64 << 20  # serialised answers held at most

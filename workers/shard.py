@@ -42,10 +42,11 @@ from typing import Any
 
 import redis
 
-from shared import keys, metrics, queues
-from shared.fusion import FusedQuery, build_query
-from shared.serializers import vector_from_b64
-from shared.streamids import at_least
+from shared.store import keys, queues
+from shared.runtime import metrics
+from shared.encoding.fusion import FusedQuery, build_query
+from shared.store.serializers import vector_from_b64
+from shared.store.streamids import at_least
 from workers.celery_app import app
 from workers.resources import redis_client, settings
 from workers.shard_owner import ShardOwner

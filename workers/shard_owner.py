@@ -37,13 +37,13 @@ from pathlib import Path
 import numpy as np
 import redis
 
-from shared import catalog, keys, shardlog
-from shared.catalog import Collection
-from shared.config import Settings
+from shared.store import catalog, keys, shardlog
+from shared.store.catalog import Collection
+from shared.runtime.config import Settings
 from shared.errors import SnapshotError
-from shared.queues import slot_for_shard
-from shared.shard_index import ItemRecord, ShardIndex, fsync_dir
-from shared.streamids import at_least
+from shared.store.queues import slot_for_shard
+from shared.index.shard_index import ItemRecord, ShardIndex, fsync_dir
+from shared.store.streamids import at_least
 
 log = logging.getLogger(__name__)
 

