@@ -22,6 +22,7 @@ import socket
 import threading
 import time
 import uuid
+from typing import Callable, Iterable, TypeVar
 
 import redis
 
@@ -66,8 +67,12 @@ class SlotLease:
         self.retaken = 0  # times the lease was taken back after it had lapsed
 
     def try_acquire(self) -> bool:
+        """Take the lease if nobody holds it; whether it is now ours."""
+        return self._take(self.key)
+
+    def _take(self, key: str) -> bool:
         sent = time.monotonic()
-        if self.r.set(self.key, self.token, nx=True, px=LEASE_MS):
+        if self.r.set(key, self.token, nx=True, px=LEASE_MS):
             self._valid_until = sent + LEASE_MS / 1000
             return True
         return False
@@ -128,44 +133,42 @@ class ReplicaLease(SlotLease):
     def lost(self) -> None:
         for n in range(MAX_REPLICAS):
             key = keys.slot_replica(self.slot, n)
-            sent = time.monotonic()
-            if self.r.set(key, self.token, nx=True, px=LEASE_MS):
+            if self._take(key):
                 log.warning("slot %d: replica lease %s was taken; now holding %s", self.slot, self.key, key)
                 self.key = key
-                self._valid_until = sent + LEASE_MS / 1000
                 return
         log.error("slot %d: no free replica lease (at most %d replicas per slot)", self.slot, MAX_REPLICAS)
+
+
+L = TypeVar("L", bound=SlotLease)
+
+
+def _claim_first_free(leases: Callable[[], Iterable[L]], waiting: str, poll_s: float) -> L:
+    """Wait until one of `leases()` (offered again on each round, in order) can be taken; take it,
+    keep it renewed and return it. `waiting` is logged once when a round finds none free."""
+    announced = False
+    while True:
+        for lease in leases():
+            if lease.try_acquire():
+                lease.start_renewing()
+                return lease
+        if not announced:
+            log.info("%s; waiting for one", waiting)
+            announced = True
+        time.sleep(poll_s)
 
 
 def claim_slot(r: redis.Redis, slots: int, wanted: int | None = None, poll_s: float = 0.5) -> SlotLease:
     """Wait for and take the lease of slot `wanted`, or of the first free slot."""
     candidates = [wanted] if wanted is not None else list(range(slots))
-    announced = False
-    while True:
-        for slot in candidates:
-            lease = SlotLease(r, slot)
-            if lease.try_acquire():
-                lease.start_renewing()
-                return lease
-        if not announced:
-            log.info("no free shard slot among %s; waiting for one", candidates)
-            announced = True
-        time.sleep(poll_s)
+    return _claim_first_free(lambda: (SlotLease(r, slot) for slot in candidates),
+                             f"no free shard slot among {candidates}", poll_s)
 
 
 def claim_replica(r: redis.Redis, slots: int, wanted: int | None = None, poll_s: float = 0.5) -> ReplicaLease:
     """Take a replica lease on slot `wanted`, or on the slot with the fewest replicas (the
     first free replica number n, slots in order for each n)."""
     candidates = [wanted] if wanted is not None else list(range(slots))
-    announced = False
-    while True:
-        for n in range(MAX_REPLICAS):
-            for slot in candidates:
-                lease = ReplicaLease(r, slot, keys.slot_replica(slot, n))
-                if lease.try_acquire():
-                    lease.start_renewing()
-                    return lease
-        if not announced:
-            log.info("every replica lease of slots %s is taken; waiting for one", candidates)
-            announced = True
-        time.sleep(poll_s)
+    return _claim_first_free(lambda: (ReplicaLease(r, slot, keys.slot_replica(slot, n))
+                                      for n in range(MAX_REPLICAS) for slot in candidates),
+                             f"every replica lease of slots {candidates} is taken", poll_s)
