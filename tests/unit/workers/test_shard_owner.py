@@ -1,4 +1,5 @@
-"""A shard slot's owner: applies the log, snapshots, and recovers from snapshot + log replay."""
+"""A shard slot's owner: applies the log, snapshots, and recovers from snapshot + log replay; a
+replica follows it and writes nothing."""
 import numpy as np
 import pytest
 
@@ -7,6 +8,7 @@ from shared.runtime.config import Settings
 from shared.store.shardlog import LogEntry
 from shared.index.shard_index import ShardIndex
 from workers.shard_owner import PREVIOUS, SNAPSHOT, ShardOwner
+from workers.shard_replica import ShardReplica
 
 rng = np.random.default_rng(7)
 
@@ -103,3 +105,18 @@ def test_a_large_shard_waits_for_a_tenth_of_its_items_between_snapshots(redis_cl
     owner.snapshot_due()
     assert state.unsaved == 0
     assert len(ShardIndex.load(state.directory / SNAPSHOT)[0]) == 335
+
+
+def test_on_stop_the_owner_snapshots_and_a_replica_only_removes_its_positions(setup):
+    r, settings, coll = setup
+    key = (coll.cid, 0)
+    owner, replica = ShardOwner(0, settings, r), ShardReplica(0, settings, r)
+    log_items(r, coll, [f"a{i}" for i in range(5)])
+    drain(owner)
+    drain(replica)
+    assert r.hget(keys.shard_state(*key), "replica.0.0") == replica.shards[key].position.encode()
+    replica.stop()
+    assert not (owner.shard_dir(*key) / SNAPSHOT).exists()
+    assert not r.hexists(keys.shard_state(*key), "replica.0.0")
+    owner.stop()
+    assert ShardIndex.read_position(owner.shard_dir(*key) / SNAPSHOT) == owner.shards[key].position
