@@ -1,218 +1,35 @@
 """Python client of the mmsearch HTTP API (its contract: docs/api.md), on which the `mmsearch` CLI is built.
 
-    from mmsearch.client import Client
+    from mmsearch import Client, FileItem
     c = Client("http://127.0.0.1:8000", key=None)
     c.create_collection("photos", shards=2)
     jobs = c.ingest("photos", files=["a.jpg", FileItem("b.jpg", text="a dog")], progress=True)
     hits = c.search("photos", text="a dog on the beach", k=5)["hits"]
 
 Every method returns the API's JSON body as a dict (thumbnails: bytes). Error answers raise
-`ApiError` subclasses named after docs/api.md's codes (`NotFound`, `Conflict`, ...); an API that
-cannot be reached raises `ConnectionFailed`. 503 and 429 answers (honouring `Retry-After`)
-and connection failures are retried with bounded exponential backoff. The module imports
-only `requests`, never the service's heavy dependencies.
+`ApiError` subclasses (mmsearch.errors) named after docs/api.md's codes (`NotFound`,
+`Conflict`, ...); an API that cannot be reached raises `ConnectionFailed`. 503 and 429 answers
+(honouring `Retry-After`) and connection failures are retried with bounded exponential backoff.
+The package imports only `requests`, never the service's heavy dependencies.
 """
 from __future__ import annotations
 
 import base64
 import json
-import math
-import os
-import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TextIO, Union
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 from urllib.parse import quote
 
 import requests
 
+from mmsearch.errors import ApiError, ConnectionFailed, NotFound, Unavailable, error_from_response
+from mmsearch.job_states import FINAL_STATES, summed_counters
+from mmsearch.progress import ProgressBar
+from mmsearch.uploads import FileItem, PathLike, file_batches
+
 DEFAULT_URL = "http://127.0.0.1:8000"
-FINAL_STATES = frozenset({"succeeded", "completed_with_errors", "failed", "cancelled"})
-PathLike = Union[str, os.PathLike]
 
-
-# Errors -----------------------------------------------------------------------------------
-
-class ApiError(Exception):
-    """An error answer of the API: HTTP status, docs/api.md code, message and details."""
-
-    status_code: int = 0
-    code: str = "error"
-
-    def __init__(self, status: int, code: str, message: str, details: Mapping[str, Any] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.details = dict(details or {})
-
-    def __str__(self) -> str:
-        return f"{self.message} ({self.status} {self.code})" if self.status else self.message
-
-
-class InvalidRequest(ApiError): status_code, code = 400, "invalid_request"
-class Unauthorized(ApiError): status_code, code = 401, "unauthorized"
-class NotFound(ApiError): status_code, code = 404, "not_found"
-class MethodNotAllowed(ApiError): status_code, code = 405, "method_not_allowed"
-class Conflict(ApiError): status_code, code = 409, "conflict"
-class PayloadTooLarge(ApiError): status_code, code = 413, "payload_too_large"
-class UnsupportedMediaType(ApiError): status_code, code = 415, "unsupported_media_type"
-class InvalidItem(ApiError): status_code, code = 422, "invalid_item"
-class RateLimited(ApiError): status_code, code = 429, "rate_limited"
-class Internal(ApiError): status_code, code = 500, "internal"
-class Unavailable(ApiError): status_code, code = 503, "unavailable"
-
-
-class ConnectionFailed(ApiError):
-    """The API did not answer at all (after the retries); status 0."""
-
-    code = "connection_failed"
-
-
-ERRORS_BY_CODE: dict[str, type[ApiError]] = {
-    cls.code: cls for cls in (InvalidRequest, Unauthorized, NotFound, MethodNotAllowed, Conflict,
-                              PayloadTooLarge, UnsupportedMediaType, InvalidItem, RateLimited,
-                              Internal, Unavailable)}
-ERRORS_BY_STATUS: dict[int, type[ApiError]] = {cls.status_code: cls for cls in ERRORS_BY_CODE.values()}
-
-
-def error_from_response(resp: requests.Response) -> ApiError:
-    """The exception for an error answer (the API's error body, or whatever came instead)."""
-    try:
-        err = resp.json()["error"]
-        code, message, details = str(err["code"]), str(err["message"]), err.get("details") or {}
-    except (ValueError, KeyError, TypeError):
-        cls = ERRORS_BY_STATUS.get(resp.status_code, ApiError)
-        text = " ".join(resp.text.split())[:200] or resp.reason or "no body"
-        return cls(resp.status_code, cls.code if cls is not ApiError else f"http_{resp.status_code}",
-                   f"HTTP {resp.status_code}: {text}")
-    cls = ERRORS_BY_CODE.get(code) or ERRORS_BY_STATUS.get(resp.status_code, ApiError)
-    return cls(resp.status_code, code, message, details if isinstance(details, dict) else {"details": details})
-
-
-# Ingest inputs and progress ---------------------------------------------------------------
-
-@dataclass
-class FileItem:
-    """An image file to upload, with its optional id, caption and metadata."""
-
-    path: PathLike
-    id: str | None = None
-    text: str | None = None
-    metadata: dict[str, Any] | None = None
-
-    def fields(self) -> dict[str, Any]:
-        return {k: v for k, v in (("id", self.id), ("text", self.text), ("metadata", self.metadata)) if v is not None}
-
-
-def _fmt_duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = int(round(seconds))
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
-
-
-@dataclass
-class ProgressBar:
-    """A one-line text progress bar drawn from job counters: done/failed/total, items/s, ETA.
-
-    The rate is measured over the last `window_s` seconds of counter readings. On a terminal
-    the line is redrawn in place; elsewhere (logs, pipes) a line is written every
-    `log_every_s` seconds, and the final line always.
-    """
-
-    stream: TextIO = field(default_factory=lambda: sys.stderr)
-    width: int = 30
-    log_every_s: float = 10.0
-    window_s: float = 15.0
-    label: str = "ingest"
-    _samples: list[tuple[float, int]] = field(default_factory=list)
-    _start: float | None = None
-    _last_draw: float = 0.0
-    _tty: bool | None = None
-
-    def _interval(self) -> float:
-        if self._tty is None:
-            self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        return 0.2 if self._tty else self.log_every_s
-
-    def due(self) -> bool:
-        """Whether an update now would be drawn (callers skip fetching counters otherwise)."""
-        return time.monotonic() - self._last_draw >= self._interval()
-
-    def rate(self) -> float:
-        """Items per second over the recent readings."""
-        if len(self._samples) < 2:
-            return 0.0
-        (t0, p0), (t1, p1) = self._samples[0], self._samples[-1]
-        return (p1 - p0) / (t1 - t0) if t1 > t0 else 0.0
-
-    def update(self, done: int, failed: int, total: int, state: str = "", final: bool = False) -> None:
-        now = time.monotonic()
-        processed = done + failed
-        self._start = now if self._start is None else self._start
-        self._samples.append((now, processed))
-        while len(self._samples) > 2 and now - self._samples[1][0] >= self.window_s:
-            self._samples.pop(0)
-        if not final and now - self._last_draw < self._interval():
-            return
-        self._last_draw = now
-        rate = self.rate()
-        remaining = max(total - processed, 0)
-        if final:
-            timing = f"in {_fmt_duration(now - self._start)}"
-        else:
-            timing = f"ETA {_fmt_duration(remaining / rate if rate > 0 else math.inf)}"
-        filled = int(round((processed / total if total else 1.0) * self.width))
-        line = (f"{self.label} [{'#' * filled}{'.' * (self.width - filled)}] {processed}/{total}  "
-                f"ok {done}  failed {failed}  {rate:.1f} items/s  {timing}" + (f"  {state}" if state else ""))
-        if self._tty:
-            self.stream.write("\r" + line + ("\n" if final else "\x1b[K"))
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
-
-
-def _file_batches(files: Sequence[PathLike | FileItem], batch: int, max_bytes: int) -> Iterator[list[Any]]:
-    chunk: list[Any] = []
-    size = 0
-    for f in files:
-        path = f.path if isinstance(f, FileItem) else f
-        n = os.path.getsize(path)
-        if chunk and (len(chunk) >= batch or size + n > max_bytes):
-            yield chunk
-            chunk, size = [], 0
-        chunk.append(f)
-        size += n
-    if chunk:
-        yield chunk
-
-
-def _aggregate(bodies: Iterable[Mapping[str, Any]]) -> tuple[int, int, int, str]:
-    bodies = list(bodies)
-    done = sum(b.get("done", 0) for b in bodies)
-    failed = sum(b.get("failed", 0) for b in bodies)
-    total = sum(b.get("total", 0) for b in bodies)
-    return done, failed, total, overall_state(bodies)
-
-
-def overall_state(bodies: Sequence[Mapping[str, Any]]) -> str:
-    """One state for several jobs: the worst final state once all are final, else running/queued."""
-    states = [b.get("state", "") for b in bodies]
-    if not states:
-        return "succeeded"
-    if not all(s in FINAL_STATES for s in states):
-        return "running" if any(s != "queued" for s in states) else "queued"
-    for worst in ("failed", "cancelled", "completed_with_errors"):
-        if worst in states:
-            return worst
-    return "succeeded"
-
-
-# The client -------------------------------------------------------------------------------
 
 class Client:
     """Typed methods for every endpoint of the mmsearch API v1."""
@@ -355,7 +172,7 @@ class Client:
             raise ValueError("batch must be >= 1")
         items, files = list(items or []), list(files or [])
         plan: list[tuple[str, list[Any]]] = [("items", items[i:i + batch]) for i in range(0, len(items), batch)]
-        plan += [("files", chunk) for chunk in _file_batches(files, batch, max_batch_bytes)]
+        plan += [("files", chunk) for chunk in file_batches(files, batch, max_batch_bytes)]
         total = len(items) + len(files)
         bar = bar or (ProgressBar() if progress and wait else None)
         answers: list[dict[str, Any]] = []
@@ -368,7 +185,7 @@ class Client:
                     for answer in answers:
                         if bodies.get(answer["job_id"], {}).get("state") not in FINAL_STATES:
                             bodies[answer["job_id"]] = self.job(answer["job_id"])
-                    done, failed, _, _ = _aggregate(bodies.values())
+                    done, failed, _, _ = summed_counters(bodies.values())
                     bar.update(done, failed, total, f"uploading {n}/{len(plan)}")
         except ApiError as exc:
             exc.details.setdefault("submitted_jobs", [a["job_id"] for a in answers])
@@ -438,7 +255,7 @@ class Client:
         bodies: list[dict[str, Any]] = []
         for bodies in self.watch_jobs(job_ids, timeout=timeout):
             if bar is not None:
-                done, failed, total, state = _aggregate(bodies)
+                done, failed, total, state = summed_counters(bodies)
                 bar.update(done, failed, total, state, final=state in FINAL_STATES)
         return bodies
 

@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from bench.photos import all_photos
-from mmsearch import client as mc
+import mmsearch as mc
 from mmsearch.cli import cli
 from shared.runtime.stack import free_port
 from tests.support.stack import running_stack
