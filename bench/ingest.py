@@ -34,9 +34,7 @@ bench/results/ingest-<UTC time>.json), which `bench.report` plots.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -47,7 +45,7 @@ import numpy as np
 from bench.datasets import note, wallpapers
 from bench.modelrun import encode_all, layouts, torch_threads
 from bench.service import (Service, TaskLog, Upload, jpeg_with_long_side, machine_idle_seconds, real_photos,
-                           result_path, running_stack, runtimes, table)
+                           running_stack, runtimes, table, write_results)
 from shared.encoding.imagedecode import decode_image, resize_for_model
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the workers set it, before torch loads
@@ -216,12 +214,7 @@ def main(argv: list[str] | None = None) -> None:
     summary = {"e2e_items_per_s": headline["e2e_items_per_s"], "ceiling_items_per_s": headline["ceiling_items_per_s"],
                "ratio": headline["ratio"], "quick": args.quick, "cores": os.cpu_count(), "shards": SHARDS,
                "model": IMAGE_MODEL, "load_average": load, "sets": results}
-    path = args.json or result_path("ingest")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(summary, sort_keys=True, indent=1) + "\n")
-    print(f"\nresults written to {path}")
-    sys.stdout.flush()
-    print(json.dumps(summary, sort_keys=True))
+    write_results(summary, "ingest", args.json)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ vectors are mixes of other real photos' vectors (foolbox's CIFAR samples, opencv
 the Plasma wallpapers, encoded here), so the 26 photos are not outliers among them.
 
 Once filled, the bench waits until every shard has snapshotted all it applied (the shard workers
-write those snapshots when the writes stop; "snapshots s" in the fill table), so the searches
+write those snapshots when the writes stop; "snapshots s" in the fill table, write_results), so the searches
 measure the service at rest, not sharing the disk and cores with the snapshot writers.
 
 Queries, k=10, through HTTP by 1, 8 (and 32 in the full run) client threads, each with its own
@@ -52,9 +52,7 @@ written to --json (default bench/results/search-<UTC time>.json), which `bench.r
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -69,8 +67,8 @@ import requests
 from bench.bulk import bulk_insert, synthetic_vectors
 from bench.datasets import cifar_photos, note, opencv_photos, tags_of, wallpapers
 from bench.photos import Photo, foolbox_photos, skimage_photos
-from bench.service import (Service, TaskEvent, TaskLog, Upload, latency_ms, result_path, running_stack,
-                           runtimes, table)
+from bench.service import (Service, TaskEvent, TaskLog, Upload, latency_ms, running_stack,
+                           runtimes, table, write_results)
 from shared.store import keys, queues
 from shared.runtime import metrics
 from shared.store.catalog import Collection, get_collection
@@ -516,12 +514,7 @@ def main(argv: list[str] | None = None) -> None:
                "quick": args.quick, "slots": args.slots, "cores": os.cpu_count(), "load_average": load,
                "rows": rows, "floor": results.floors, "fill": results.fills, "breakdown": results.breakdown,
                "memory": results.memory, "skipped": results.skipped}
-    path = args.json or result_path("search")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(summary, sort_keys=True, indent=1) + "\n")
-    print(f"\nresults written to {path}")
-    sys.stdout.flush()
-    print(json.dumps(summary, sort_keys=True))
+    write_results(summary, "search", args.json)
 
 
 if __name__ == "__main__":

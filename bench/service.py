@@ -8,7 +8,8 @@
   stack's logs, read between two marks, to see where the time of a phase went;
 - `rss_bytes`: a process's resident memory (the shard workers' through `Service.shard_rss`);
 - the benchmark photos as in-memory JPEGs, latency percentiles, plain-text tables and
-  `result_path`, where a run writes its JSON by default (read by `bench.report`).
+  `result_path`, where a run writes its JSON by default (read by `bench.report`), and
+  `write_results`, which writes it there and prints it as the run's last line.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -332,3 +334,14 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 def result_path(bench: str) -> Path:
     """bench/results/<bench>-<UTC time>.json: where a run writes its JSON unless told otherwise."""
     return RESULTS_DIR / f"{bench}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.json"
+
+
+def write_results(summary: dict[str, Any], bench: str, path: Path | None = None) -> None:
+    """Write a run's figures as indented JSON to `path` (default: `result_path(bench)`), say
+    where, and print them as one JSON line, the last line of the run's output."""
+    path = path or result_path(bench)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, sort_keys=True, indent=1) + "\n")
+    print(f"\nresults written to {path}")
+    sys.stdout.flush()
+    print(json.dumps(summary, sort_keys=True))
