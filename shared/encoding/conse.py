@@ -3,9 +3,10 @@
 From the CNN's ImageNet class probabilities, the probability-weighted mean of the word vectors
 of the top predicted class names. This gives an uncaptioned image a text block, so that a
 text-only query finds it. A class's vector is its name's vector plus those of its nearest
-WordNet hypernyms (shared/encoding/data/imagenet_hypernyms.tsv), so that "bird" reaches a goldfinch and
-"cat" a tabby even where 50-d GloVe barely tells the breeds' names apart. `top_k` and the softmax `temperature` were chosen with
-`bench/quality.py` (see the resolving note of the retrieval-core issue).
+WordNet hypernyms (shared/encoding/data/imagenet_hypernyms.tsv), so that "bird" reaches a
+goldfinch and "cat" a tabby even where 50-d GloVe barely tells the breeds' names apart. `top_k`
+and the softmax `temperature` were chosen with `python -m bench.quality` (see the resolving
+note of the retrieval-core issue).
 """
 from __future__ import annotations
 
@@ -18,9 +19,9 @@ from shared.encoding.text_encoder import TextEncoder, create_text_model
 
 DEFAULT_TOP_K = 10
 DEFAULT_TEMPERATURE = 2.0
-# Hypernym levels added to each class name, and their weight: chosen with bench/quality.py on
-# word -> uncaptioned image retrieval (mAP at top-10, T=2: names only 0.589, +1 level 0.633,
-# +2 levels 0.649, +3 levels 0.616, +5 levels 0.556).
+# Hypernym levels added to each class name, and their weight: chosen with `python -m
+# bench.quality` on word -> uncaptioned image retrieval, where two levels beat fewer and more
+# (README, Benchmarks).
 HYPERNYM_LEVELS = 2
 HYPERNYM_WEIGHT = 1.0
 HYPERNYMS_FILE = Path(__file__).resolve().parent / "data" / "imagenet_hypernyms.tsv"
@@ -28,8 +29,8 @@ HYPERNYMS_FILE = Path(__file__).resolve().parent / "data" / "imagenet_hypernyms.
 
 def imagenet_class_names() -> list[str]:
     """The 1000 ImageNet-1k classes as WordNet synonym lists ("tiger cat, Felis tigrina"), in
-    class-id order, as timm ships them; they matched word queries better than torchvision's
-    short names (class-name mAP 0.544 vs 0.458 for GloVe word queries)."""
+    class-id order, as timm ships them; they matched GloVe word queries better than
+    torchvision's short names (README, Benchmarks)."""
     from timm.data import ImageNetInfo
 
     return list(ImageNetInfo().label_descriptions())

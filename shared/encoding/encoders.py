@@ -2,10 +2,10 @@
 
 An item's image block is the CNN's pooled features; its text block is the caption's GloVe
 vector, the image's ConSE vector (uncaptioned images), or for a captioned image both mixed as
-`normalise(caption + CAPTION_CONSE_MIX * conse)` (the mix was measured with bench/quality.py).
-Used by the encode workers (items) and the query workers (image queries). The image model runs
-in the collection's precision behind the process's one batching front (shared.encoding.model_batcher),
-so concurrent tasks and queries share model batches.
+`normalise(caption + CAPTION_CONSE_MIX * conse)` (the mix was measured with
+`python -m bench.quality`). Used by the encode workers (items) and the query workers (image
+queries). The image model runs in the collection's precision behind the process's one batching
+front (shared.encoding.model_batcher), so concurrent tasks and queries share model batches.
 """
 from __future__ import annotations
 

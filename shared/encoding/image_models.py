@@ -9,7 +9,7 @@ How each precision runs: on CUDA the weights are cast to fp16/bf16; on the CPU, 
 under autocast (weights stay fp32, convolutions and matmuls in the low precision). Inputs are
 channels_last. With `MMSEARCH_COMPILE` (default on) the trunk is compiled with torch.compile
 (inductor; on the CPU with weight freezing) for fixed batch shapes only, 1 and the model batch,
-because every new shape costs a compile of 5-30 s: a full chunk runs at the model batch, a
+because every new shape costs a compile of many seconds: a full chunk runs at the model batch, a
 remainder is padded up to it where a padded batch costs little (GPU, or more than half full),
 else runs image by image. Compiled code is cached on disk (`TORCHINDUCTOR_CACHE_DIR`, by default
 under `MMSEARCH_DATA_DIR`), so a restart compiles much faster. Where compiling fails (no C++
@@ -34,7 +34,7 @@ from shared.errors import ModelUnavailableError
 from shared.encoding.precision import PRECISIONS
 
 IMAGENET_CLASSES = 1000
-CPU_MODEL_BATCH = 8      # on CPUs batch 8 beat 32 and 64 (README, Benchmarks)
+CPU_MODEL_BATCH = 8      # on CPUs larger batches were slower (docs/operations.md, The machine)
 CUDA_MODEL_BATCH = 256
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -66,9 +66,9 @@ def usable_cores() -> int:
 def model_streams(device: torch.device, configured: int = 0) -> int:
     """How many model calls run at once in a process: one on CUDA; on the CPU `configured`, or one
     per core (0). Each call then runs on cores / streams threads (`torch.set_num_threads`): one
-    single-threaded call per core measured 175-183 img/s here against 142-145 for one call on
-    two threads (efficientnet_lite0, compiled, batch 8), whose threads wait for each other at
-    every operator, and sit idle whenever another thread of the machine holds one of the cores."""
+    single-threaded call per core was faster than one call on all the threads (README,
+    Benchmarks), whose threads wait for each other at every operator, and sit idle whenever
+    another thread of the machine holds one of the cores."""
     if device.type == "cuda":
         return 1
     return max(1, configured or usable_cores())

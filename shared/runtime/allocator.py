@@ -3,14 +3,14 @@ a shard worker hands back the pages of large transient copies.
 
 A forward pass at batch 8 allocates and frees activation tensors of 10-40 MB. glibc's malloc
 serves blocks that large with mmap and returns them with munmap, so every pass faults its
-buffers in again, zeroed by the kernel: measured here (efficientnet_lite0, compiled, fp32,
-2 threads) that was about a third of the model's CPU time in the kernel and 94 img/s, against
-about 140-160 img/s with the thresholds below (no kernel time to speak of). The thresholds hold
-for the main arena only: a thread with an arena of its own (glibc gives threads their own, up to
-8 per core) serves such blocks from 64 MB sub-heaps that it unmaps again once they are free, so
-the encode worker's model thread kept faulting (1.4 million minor faults in 10 s) until every
-thread shared the main arena. The price is that the process keeps up to MALLOC_TRIM_BYTES of
-freed heap instead of handing it back, and that its threads share one malloc lock.
+buffers in again, zeroed by the kernel: a large share of the model's CPU time went to the kernel
+and throughput dropped accordingly (README, Benchmarks); with the thresholds below there is no
+kernel time to speak of. The thresholds hold for the main arena only: a thread with an arena of
+its own (glibc gives threads their own, up to 8 per core) serves such blocks from 64 MB
+sub-heaps that it unmaps again once they are free, so the encode worker's model thread kept
+faulting until every thread shared the main arena. The price is that the process keeps up to
+MALLOC_TRIM_BYTES of freed heap instead of handing it back, and that its threads share one
+malloc lock.
 
 The opposite need, in the shard workers: `release_free_memory()` hands the heap's free pages
 back to the system (malloc_trim) after a large transient copy, such as a calibration's copy of
