@@ -1,0 +1,103 @@
+"""Checking search requests: a JSON body, or a multipart body with an optional `image` file part.
+
+Multipart search: `text`, `k` (decimal digits), `weights` and `filter` (JSON objects) as form
+fields.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from werkzeug.datastructures import FileStorage, MultiDict
+
+from api.bodies import loads_strict
+from api.validation.common import as_float, invalid, is_int_in, is_number, only_fields, only_parts, parse_text, single
+from api.validation.images import ImageInput, parse_image, read_upload
+from shared.runtime.config import Settings
+
+SEARCH_FIELDS = frozenset({"text", "image", "k", "weights", "filter"})
+BLOCKS = ("image", "text")
+DEFAULT_K = 10
+MAX_K = 1000
+MAX_WEIGHT = 1e6  # large enough for any ratio; sums of larger ones could overflow in scoring
+_DIGITS = re.compile(r"^[0-9]{1,9}$")
+
+
+@dataclass(frozen=True)
+class SearchInput:
+    text: str | None
+    image: ImageInput | None
+    k: int
+    weights: dict[str, float] | None
+    filter: dict[str, Any] | None
+
+
+def _parse_k(value: Any) -> int:
+    if value is None:
+        return DEFAULT_K
+    if not is_int_in(value, 1, MAX_K):
+        raise invalid(f"k must be an integer in 1..{MAX_K}", field="k")
+    return value
+
+
+def _parse_weights(value: Any, present: list[str]) -> dict[str, float] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise invalid("weights must be a JSON object", field="weights")
+    only_fields(value, frozenset(BLOCKS), {}, prefix="weights.")
+    for block, weight in value.items():
+        if not is_number(weight) or not 0 <= as_float(weight) <= MAX_WEIGHT:
+            raise invalid(f"weights.{block} must be a number in 0..{MAX_WEIGHT:g}", field=f"weights.{block}")
+    if all(value.get(block, 1.0) == 0 for block in present):
+        raise invalid(f"the weights of the query's blocks ({', '.join(present)}) are all 0", field="weights")
+    return {block: float(weight) for block, weight in value.items()}
+
+
+def _parse_filter(value: Any) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise invalid("filter must be a JSON object of metadata key -> value", field="filter")
+    for key, wanted in value.items():
+        if wanted is not None and not isinstance(wanted, (str, bool, int, float)):
+            raise invalid("filter values must be strings, numbers, booleans or null", field=f"filter.{key}")
+        if isinstance(wanted, float) and not math.isfinite(wanted):
+            raise invalid("filter numbers must be finite", field=f"filter.{key}")
+    return value or None
+
+
+def _search_input(text: Any, image: ImageInput | None, k: Any, weights: Any, filter_: Any,
+                  settings: Settings) -> SearchInput:
+    parsed_text = parse_text(text, settings, {})
+    present = [block for block, given in zip(BLOCKS, (image, parsed_text)) if given is not None]
+    if not present:
+        raise invalid("a search needs a text, an image or both", field="text")
+    return SearchInput(parsed_text, image, _parse_k(k), _parse_weights(weights, present), _parse_filter(filter_))
+
+
+def parse_search_json(body: dict[str, Any], settings: Settings) -> SearchInput:
+    only_fields(body, SEARCH_FIELDS, {})
+    return _search_input(body.get("text"), parse_image(body.get("image"), settings, {}), body.get("k"),
+                         body.get("weights"), body.get("filter"), settings)
+
+
+def _form_json(form: MultiDict[str, str], name: str) -> Any:
+    raw = single(form, name)
+    return None if raw is None else loads_strict(raw, name)
+
+
+def parse_search_multipart(form: MultiDict[str, str], files: MultiDict[str, FileStorage],
+                           settings: Settings) -> SearchInput:
+    only_parts(form, files, SEARCH_FIELDS - {"image"}, frozenset({"image"}))
+    images = files.getlist("image")
+    if len(images) > 1:
+        raise invalid("a search takes at most one image part", field="image")
+    image = read_upload(images[0], settings, {}) if images else None
+    k = single(form, "k")
+    if k is not None and not _DIGITS.match(k):
+        raise invalid(f"k must be an integer in 1..{MAX_K}", field="k")
+    return _search_input(single(form, "text"), image, None if k is None else int(k),
+                         _form_json(form, "weights"), _form_json(form, "filter"), settings)
