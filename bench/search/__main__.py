@@ -1,0 +1,105 @@
+"""Search latency, throughput and recall of the real stack: `python -m bench.search [--quick]`.
+
+Starts the whole stack (`bench.service.running_stack`, 2 shard workers by default) and, for each
+size N and shard count, creates a collection holding N items: N - 26 synthetic fused vectors
+(`bench.bulk.synthetic_vectors`, appended with `bench.bulk.bulk_insert`) plus the 26 photos of
+foolbox and scikit-image ingested through the API without captions, so that image queries are
+real: a recompressed crop of each photo should find the photo first ("top-1"). The synthetic
+vectors are mixes of other real photos' vectors (foolbox's CIFAR samples, opencv-doc's photos and
+the Plasma wallpapers, encoded here), so the 26 photos are not outliers among them.
+
+Once filled, the bench waits until every shard has snapshotted all it applied (the shard workers
+write those snapshots when the writes stop; "snapshots s" in the fill table, write_results), so the searches
+measure the service at rest, not sharing the disk and cores with the snapshot writers.
+
+Queries, k=10, through HTTP by 1, 8 (and 32 in the full run) client threads, each with its own
+`requests.Session`: text only (16 phrases, JSON), image (a crop, multipart) and fused (the crop
+and a word for what it shows, multipart). Each (kind, clients) run of a collection sends its own
+variant of the queries (the phrases after another prefix, other crop boxes), so its first pass
+is searched whatever ran before; each query is sent more than once: repeats are answered from
+the query workers' result cache (`"cached": true`), so p50/p95/p99 are of the searches that
+ran and the cache hits are counted apart with their p50. Per row also: queries/s, recall@10
+against exact search over the same vectors (query vectors computed here with
+`shared.encoding.encoders.collection_encoder` in the precision the service gives the collections, whose
+models are deterministic), and the top-1 rate.
+
+The floor: the same vectors in one in-process `ShardIndex` (the collection's image dim, so one
+graph per block as the shard workers build them), searched with the same query vectors one at a
+time (with its top-1 and exact search's); "x floor" is the service's p50 over that p50.
+
+Memory: before each collection the shard workers are restarted (memory the previous, deleted
+collection left with the allocator would otherwise be reused and hide growth), the empty
+collection is created and searched once (code paths warm), and the resident memory (VmRSS) of
+each shard worker is read; again once the collection was filled and searched. The growth summed
+over the shard workers, over N, is the service's bytes per item. Next to it the index's own
+estimate of vector + graph bytes per item (`ShardIndex.stats()` of the floor: float32 vectors,
+level-0 links, labels, upper levels) and the ratio of the two (target: at most 1.5).
+
+Where a 1-client query's time goes: the client's round trip, the API's `took_ms`, the Celery
+runtime of the search task (from the query worker's log) and the mean index search of one shard
+(from the shard workers' search histogram), next to the query encoding and the index search timed
+here.
+
+Defaults: --quick: N = 10k; 1 and 4 shards; 1 and 8 clients (a few minutes). Full: N = 10k,
+100k and 1M; 1, 2 and 4 shards; 1, 8 and 32 clients. A size is skipped with a note when its
+copies would not fit in memory, or when filling its collections and building its floor would
+take longer than --max-minutes at the previous size's rates (a lower bound: graph inserts slow
+down as the graph grows). The last line of output is one JSON object: the headline row (text
+queries, 1 client, the largest size, 4 shards) with that collection's memory figures
+(`bytes_per_item`, `index_bytes_per_item`, `memory_ratio`), and every row; the same object is
+written to --json (default bench/results/search-<UTC time>.json), which `bench.report` plots.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from bench.search.plan import Plan, parse_ints
+from bench.search.run import run
+from bench.search.tables import report
+from bench.service import running_stack, write_results
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.search", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="10k items, 1 and 4 shards, 1 and 8 clients")
+    parser.add_argument("--sizes", type=parse_ints, help="collection sizes (default: 10000 quick; 10000,100000,1000000)")
+    parser.add_argument("--shards", type=parse_ints, help="shard counts (default: 1,4 quick; 1,2,4)")
+    parser.add_argument("--clients", type=parse_ints, help="concurrent clients (default: 1,8 quick; 1,8,32)")
+    parser.add_argument("--slots", type=int, default=2, help="shard worker processes (MMSEARCH_SHARDS)")
+    parser.add_argument("--max-minutes", type=float, default=20.0,
+                        help="skip a size whose fills and floor would take longer (estimated from the previous size)")
+    parser.add_argument("--json", type=Path, help="where to write the result JSON "
+                        "(default: bench/results/search-<UTC time>.json)")
+    args = parser.parse_args(argv)
+    plan = Plan(sizes=args.sizes or ([10_000] if args.quick else [10_000, 100_000, 1_000_000]),
+                shard_counts=args.shards or ([1, 4] if args.quick else [1, 2, 4]),
+                client_counts=args.clients or ([1, 8] if args.quick else [1, 8, 32]),
+                passes=2 if args.quick else 4, per_client=8 if args.quick else 16, repeats=3 if args.quick else 5,
+                max_minutes=args.max_minutes)
+    with running_stack(slots=args.slots) as svc:
+        results = run(svc, plan)
+        load = [round(x, 2) for x in os.getloadavg()]
+    report(results, args.slots, load)
+
+    rows = results.rows
+    if not rows:
+        raise SystemExit("no size was measured")
+    largest = max(r["items"] for r in rows)
+    headline_shards = 4 if 4 in plan.shard_counts else max(plan.shard_counts)
+    head = next(r for r in rows if (r["items"], r["shards"], r["kind"], r["clients"]) ==
+                (largest, headline_shards, "text", 1))
+    memory = next(m for m in results.memory if (m["items"], m["shards"]) == (largest, headline_shards))
+    summary = {"p50_ms": head["p50_ms"], "p95_ms": head["p95_ms"], "qps": head["qps"],
+               "recall_at_10": head["recall_at_10"], "items": largest, "shards": headline_shards,
+               "bytes_per_item": memory["bytes_per_item"], "index_bytes_per_item": memory["index_bytes_per_item"],
+               "memory_ratio": memory["ratio"],
+               "quick": args.quick, "slots": args.slots, "cores": os.cpu_count(), "load_average": load,
+               "rows": rows, "floor": results.floors, "fill": results.fills, "breakdown": results.breakdown,
+               "memory": results.memory, "skipped": results.skipped}
+    write_results(summary, "search", args.json)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""A collection of the search benchmark: filled through the service (bulk vectors and photos),
+waited on until its shards have snapshotted, its shard workers' memory, and whether one fits."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from bench.bulk import bulk_insert
+from bench.photos import Photo
+from bench.service import Service, Upload
+from shared.store import keys
+from shared.store.catalog import Collection, get_collection
+
+
+def fill(svc: Service, name: str, vectors: np.ndarray, ids: list[str], photos: list[Photo]) -> float:
+    """Bulk-insert the synthetic items into the (empty) collection, ingest the photos; seconds
+    until both jobs were final."""
+    coll: Collection = get_collection(svc.redis, name)
+    t0 = time.perf_counter()
+    bulk_job = bulk_insert(svc.redis, coll, vectors, ids)
+    photo_job = svc.post_items(name, [Upload(p.name, p.read_bytes()) for p in photos])
+    timings = svc.wait_jobs([bulk_job, photo_job], timeout_s=3600, poll_s=0.5)
+    seconds = max(t.final_s for t in timings.values()) - t0
+    states = {t.body["state"] for t in timings.values()}
+    count = svc.collection(name)["count"]
+    if states != {"succeeded"} or count != len(ids) + len(photos):
+        raise RuntimeError(f"filling {name}: jobs {states}, {count} items searchable of {len(ids) + len(photos)}")
+    return seconds
+
+
+def settle(svc: Service, name: str, timeout_s: float = 600) -> float:
+    """Seconds until every shard of the collection has a snapshot of all it applied (the shard
+    workers write them once the writes stop; searches meanwhile share the disk and the cores
+    with the snapshot writers)."""
+    coll: Collection = get_collection(svc.redis, name)
+    t0 = time.perf_counter()
+    while True:
+        states = [svc.redis.hgetall(keys.shard_state(coll.cid, shard)) for shard in range(coll.shards)]
+        if all(b"applied" in state and state.get(b"snapshot") == state[b"applied"] for state in states):
+            return time.perf_counter() - t0
+        if time.perf_counter() - t0 > timeout_s:
+            raise RuntimeError(f"{name}: the shards did not snapshot what they applied within {timeout_s:g} s")
+        time.sleep(0.2)
+
+
+def memory_row(n: int, shards: int, before: dict[str, int], after: dict[str, int]) -> dict[str, Any]:
+    """The shard workers' resident memory before a collection of `n` items and once it was
+    filled and searched; growth per item (the index estimate is added once the floor is built)."""
+    return {"items": n, "shards": shards, "rss_before_mb": round(sum(before.values()) / 2**20, 1),
+            "rss_after_mb": round(sum(after.values()) / 2**20, 1),
+            "bytes_per_item": round((sum(after.values()) - sum(before.values())) / n, 1),
+            "workers": {name: {"before": before[name], "after": after[name]} for name in sorted(after)}}
+
+
+def fits_in_memory(n: int, dim: int) -> bool:
+    """Whether one collection of N vectors fits: its shard indexes (the vectors, graph and
+    allocator slack: 1.5 copies) and, at once, the calibrations' copies of shards' vectors and
+    the not yet trimmed logs in Redis (half a copy). The collections of a size are filled one
+    after the other, each deleted (and the shard workers restarted) before the next; the floor
+    is built once they are gone. The vectors here are a memory-mapped file (page cache)."""
+    with open("/proc/meminfo") as f:
+        available_kb = next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:"))
+    return n * dim * 4 * 2 < 0.8 * available_kb * 1024

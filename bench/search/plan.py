@@ -1,0 +1,46 @@
+"""What one search benchmark run measures (`Plan`), what it found (`Results`), and how long a
+size would take at the rates found so far."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def parse_ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one run measures."""
+
+    sizes: list[int]
+    shard_counts: list[int]
+    client_counts: list[int]
+    passes: int      # a run sends max(passes x the kind's queries, clients x per_client) queries
+    per_client: int
+    repeats: int     # passes over the queries when timing the floor
+    max_minutes: float  # a size whose fills and floor would take longer at the previous rates is skipped
+
+
+@dataclass
+class Results:
+    """Every figure of a run, as the JSON line reports them."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    breakdown: list[dict[str, Any]] = field(default_factory=list)
+    fills: list[dict[str, Any]] = field(default_factory=list)
+    floors: dict[int, dict[str, Any]] = field(default_factory=dict)
+    memory: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+
+
+def estimated_minutes(n: int, collections: int, results: Results) -> float | None:
+    """Minutes to fill `collections` collections of `n` items and build the floor at the slowest
+    fill rate and the floor build rate of the largest size measured so far (None: nothing yet)."""
+    if not results.floors:
+        return None
+    last = max(results.floors)
+    fill_rate = min(f["items_per_s"] for f in results.fills if f["items"] == last)
+    floor_rate = last / max(results.floors[last]["build_s"], 0.1)
+    return (collections * n / fill_rate + n / floor_rate) / 60

@@ -1,0 +1,77 @@
+"""One search benchmark run against a running stack: per size the vectors and exact answers,
+then per shard count a collection filled, searched, measured and deleted; then the floor."""
+from __future__ import annotations
+
+import numpy as np
+
+from bench.bulk import synthetic_vectors
+from bench.datasets import cifar_photos, note, opencv_photos, wallpapers
+from bench.photos import foolbox_photos, skimage_photos
+from bench.search.collection import fill, fits_in_memory, memory_row, settle
+from bench.search.floor import floor
+from bench.search.plan import Plan, Results, estimated_minutes
+from bench.search.queries import K, TEXT_QUERIES, build_queries, encode_photos, exact_top
+from bench.search.timing import measure_collection
+from bench.service import Service
+
+SEED = 20240611
+
+
+def run(svc: Service, plan: Plan) -> Results:
+    """Fill, query and delete each collection; the floor of each size."""
+    from shared.store.catalog import check_models
+    from shared.encoding.encoders import collection_encoder
+    from shared.encoding.precision import resolve_precision
+
+    settings = svc.stack.settings
+    dims = check_models(settings, settings.image_model, settings.text_model)
+    # As the API resolves it for a new collection; fp32 queries would not match bf16 items' scores.
+    precision = resolve_precision(None, settings.precision)
+    encoder = collection_encoder(settings.image_model, settings.text_model, precision)
+    photos = foolbox_photos() + skimage_photos()
+    queries, encode_ms = build_queries(encoder, photos)
+    photo_vectors = encode_photos(encoder, photos)
+    anchors = encode_photos(encoder, cifar_photos() + opencv_photos() + wallpapers())
+    results = Results()
+    for n in plan.sizes:
+        if not fits_in_memory(n, dims["image"] + dims["text"]):
+            note(f"N={n}: a collection of {n} vectors would not fit in memory; skipped")
+            results.skipped.append({"items": n, "reason": "memory"})
+            continue
+        minutes = estimated_minutes(n, len(plan.shard_counts), results)
+        if minutes is not None and minutes > plan.max_minutes:
+            note(f"N={n}: filling {len(plan.shard_counts)} collections and building the floor would take at least "
+                 f"{minutes:.0f} min at the rates measured at N={results.fills[-1]['items']} "
+                 f"(limit --max-minutes {plan.max_minutes:g}); skipped")
+            results.skipped.append({"items": n, "reason": "time", "estimated_min": round(minutes, 1)})
+            continue
+        vectors_file = svc.data_dir / f"vectors-{n}.npy"
+        vectors = np.lib.format.open_memmap(vectors_file, mode="w+", dtype=np.float32,
+                                            shape=(n, dims["image"] + dims["text"]))
+        synthetic = synthetic_vectors(n - len(photos), dims["image"], dims["text"], seed=SEED, anchors=anchors,
+                                      out=vectors[:n - len(photos)])
+        vectors[n - len(photos):] = photo_vectors
+        syn_ids = [f"syn-{i}" for i in range(len(synthetic))]
+        ids = syn_ids + [p.name for p in photos]
+        exact = {kind: [exact_top(vectors, ids, qs) for qs in variants] for kind, variants in queries.items()}
+        for shards in plan.shard_counts:
+            name = f"n{n}-s{shards}"
+            svc.restart_shard_workers()
+            created = svc.create_collection(name, shards)
+            if created.get("precision") != precision:
+                raise RuntimeError(f"{name} got precision {created.get('precision')}, the queries here use {precision}")
+            svc.search(svc.session, name, text=TEXT_QUERIES[0], k=K)
+            rss_before = svc.shard_rss()
+            fill_s = fill(svc, name, synthetic, syn_ids, photos)
+            settle_s = settle(svc, name)
+            results.fills.append({"items": n, "shards": shards, "fill_s": round(fill_s, 1),
+                                  "items_per_s": round(n / fill_s, 1), "snapshots_s": round(settle_s, 1)})
+            measure_collection(svc, name, queries, exact, encode_ms, plan, {"items": n, "shards": shards}, results)
+            results.memory.append(memory_row(n, shards, rss_before, svc.shard_rss()))
+            svc.session.delete(f"{svc.url}/collections/{name}", timeout=60)
+        svc.restart_shard_workers()  # the deleted collections' memory back before the floor's
+        results.floors[n] = floor(vectors, ids, dims["image"], {kind: v[0] for kind, v in queries.items()},
+                                  {kind: e[0] for kind, e in exact.items()}, plan.repeats)
+        del synthetic, vectors
+        vectors_file.unlink()
+    return results

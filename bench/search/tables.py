@@ -1,0 +1,64 @@
+"""The printed report of a search benchmark run: fill, searches, floor, memory and where a
+1-client query's time goes, as plain-text tables; it adds the figures that compare the service
+with the floor to the rows."""
+from __future__ import annotations
+
+from bench.search.plan import Results
+from bench.search.queries import K, KINDS
+from bench.service import table
+
+
+def _minus(total: float | None, part: float | None) -> float | None:
+    return None if total is None or part is None else round(total - part, 1)
+
+
+def report(results: Results, slots: int, load: list[float]) -> None:
+    """The tables (the JSON line is printed by main)."""
+    floors = results.floors
+    for row in results.rows:
+        row["x_floor"] = None if row["p50_ms"] is None else round(row["p50_ms"] / floors[row["items"]][row["kind"]]["p50_ms"], 1)
+    for b in results.breakdown:
+        b["index_here_ms"] = floors[b["items"]][b["kind"]]["mean_ms"]
+    for m in results.memory:
+        f = floors[m["items"]]
+        m["index_bytes_per_item"] = round((f["vector_bytes"] + f["graph_bytes"]) / m["items"], 1)
+        m["ratio"] = round(m["bytes_per_item"] / m["index_bytes_per_item"], 2)
+    print(f"\n== fill: bulk vectors + 26 photos through the API, until both jobs are final ({slots} shard workers)")
+    print(table(["items", "shards", "seconds", "items/s", "snapshots s"],
+                [[f["items"], f["shards"], f["fill_s"], f["items_per_s"], f["snapshots_s"]] for f in results.fills]))
+    print(f"\n== searches through HTTP, k={K} (latency ms of the searches that ran; hits: answers from the "
+          "result cache, with their p50; qps over all; x floor: p50 / in-process index p50)")
+    print(table(["items", "shards", "kind", "clients", "queries", "p50", "p95", "p99", "hits", "hit p50", "qps",
+                 "recall@10", "top-1", "x floor"],
+                [[r["items"], r["shards"], r["kind"], r["clients"], r["queries"], r["p50_ms"], r["p95_ms"],
+                  r["p99_ms"], r["cache_hits"], r["cached_p50_ms"], r["qps"], r["recall_at_10"], r["top1"],
+                  r["x_floor"]] for r in results.rows]))
+    print("\n== floor: one in-process ShardIndex of the same vectors, one query at a time (ms)")
+    print(table(["items", "build s", "kind", "p50", "p95", "recall@10", "top-1", "exact top-1"],
+                [[n, f["build_s"], kind, f[kind]["p50_ms"], f[kind]["p95_ms"], f[kind]["recall_at_10"],
+                  f[kind]["top1"], f[kind]["exact_top1"]] for n, f in floors.items() for kind in KINDS]))
+    print("\n== memory: shard workers' resident memory (VmRSS, all workers; restarted before each collection)\n"
+          "   with the collection empty and once filled and searched; bytes/item = growth / items;\n"
+          "   index = vector + graph bytes per item by ShardIndex.stats() of the floor;\n"
+          "   ratio = bytes/item / index (target <= 1.5)")
+    print(table(["items", "shards", "RSS before MB", "RSS after MB", "bytes/item", "index bytes/item", "ratio"],
+                [[m["items"], m["shards"], m["rss_before_mb"], m["rss_after_mb"], m["bytes_per_item"],
+                  m["index_bytes_per_item"], m["ratio"]] for m in results.memory]))
+    print("   the floor index in this process: " + "; ".join(
+        f"N={n}: vectors {f['vector_bytes'] / n:.0f} + graph {f['graph_bytes'] / n:.0f} B/item, "
+        f"whole index by stats() {f['bytes'] / n:.0f} B/item"
+        for n, f in floors.items()))
+    for b in results.breakdown:
+        b["api_hops_ms"] = _minus(b["api_took_ms"], b["search_task_ms"])
+    print("\n== where a 1-client query's time goes (mean ms). client: HTTP round trip; API took: the API's\n"
+          "   own wall time; search task: its Celery runtime from the query worker's log; shard search:\n"
+          "   one shard's index search as the shard workers' histogram recorded it (the shards of a query\n"
+          "   run in parallel); API hops = API took - search task (broker, reply list, API work);\n"
+          "   encode / index here: the same query encoding and a search of one index of all items, in this\n"
+          "   process (timed apart from the service runs, so under other load)")
+    print(table(["items", "shards", "kind", "client", "API took", "API hops", "search task", "shard search",
+                 "encode here", "index here"],
+                [[b["items"], b["shards"], b["kind"], b["client_ms"], b["api_took_ms"], b["api_hops_ms"],
+                  b["search_task_ms"], b["shard_search_ms"], b["encode_here_ms"], b["index_here_ms"]]
+                 for b in results.breakdown]))
+    print(f"\nload average at the end (other processes share these cores): {load}")

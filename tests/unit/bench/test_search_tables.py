@@ -1,0 +1,50 @@
+"""bench.search's report adds the figures that compare the service with its floor to the rows
+and prints every table; a size's duration is estimated from the largest size measured."""
+from __future__ import annotations
+
+import pytest
+
+from bench.search.plan import Results, estimated_minutes, parse_ints
+from bench.search.queries import KINDS
+from bench.search.tables import report
+
+
+def measured(items: int) -> Results:
+    floor = {kind: {"p50_ms": 2.0, "p95_ms": 3.0, "mean_ms": 2.5, "recall_at_10": 1.0, "top1": None,
+                    "exact_top1": None} for kind in KINDS}
+    return Results(
+        rows=[{"items": items, "shards": 1, "kind": "text", "clients": 1, "queries": 32, "p50_ms": 10.0,
+               "p95_ms": 12.0, "p99_ms": 13.0, "mean_ms": 10.5, "qps": 90.0, "cache_hits": 0,
+               "cached_p50_ms": None, "recall_at_10": 0.99, "top1": None}],
+        breakdown=[{"items": items, "shards": 1, "kind": "text", "client_ms": 10.5, "api_took_ms": 9.0,
+                    "encode_here_ms": 1.0, "search_task_ms": 7.5, "shard_search_ms": 2.0}],
+        fills=[{"items": items, "shards": 1, "fill_s": 50.0, "items_per_s": items / 50, "snapshots_s": 1.0}],
+        floors={items: {"build_s": 20.0, "vector_bytes": 3000 * items, "graph_bytes": 1000 * items,
+                        "bytes": 4200 * items, **floor}},
+        memory=[{"items": items, "shards": 1, "rss_before_mb": 100.0, "rss_after_mb": 150.0,
+                 "bytes_per_item": 6000.0, "workers": {}}])
+
+
+def test_report_compares_with_the_floor(capsys: pytest.CaptureFixture[str]) -> None:
+    results = measured(10_000)
+
+    report(results, slots=2, load=[1.0, 1.0, 1.0])
+
+    assert results.rows[0]["x_floor"] == 5.0
+    assert results.breakdown[0]["index_here_ms"] == 2.5
+    assert results.breakdown[0]["api_hops_ms"] == 1.5
+    assert results.memory[0]["index_bytes_per_item"] == 4000.0
+    assert results.memory[0]["ratio"] == 1.5
+    printed = capsys.readouterr().out
+    for heading in ("== fill", "== searches", "== floor", "== memory", "== where a 1-client query's time goes"):
+        assert heading in printed
+
+
+def test_estimated_minutes_from_the_largest_size() -> None:
+    assert estimated_minutes(100_000, 2, Results()) is None
+    # fills at 200 items/s, the floor at 500 items/s: 2 x 500 s + 200 s
+    assert estimated_minutes(100_000, 2, measured(10_000)) == pytest.approx(20.0)
+
+
+def test_parse_ints() -> None:
+    assert parse_ints("1,8, 32,") == [1, 8, 32]
