@@ -9,12 +9,13 @@ its shard's log and counted in its job in one atomic step. A bad item fails alon
 in the job's errors; a redelivered task skips the items its job already counted.
 
 Messages are acknowledged late: a worker killed mid-batch leaves its message unacknowledged and
-Redis hands it to a worker again after the visibility timeout (or at once when only the pool
-process died). Each start of a task is counted in Redis by task id; a message that has started
-`MMSEARCH_TASK_MAX_DELIVERIES` times without finishing (a poison batch that kills its worker)
-fails its uncounted items with `retries_exhausted` instead of looping for ever. A batch whose
-model answer has not come by the soft time limit fails what it has not counted with `timeout`
-(the thread pool does not enforce Celery's time limits, so the task keeps its own deadline).
+Redis hands it to a worker again after the visibility timeout (the tasks run in threads of the
+worker process, so there is no pool process to die alone). Each start of a task is counted in
+Redis by task id; a message that has started `MMSEARCH_TASK_MAX_DELIVERIES` times without
+finishing (a poison batch that kills its worker) fails its uncounted items with
+`retries_exhausted` instead of looping for ever. A batch whose model answer has not come by the
+soft time limit fails what it has not counted with `timeout` (the thread pool does not enforce
+Celery's time limits, so the task keeps its own deadline).
 
 Losing Redis mid-batch (a restart) fails nothing: the task rejects its message with requeue
 (or, while Redis is still away, leaves it unacknowledged for the visibility timeout), so the

@@ -99,7 +99,7 @@ class Stack:
 
     def signal(self, name: str, sig: int = signal.SIGKILL, group: bool = True) -> None:
         """Send `sig` to the process `name` (with `group`, to every process of its group: a
-        SIGKILL then takes the Celery pool processes too, as a machine crash would)."""
+        SIGKILL then takes its children too, gunicorn's workers say, as a machine crash would)."""
         proc = self.procs[name]
         try:
             if group:
