@@ -16,12 +16,13 @@ import hnswlib
 import numpy as np
 import pytest
 
-from shared.index import shard_index
+from shared.index import calibration, shard_index
 from shared.errors import SnapshotError
 from shared.encoding.fusion import build_query, fuse
 from shared.index.labels import label_for, shard_for
 from shared.index.rwlock import RWLock
-from shared.index.shard_index import ItemRecord, SearchHit, ShardIndex, ef_for
+from shared.index.calibration import ef_for
+from shared.index.shard_index import ItemRecord, SearchHit, ShardIndex
 
 
 def unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
@@ -821,17 +822,17 @@ def test_bytes_stay_within_half_again_of_vectors_and_graphs():
 # -- ef calibration ----------------------------------------------------------------------------
 def test_ef_grows_with_k_from_the_calibrated_one():
     assert ef_for(10, 24) == 24 and ef_for(1, 24) == 24 and ef_for(100, 24) == 240
-    assert ef_for(25, 16) == 40 and ef_for(1000, 10) == 1000 and ef_for(10) == shard_index.EF_DEFAULT
+    assert ef_for(25, 16) == 40 and ef_for(1000, 10) == 1000 and ef_for(10) == calibration.EF_DEFAULT
 
 
 def test_small_shards_use_the_default_ef_until_calibrated(monkeypatch):
-    monkeypatch.setattr(shard_index, "CALIBRATE_MIN", 300)
+    monkeypatch.setattr(calibration, "CALIBRATE_MIN", 300)
     rng = np.random.default_rng(17)
     vectors = unit(rng, 1300, 16)
     ids = [f"c{j}" for j in range(1300)]
     index = ShardIndex(16)
     index.upsert(ids[:299], vectors[:299], records_for(ids[:299]))
-    assert index.stats()["ef"] == {"vector": shard_index.EF_DEFAULT} and index.stats()["calibrated_at"] == 0
+    assert index.stats()["ef"] == {"vector": calibration.EF_DEFAULT} and index.stats()["calibrated_at"] == 0
     index.upsert(ids[299:300], vectors[299:300], records_for(ids[299:300]))
     assert index.stats()["calibrated_at"] == 300  # calibrated on reaching CALIBRATE_MIN
     index.upsert(ids[300:590], vectors[300:590], records_for(ids[300:590]))
@@ -847,7 +848,7 @@ def test_small_shards_use_the_default_ef_until_calibrated(monkeypatch):
 def test_a_lower_recall_target_calibrates_a_smaller_ef(monkeypatch):
     """Uniform random vectors, the hardest case for a graph: each ef reaches about the recall
     it was calibrated for on fresh queries."""
-    monkeypatch.setattr(shard_index, "CALIBRATE_MIN", 1000)
+    monkeypatch.setattr(calibration, "CALIBRATE_MIN", 1000)
     rng = np.random.default_rng(18)
     n, dim = 3000, 48
     vectors = unit(rng, n, dim)
@@ -888,14 +889,14 @@ def test_a_query_far_from_every_item_is_searched_again_with_a_long_list(block_sh
         assert calls == expected
         exact = {ids[j] for j in np.argsort(-(vectors @ query), kind="stable")[:10]}
         assert len({h.id for h in hits} & exact) >= 9
-    for far_below, expected in ((None, [16]), (-1.0, [16]), (0.99, [16, shard_index.EF_FAR])):
+    for far_below, expected in ((None, [16]), (-1.0, [16]), (0.99, [16, calibration.EF_FAR])):
         calls.clear()
-        monkeypatch.setitem(index._tuning, "image", shard_index.Tuning(16, far_below))
+        monkeypatch.setitem(index._calibration.tuning, "image", calibration.Tuning(16, far_below))
         index.search(block_shard["queries"]["image"][0], 10)
         assert calls == expected  # searched again when the 10th score < far_below x the query's norm
     calls.clear()
     index.search(block_shard["queries"]["image"][0], 1500)
-    assert calls == [2400, max(shard_index.EF_FAR, 3000)]  # ef scales with k; the long list is at least 2k
+    assert calls == [2400, max(calibration.EF_FAR, 3000)]  # ef scales with k; the long list is at least 2k
 
 
 def test_calibration_copes_with_duplicate_items():
@@ -905,5 +906,5 @@ def test_calibration_copes_with_duplicate_items():
     index = ShardIndex(16)
     index.upsert(ids, vectors, records_for(ids))
     tuning = index.calibrate()["vector"]
-    assert tuning.ef in shard_index.EF_LADDER and np.isfinite(tuning.far_below)
+    assert tuning.ef in calibration.EF_LADDER and np.isfinite(tuning.far_below)
     assert {int(h.id[1:]) % 4 for h in index.search(vectors[6], 10)} == {2}

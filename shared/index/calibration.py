@@ -1,0 +1,248 @@
+"""A shard's ef self-calibration: the search list size (ef) per query kind, measured against
+exact search over the shard's own items, and when to measure it again.
+
+The search list size of a top-k query is a calibrated ef at k = CALIBRATION_K scaled by
+k / CALIBRATION_K (`ef_for`), per query kind ("image", "text", "fused"; "vector" for a
+one-graph shard). The queries are CALIBRATION_QUERIES of the shard's own stored items that
+have the kind's blocks, each turned towards the difference of two other stored items until it
+is as close to the item as the item's nearest other item is (like a new item among similar
+ones). Exact top-k comes from a matmul over every live item's block vectors (copied out of
+hnswlib in one piece under the read lock, then computed outside it). `ef` is the smallest rung
+of EF_LADDER whose recall@k reaches the `recall_target` with a margin for the sample (it may
+miss only CALIBRATION_MARGIN of what the target allows: 99.5% for 99%), the last rung if none
+does; `far_below` is the median exact k-th score of the calibration queries per unit of query
+norm (FAR_QUANTILE; with the lowest one instead, real text queries only a little farther
+than the calibration ones stayed at ef, short of the recall target). A query farther from the
+items than that (its k-th score below far_below x its norm: e.g. a text whose words no caption has,
+or a photo unlike any stored one, whose top k are near-ties that a graph finds only with a
+longer list), or whose search went astray, is searched again with the kind's `far_ef`. That
+one is calibrated the same way on far queries: the same stored items turned towards random
+directions (cosine FAR_COSINES with the item), those of them whose exact k-th score is below
+far_below; it is EF_FAR where none reach the target. A kind whose graphs hold fewer than
+CALIBRATE_MIN items keeps EF_DEFAULT and is never searched again.
+
+A shard recalibrates once it reaches CALIBRATE_MIN items and then whenever it has doubled, or
+updates and deletes reached RECALIBRATE_CHANGED of its size, since the last calibration
+(`Calibration`). Searches go on meanwhile; the new ef values replace the old ones at once.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from shared.index.graph import Graph
+
+CALIBRATION_K = 10        # the k that ef is calibrated for; other k scale it
+EF_DEFAULT = 256          # ef at CALIBRATION_K until a kind is calibrated
+EF_LADDER = (CALIBRATION_K, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)
+EF_FAR = 4096             # far ef (at k = CALIBRATION_K) where no rung of EF_LADDER is enough
+FAR_COSINES = (0.1, 0.9)  # far calibration queries: cosine with the stored item they turn away from
+FAR_QUANTILE = 0.5        # far_below: this quantile of the calibration queries' k-th score per norm
+CALIBRATION_QUERIES = 64  # stored items used as queries per kind
+CALIBRATE_MIN = 1000      # a kind is calibrated once its graphs hold this many items
+CALIBRATION_MARGIN = 0.5  # calibration queries may miss this share of what the target allows
+RECALIBRATE_CHANGED = 0.2  # updated + deleted items, as a share of the size at the last calibration
+_SCORE_ROWS = 8192        # rows per matmul when scoring a whole graph
+
+Search = Callable[[np.ndarray, list[Graph], int, int], list[tuple[int, float]]]
+"""(query, graphs, k, ef) -> best k (label, score) by hnswlib with list size ef, no filter;
+raises RuntimeError where hnswlib reached fewer than k items."""
+
+
+def ef_for(k: int, ef_at_k10: int = EF_DEFAULT) -> int:
+    """The search list size for a top-k query, given the ef calibrated at k = CALIBRATION_K."""
+    return max(k, ef_at_k10, -(-ef_at_k10 * k // CALIBRATION_K))
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """A query kind's calibrated search (see the module doc); ef values are at k = CALIBRATION_K."""
+
+    ef: int = EF_DEFAULT
+    far_below: float | None = None  # per unit of query norm; None: never search again
+    far_ef: int = EF_FAR            # ef of a query whose k-th score is below far_below
+
+
+class Calibration:
+    """A shard's tuning per query kind and the writes since it was measured.
+
+    `tuning` is replaced whole, so searches read it without a lock; `calibrated_at` and the
+    write counts change under `lock`; `running` lets one calibration run at a time.
+    """
+
+    def __init__(self, kinds: tuple[str, ...]) -> None:
+        self.tuning: dict[str, Tuning] = {kind: Tuning() for kind in kinds}
+        self.calibrated_at = 0  # live items at the last calibration (0: never)
+        self._inserted = 0      # new items since then
+        self._changed = 0       # updated and deleted items since then
+        self.lock = threading.Lock()
+        self.running = threading.Lock()
+
+    def wrote(self, inserted: int, changed: int) -> None:
+        """Count a batch of writes: new items, and updated or deleted ones."""
+        with self.lock:
+            self._inserted += inserted
+            self._changed += changed
+
+    def due(self, count: int) -> bool:
+        """Whether a shard of `count` live items should be calibrated now."""
+        with self.lock:
+            if count < CALIBRATE_MIN:
+                return False
+            return (not self.calibrated_at or self._inserted >= self.calibrated_at
+                    or self._changed >= RECALIBRATE_CHANGED * self.calibrated_at)
+
+    def pending(self) -> tuple[int, int]:
+        """The writes counted so far, to be passed to `calibrated` by the calibration that
+        starts now (writes counted meanwhile stay for the next one)."""
+        with self.lock:
+            return self._inserted, self._changed
+
+    def calibrated(self, count: int, pending: tuple[int, int],
+                   measured: dict[str, Tuning | None]) -> dict[str, Tuning]:
+        """Take the tuning measured on `count` items (None: a kind keeps its own); returns it all."""
+        chosen = dict(self.tuning)
+        chosen.update((kind, tuning) for kind, tuning in measured.items() if tuning is not None)
+        with self.lock:
+            self.tuning = chosen
+            self.calibrated_at = count
+            self._inserted -= pending[0]
+            self._changed -= pending[1]
+        return dict(chosen)
+
+
+@dataclass
+class Dump:
+    """A copy of one graph's stored vectors: rows of every slot, the live ones marked."""
+
+    labels: np.ndarray   # uint64, one per row
+    live: np.ndarray     # bool, one per row
+    vectors: np.ndarray  # float32 rows (a strided view into the copy)
+
+
+def copy_vectors(graph: Graph, blocks: dict[int, int]) -> Dump:
+    """Copy a graph's stored vectors out of hnswlib in one piece (its pickle state), much faster
+    than the per-item `get_items`; `blocks`: label -> block bits of every live item. The caller
+    holds the shard's lock."""
+    state = graph.index.__getstate__()[0]
+    n, size = state["cur_element_count"], state["size_data_per_element"]
+    raw = state["data_level0"][:n * size].view(np.uint8).reshape(n, size)
+    start, label_at = state["offset_data"], state["label_offset"]
+    labels = raw[:, label_at:label_at + 8].view(np.uint64)[:, 0].copy()
+    vectors = raw[:, start:start + 4 * (graph.stop - graph.start)].view(np.float32)
+    live = np.fromiter((label for label, bits in blocks.items() if bits & graph.bit),
+                       np.uint64, count=graph.live)
+    return Dump(labels, np.isin(labels, live), vectors)
+
+
+def measure(graphs: list[Graph], dumps: dict[str, Dump], dim: int, recall_target: float,
+            search: Search, rng: np.random.Generator) -> Tuning | None:
+    """The tuning of the query kind that searches `graphs` (see the module doc), None when it
+    has too few items to measure; `dumps` by graph name, `dim` of the fused vectors."""
+    labels = [dumps[g.name].labels[dumps[g.name].live] for g in graphs]
+    if min(len(x) for x in labels) < CALIBRATE_MIN:
+        return None
+    # Queries near stored items that have every searched block.
+    candidates = labels[0]
+    for more in labels[1:]:
+        candidates = np.intersect1d(candidates, more)
+    if len(candidates) < 3 * CALIBRATION_K:
+        return None
+    count = min(CALIBRATION_QUERIES, len(candidates) // 3)
+    picks = rng.choice(candidates, size=3 * count, replace=False)
+    chosen = _stored(graphs, dumps, picks, dim)
+    picks, stored = picks[:count], chosen[:count]
+    universe = np.unique(np.concatenate(labels))
+    neighbours = _exact_scores(graphs, dumps, universe, stored)
+    neighbours[np.searchsorted(universe, picks), np.arange(count)] = -np.inf
+    queries = _off_node(stored, neighbours.max(axis=0), chosen[count:2 * count] - chosen[2 * count:])
+    top, scores = _exact_top(graphs, dumps, universe, queries)
+    far_below = float(np.quantile(scores.min(axis=0) / np.linalg.norm(queries, axis=1), FAR_QUANTILE))
+    needed = (1.0 - (1.0 - recall_target) * CALIBRATION_MARGIN) * CALIBRATION_K
+    ef = _smallest_ef(search, graphs, queries, universe[top], needed, EF_LADDER[0], EF_LADDER[-1])
+    # Far queries: the same items turned towards random directions, those that end up far.
+    directions = np.zeros_like(stored)
+    for graph in graphs:
+        directions[:, graph.start:graph.stop] = rng.standard_normal((count, graph.stop - graph.start))
+    cosines = rng.uniform(*FAR_COSINES, count)
+    far = _off_node(stored, cosines * np.einsum("ij,ij->i", stored, stored), directions)
+    far_top, far_scores = _exact_top(graphs, dumps, universe, far)
+    beyond = far_scores.min(axis=0) / np.linalg.norm(far, axis=1) < far_below
+    far_ef = (_smallest_ef(search, graphs, far[beyond], universe[far_top[:, beyond]], needed, ef, EF_FAR)
+              if beyond.any() else ef)
+    return Tuning(ef, far_below, far_ef)
+
+
+def _off_node(stored: np.ndarray, nearest: np.ndarray, directions: np.ndarray) -> np.ndarray:
+    """Calibration queries: each stored vector turned towards a direction (the difference of two
+    other stored vectors: one along which the items themselves vary) until it is as close to it
+    as its nearest other item is, so that it lies between stored items like a new item would.
+    A query that sits on a stored item would be answered by that item's own links, at a list
+    size far too small for any other query."""
+    noise = directions.astype(np.float32)
+    norms2 = np.einsum("ij,ij->i", stored, stored)[:, None]
+    noise -= np.einsum("ij,ij->i", noise, stored)[:, None] / norms2 * stored
+    length = np.linalg.norm(noise, axis=1, keepdims=True)  # 0 where the two items were equal
+    noise *= np.divide(np.sqrt(norms2), length, out=np.zeros_like(length), where=length > 1e-12)
+    cosine = np.clip(nearest[:, None] / norms2, 0.0, 0.999)
+    return (cosine * stored + np.sqrt(1.0 - cosine ** 2) * noise).astype(np.float32)
+
+
+def _exact_top(graphs: list[Graph], dumps: dict[str, Dump], universe: np.ndarray,
+               queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows (into `universe`) of each query's exact top CALIBRATION_K, one column per query,
+    and their scores."""
+    scores = _exact_scores(graphs, dumps, universe, queries)
+    top = np.argpartition(-scores, CALIBRATION_K - 1, axis=0)[:CALIBRATION_K]
+    return top, scores[top, np.arange(len(queries))]
+
+
+def _smallest_ef(search: Search, graphs: list[Graph], queries: np.ndarray, top: np.ndarray,
+                 needed: float, start: int, otherwise: int) -> int:
+    """The smallest rung of EF_LADDER from `start` on where `search` finds at least `needed` of
+    each query's exact top CALIBRATION_K (labels `top`, one column per query) on average;
+    `otherwise` if none does (the ladder's last rung for `ef`, EF_FAR for `far_ef`)."""
+    truth = [set(column.tolist()) for column in top.T]
+    for ef in (rung for rung in EF_LADDER if rung >= start):
+        found = 0
+        for query, expected in zip(queries, truth):
+            try:
+                ranked = search(query, graphs, CALIBRATION_K, ef)
+            except RuntimeError:  # hnswlib reached too few items: a search answers exactly
+                found += CALIBRATION_K
+                continue
+            found += len(expected.intersection(label for label, _ in ranked))
+        if found >= needed * len(queries):
+            return ef
+    return otherwise
+
+
+def _stored(graphs: list[Graph], dumps: dict[str, Dump], labels: np.ndarray, dim: int) -> np.ndarray:
+    """The stored vectors of `labels` from the dumps; each label is live in every graph."""
+    vectors = np.zeros((len(labels), dim), np.float32)
+    for graph in graphs:
+        dump = dumps[graph.name]
+        rows = np.flatnonzero(dump.live)
+        order = np.argsort(dump.labels[rows])
+        at = rows[order[np.searchsorted(dump.labels[rows][order], labels)]]
+        vectors[:, graph.start:graph.stop] = dump.vectors[at]
+    return vectors
+
+
+def _exact_scores(graphs: list[Graph], dumps: dict[str, Dump], universe: np.ndarray,
+                  queries: np.ndarray) -> np.ndarray:
+    """Inner products (one row per label of `universe`, one column per query) of the
+    queries with the dumped vectors of the items in `graphs` (a missing block counts 0)."""
+    scores = np.zeros((len(universe), len(queries)), np.float32)
+    for graph in graphs:
+        dump = dumps[graph.name]
+        rows = np.flatnonzero(dump.live)
+        where = np.searchsorted(universe, dump.labels[rows])
+        part = np.ascontiguousarray(graph.part(queries).T)
+        for s in range(0, len(rows), _SCORE_ROWS):
+            chunk = rows[s:s + _SCORE_ROWS]
+            scores[where[s:s + _SCORE_ROWS]] += np.ascontiguousarray(dump.vectors[chunk]) @ part
+    return scores

@@ -1,0 +1,134 @@
+"""One hnswlib graph (space "ip") over one block of a shard's stored vectors: the dims it holds,
+how a batch of writes and a search reach it, and an estimate of its memory.
+
+A shard keeps an item's block in the graph of that block (bit IMAGE or TEXT of the item's
+block bits); a one-graph shard keeps every whole vector in one graph, under bit IMAGE.
+Labels are `shared.index.labels.label_for(id)`. The caller holds the shard's lock: hnswlib
+must never write (`add_items`, `mark_deleted`, `resize_index`) alongside a search.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import hnswlib
+import numpy as np
+
+IMAGE, TEXT = 1, 2        # block bits; a one-graph shard stores every item in graph bit 1
+GROWTH = 1.25             # capacity grows by this factor...
+GROW_MIN = 1024           # ...and by at least this many slots
+
+# hnswlib's memory per element besides level 0 (vector, 2M links + count, label): per slot of
+# capacity a link-list mutex (40), an upper-levels pointer (8), a level (4) and a visited-list
+# mark (2); per stored element a label-map entry (~40) and, on 1/(M-1) upper levels on average,
+# M links + count.
+_SLOT_OVERHEAD = 40 + 8 + 4 + 2
+_LOOKUP_BYTES = 40
+
+
+@dataclass
+class Graph:
+    """One hnswlib graph over the dims [start, stop) of the stored vectors."""
+
+    name: str
+    bit: int
+    start: int
+    stop: int
+    index: hnswlib.Index
+    live: int = 0  # items stored and not deleted
+
+    @classmethod
+    def empty(cls, name: str, bit: int, start: int, stop: int, *, capacity: int, M: int,
+              ef_construction: int) -> Graph:
+        index = hnswlib.Index(space="ip", dim=stop - start)
+        # allow_replace_deleted: new items reuse the slots of deleted ones instead of growing.
+        index.init_index(max_elements=max(1, capacity), M=M, ef_construction=ef_construction,
+                         allow_replace_deleted=True)
+        return cls(name, bit, start, stop, index)
+
+    def part(self, vector: np.ndarray) -> np.ndarray:
+        """This graph's dims of a vector (or of each row)."""
+        return vector[..., self.start:self.stop]
+
+    def scores(self, labels: list[int], query: np.ndarray) -> np.ndarray:
+        """Inner products of the query's part with the stored blocks of `labels` (live here)."""
+        return self.index.get_items(labels) @ self.part(query)
+
+    def apply(self, latest: dict[int, int], blocks: dict[int, int], stored: dict[int, int],
+              vectors: np.ndarray) -> None:
+        """Bring the graph in line with a batch: add, update, revive or remove each item's block.
+
+        `latest`: label -> row of `vectors`; `blocks`: label -> the item's new block bits;
+        `stored`: label -> the bits it has now (absent: a new item).
+        """
+        update: list[int] = []  # labels live in the graph once tombstones are revived
+        new: list[int] = []
+        gone: list[int] = []
+        revived = 0
+        for label in latest:
+            here = stored.get(label, 0) & self.bit
+            if not blocks[label] & self.bit:
+                if here:
+                    gone.append(label)
+                continue
+            if here:
+                update.append(label)
+                continue
+            try:  # a deleted block whose slot is still its own: revive it, then update it
+                self.index.unmark_deleted(label)
+            except RuntimeError:  # never stored here, or its slot was reused since
+                new.append(label)
+            else:
+                update.append(label)
+                revived += 1
+        for label in gone:
+            self.index.mark_deleted(label)
+        self.live += revived + len(new) - len(gone)
+        # New labels fill the slots of deleted items first, then fresh ones.
+        capacity = self.index.get_max_elements()
+        if self.live > capacity:
+            self.index.resize_index(max(self.live, int(capacity * GROWTH), capacity + GROW_MIN))
+        for labels, replace_deleted in ((update, False), (new, True)):
+            if not labels:
+                continue
+            rows = [latest[label] for label in labels]
+            # replace_deleted only for labels absent from the graph: hnswlib would
+            # otherwise give a live label a second slot and return it twice.
+            self.index.add_items(np.ascontiguousarray(self.part(vectors[rows])),
+                                 np.asarray(labels, dtype=np.uint64), replace_deleted=replace_deleted)
+
+    def remove(self, label: int) -> None:
+        """Delete a live item's block (its slot is reused by a later new item)."""
+        self.index.mark_deleted(label)
+        self.live -= 1
+
+    def knn(self, query: np.ndarray, size: int, allowed: set[int] | None,
+            blocks: dict[int, int]) -> tuple[list[int], list[float]]:
+        """The best `size` (labels, scores) of the query's part, clamped to the items here
+        (those of `allowed`, when given; `blocks`: label -> block bits)."""
+        # hnswlib searches with a candidate list of max(ef, k) and returns the best k of it,
+        # so asking for `size` results is a search with ef = size. This leaves the index's
+        # shared `ef` setting alone, which concurrent searches could not change.
+        pool = self.live if allowed is None else sum(1 for label in allowed if blocks[label] & self.bit)
+        size = min(size, pool)
+        if size == 0:
+            return [], []
+        labels, distances = self.index.knn_query(
+            self.part(query), k=size, num_threads=1, filter=None if allowed is None else allowed.__contains__)
+        return labels[0].tolist(), (1.0 - distances[0]).tolist()  # "ip" distance is 1 - <q, v>
+
+    def sizes(self) -> dict[str, int]:
+        """Live items, allocated slots, tombstones and dims."""
+        return {"count": self.live, "capacity": self.index.get_max_elements(),
+                "deleted": self.index.get_current_count() - self.live, "dim": self.stop - self.start}
+
+
+def estimated_bytes(M: int, sizes: list[dict[str, int]]) -> tuple[int, int]:
+    """For graphs of `sizes` (`Graph.sizes`) built with M: what hnswlib keeps per live item
+    besides its vector (links, label, bookkeeping), and all it allocated (every slot of
+    capacity with its vector, and the stored items), in bytes."""
+    links = (2 * M + 1) * 4 + 8 + _SLOT_OVERHEAD  # level 0 links, label, per-slot bookkeeping
+    per_item = _LOOKUP_BYTES + (M + 1) * 4 / max(M - 1, 1)  # label map, upper levels
+    graph_bytes = sum(g["count"] * (links + per_item) for g in sizes)
+    allocated = sum(g["capacity"] * (g["dim"] * 4 + links) + (g["count"] + g["deleted"]) * per_item
+                    for g in sizes)
+    return int(graph_bytes), int(allocated)
