@@ -3,7 +3,7 @@
 - Image sources: exactly one of `base64` (strict alphabet, no whitespace), `url` or `path`.
 - A `url` must be http/https with a host, no credentials, no whitespace or control characters,
   at most 8192 characters, and a host given as a literal IP address must be one the URL
-  policy allows (shared.encoding.sources: no loopback, private, link-local or metadata
+  policy allows (shared.encoding.url_policy: no loopback, private, link-local or metadata
   address unless MMSEARCH_URL_ALLOW_PRIVATE says so); host names are resolved and checked by
   the worker, so an unreachable or forbidden host fails the item alone.
 - A `path` is relative to MMSEARCH_INGEST_ROOT; absolute paths, paths that lead out of the
@@ -26,7 +26,8 @@ from typing import Any, Union
 from werkzeug.datastructures import FileStorage
 
 from api.validation.common import invalid, too_large
-from shared.encoding.sources import SourceError, address_allowed, check_url_syntax, literal_address
+from shared.encoding.source_errors import SourceError
+from shared.encoding.url_policy import address_allowed, check_url_syntax, literal_address
 from shared.runtime.config import Settings
 
 # Uploaded bytes to stage for the workers, or a source they fetch: {"url": u} / {"path": abs}.
