@@ -9,39 +9,38 @@ import ipaddress
 import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, TypeVar
 
-
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError as exc:
-        raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
-
-
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return float(raw)
-    except ValueError as exc:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from exc
-
-
-def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    return raw.strip().lower() in {"1", "true", "yes", "on"}
+N = TypeVar("N", int, float)
 
 
 def _str(env: Mapping[str, str], name: str, default: str | None) -> str | None:
     raw = env.get(name)
     return default if raw is None or raw == "" else raw
+
+
+def _number(env: Mapping[str, str], name: str, default: N, kind: Callable[[str], N], what: str) -> N:
+    """The variable parsed by `kind` (int or float); its default when unset or empty."""
+    raw = _str(env, name, None)
+    if raw is None:
+        return default
+    try:
+        return kind(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be {what}, got {raw!r}") from exc
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    return _number(env, name, default, int, "an integer")
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    return _number(env, name, default, float, "a number")
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = _str(env, name, None)
+    return default if raw is None else raw.strip().lower() in {"1", "true", "yes", "on"}
 
 
 # API key scopes (MMSEARCH_API_KEYS="key1:read,key2:read+write,key3"; a key without a list has all).
