@@ -10,7 +10,7 @@ with one printed note, so the benchmarks still run on what is there.
   boards, stereo pairs' second views, logos, text or synthetic renders);
 - `wallpapers()`: one JPEG per Plasma wallpaper (the PNG-only ones are abstract renders);
 - `cifar_photos()`: foolbox's 20 CIFAR-10 and 20 CIFAR-100 test images (32x32), labelled;
-- `PHOTO_TAGS`: what each benchmark photo shows, in the words of `bench/quality.py`'s
+- `PHOTO_TAGS`: what each benchmark photo shows, in the words of `bench.quality.crossmodal`'s
   relevance map (written by looking at every photo).
 """
 from __future__ import annotations
@@ -51,7 +51,7 @@ CIFAR100_LABELS = (  # fine labels, in label-id order
     "train", "trolley", "tulip", "turtle", "wardrobe", "whale", "willow_tree", "wolf", "woman", "worm",
 )
 
-# What each photo shows, as tags (one word each; bench/quality.py maps queries onto them).
+# What each photo shows, as tags (one word each; bench.quality.crossmodal maps queries onto them).
 # Keys are Photo.name values.
 PHOTO_TAGS: dict[str, tuple[str, ...]] = {
     # foolbox ImageNet photos (class id in the comment)
