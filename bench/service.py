@@ -1,4 +1,4 @@
-"""Shared helpers of the service benchmarks (`bench/ingest.py`, `bench/search.py`).
+"""Shared helpers of the service benchmarks (`bench.ingest`, `bench.search`).
 
 - `running_stack`: the real stack (`shared.runtime.stack.Stack`, i.e. the Procfile's processes) on a
   temporary data dir and free ports, stopped again however the benchmark ends (SIGTERM included);
