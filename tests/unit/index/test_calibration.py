@@ -1,0 +1,101 @@
+"""Tests of the ef self-calibration: ef per k, when a shard calibrates, the recall a target
+gives, and the second search of a query far from every item."""
+from __future__ import annotations
+
+import numpy as np
+
+from shared.encoding.fusion import build_query
+from shared.index import calibration
+from shared.index.calibration import ef_for
+from shared.index.shard_index import ShardIndex
+from tests.unit.index.helpers import IMAGE_DIM, TEXT_DIM, records_for, unit
+
+
+def test_ef_grows_with_k_from_the_calibrated_one():
+    assert ef_for(10, 24) == 24 and ef_for(1, 24) == 24 and ef_for(100, 24) == 240
+    assert ef_for(25, 16) == 40 and ef_for(1000, 10) == 1000 and ef_for(10) == calibration.EF_DEFAULT
+
+
+def test_small_shards_use_the_default_ef_until_calibrated(monkeypatch):
+    monkeypatch.setattr(calibration, "CALIBRATE_MIN", 300)
+    rng = np.random.default_rng(17)
+    vectors = unit(rng, 1300, 16)
+    ids = [f"c{j}" for j in range(1300)]
+    index = ShardIndex(16)
+    index.upsert(ids[:299], vectors[:299], records_for(ids[:299]))
+    assert index.stats()["ef"] == {"vector": calibration.EF_DEFAULT} and index.stats()["calibrated_at"] == 0
+    index.upsert(ids[299:300], vectors[299:300], records_for(ids[299:300]))
+    assert index.stats()["calibrated_at"] == 300  # calibrated on reaching CALIBRATE_MIN
+    index.upsert(ids[300:590], vectors[300:590], records_for(ids[300:590]))
+    assert index.stats()["calibrated_at"] == 300  # grown by less than it had
+    index.upsert(ids[590:600], vectors[590:600], records_for(ids[590:600]))
+    assert index.stats()["calibrated_at"] == 600  # doubled
+    index.upsert(ids[:100], -vectors[:100], records_for(ids[:100]))
+    assert index.stats()["calibrated_at"] == 600  # 100 changed: under 20%
+    index.delete(ids[100:120])
+    assert index.stats()["calibrated_at"] == 580  # 120 changed: 20% of 600
+
+
+def test_a_lower_recall_target_calibrates_a_smaller_ef(monkeypatch):
+    """Uniform random vectors, the hardest case for a graph: each ef reaches about the recall
+    it was calibrated for on fresh queries."""
+    monkeypatch.setattr(calibration, "CALIBRATE_MIN", 1000)
+    rng = np.random.default_rng(18)
+    n, dim = 3000, 48
+    vectors = unit(rng, n, dim)
+    ids = [f"u{j}" for j in range(n)]
+    queries = unit(rng, 200, dim)
+    exact = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
+    chosen = {}
+    for target in (0.99, 0.8):
+        index = ShardIndex(dim, recall_target=target)
+        index.upsert(ids, vectors, records_for(ids))
+        chosen[target] = index.calibrate()["vector"].ef
+        assert index.stats()["ef"] == {"vector": chosen[target]}
+        found = sum(len({h.id for h in index.search(q, 10)} & {ids[j] for j in truth})
+                    for q, truth in zip(queries, exact))
+        assert found / exact.size >= target - 0.03, (target, chosen[target], found / exact.size)
+    assert chosen[0.8] < chosen[0.99]
+
+
+def test_a_query_far_from_every_item_is_searched_again_with_a_long_list(block_shard, monkeypatch):
+    index, ids, vectors = block_shard["index"], block_shard["ids"], block_shard["vectors"]
+    stats = index.stats()
+    assert all(0.0 < stats["far_below"][kind] < 1.0 for kind in index.kinds)
+    calls: list[int] = []
+    approximate = index._approximate
+
+    def spy(query, graphs, k, ef, allowed):
+        calls.append(ef)
+        return approximate(query, graphs, k, ef, allowed)
+
+    monkeypatch.setattr(index, "_approximate", spy)
+    sparse = np.zeros(IMAGE_DIM, np.float32)
+    sparse[np.random.default_rng(19).choice(IMAGE_DIM, 2, replace=False)] = 1.0  # unlike any item's image
+    for query, expected in ((block_shard["queries"]["image"][0], [stats["ef"]["image"]]),
+                            (build_query(sparse, None, IMAGE_DIM, TEXT_DIM).vector,
+                             [stats["ef"]["image"], stats["far_ef"]["image"]])):
+        calls.clear()
+        hits = index.search(query, 10)
+        assert calls == expected
+        exact = {ids[j] for j in np.argsort(-(vectors @ query), kind="stable")[:10]}
+        assert len({h.id for h in hits} & exact) >= 9
+    for far_below, expected in ((None, [16]), (-1.0, [16]), (0.99, [16, calibration.EF_FAR])):
+        calls.clear()
+        monkeypatch.setitem(index._calibration.tuning, "image", calibration.Tuning(16, far_below))
+        index.search(block_shard["queries"]["image"][0], 10)
+        assert calls == expected  # searched again when the 10th score < far_below x the query's norm
+    calls.clear()
+    index.search(block_shard["queries"]["image"][0], 1500)
+    assert calls == [2400, max(calibration.EF_FAR, 3000)]  # ef scales with k; the long list is at least 2k
+
+
+def test_calibration_copes_with_duplicate_items():
+    rng = np.random.default_rng(20)
+    vectors = np.tile(unit(rng, 4, 16), (300, 1))  # four vectors, each stored under 300 ids
+    ids = [f"d{j}" for j in range(1200)]
+    index = ShardIndex(16)
+    index.upsert(ids, vectors, records_for(ids))
+    tuning = index.calibrate()["vector"]
+    assert tuning.ef in calibration.EF_LADDER and np.isfinite(tuning.far_below)
+    assert {int(h.id[1:]) % 4 for h in index.search(vectors[6], 10)} == {2}
