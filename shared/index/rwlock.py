@@ -9,8 +9,8 @@ Not reentrant: a thread holding the lock must not acquire it again.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 
 
 class RWLock:
@@ -74,20 +74,20 @@ class RWLock:
             self._admitted = self._readers_waiting
             self._cond.notify_all()
 
-    @contextmanager
-    def read(self) -> Iterator[None]:
+    def read(self) -> AbstractContextManager[None]:
         """Hold the lock shared for the `with` block."""
-        self.acquire_read()
-        try:
-            yield
-        finally:
-            self.release_read()
+        return _holding(self.acquire_read, self.release_read)
 
-    @contextmanager
-    def write(self) -> Iterator[None]:
+    def write(self) -> AbstractContextManager[None]:
         """Hold the lock exclusively for the `with` block."""
-        self.acquire_write()
-        try:
-            yield
-        finally:
-            self.release_write()
+        return _holding(self.acquire_write, self.release_write)
+
+
+@contextmanager
+def _holding(acquire: Callable[[], None], release: Callable[[], None]) -> Iterator[None]:
+    """`acquire()` before the `with` block, `release()` after it, however it ends."""
+    acquire()
+    try:
+        yield
+    finally:
+        release()
