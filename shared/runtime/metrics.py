@@ -105,19 +105,5 @@ def record_encoded(r: redis.Redis, images: int, items: int) -> None:
     _execute(pipe, "encoded")
 
 
-def record_shard_search(r: redis.Redis, cid: str, shard: int, seconds: float) -> None:
-    """One search of one shard took `seconds` (in the shard worker)."""
-    pipe = r.pipeline(transaction=False)
-    SHARD_SEARCH_HISTOGRAM.observe(pipe, (cid, str(shard)), seconds)
-    _execute(pipe, "shard_search")
-
-
-def record_http(r: redis.Redis, method: str, endpoint: str, status: int, seconds: float) -> None:
-    """One HTTP request answered by the API."""
-    pipe = r.pipeline(transaction=False)
-    HTTP_HISTOGRAM.observe(pipe, (method, endpoint, str(status)), seconds)
-    _execute(pipe, "http")
-
-
 def read_counters(r: redis.Redis) -> dict[str, float]:
     return {k.decode(): float(v) for k, v in r.hgetall(COUNTERS).items()}

@@ -3,7 +3,7 @@ holds a lease (`mms:owner:<slot>`, `mms:replica:<slot>:<n>`, each renewed every 
 lapsing `LEASE_MS` after its process died).
 
 The API (`/readyz`, item look-ups) and the query workers (which shards a search waits for) ask
-here, so an owner and its replicas count alike: either one answers the slot's queue.
+here, so an owner and its replicas count alike: either one answers the slot's requests.
 """
 from __future__ import annotations
 
@@ -31,7 +31,3 @@ def live_slots(r: redis.Redis, slots: Iterable[int]) -> set[int]:
         pipe.exists(*liveness_keys(slot))
     return {slot for slot, alive in zip(ordered, pipe.execute()) if alive}
 
-
-def replica_count(r: redis.Redis, slot: int) -> int:
-    """Read replicas holding a lease on `slot` now."""
-    return int(r.exists(*[keys.slot_replica(slot, n) for n in range(MAX_REPLICAS)]))

@@ -1,5 +1,5 @@
 """/metrics, request ids and structured logs, with the Flask test client against a real Redis
-(no workers: what workers record is written with the same shared.runtime.metrics calls they use)."""
+(no worker processes: what workers record is written by the same functions they record with)."""
 from __future__ import annotations
 
 import io
@@ -87,14 +87,18 @@ def test_items_per_shard_queues_jobs_and_slots(client, redis_client):
     assert value(s, "mmsearch_jobs", kind="ingest", state="running") == 0
 
 
-def test_worker_counters_and_shard_search_histogram(client, redis_client):
+def test_worker_counters_and_shard_search_histogram(client, redis_client, monkeypatch):
+    from workers import shard as shard_worker
+
     client.post("/v1/collections", json={"name": "photos", "shards": 2})
     cid = catalog.get_collection(redis_client, "photos").cid
     metrics.record_encoded(redis_client, images=3, items=4)
     metrics.record_encoded(redis_client, images=2, items=2)
-    for seconds in (0.0003, 0.004, 0.004, 7.0):
-        metrics.record_shard_search(redis_client, cid, 1, seconds)
-    metrics.record_shard_search(redis_client, "gone-cid", 0, 0.1)  # a deleted collection: not reported
+    # What a shard worker records with the answer of a slot search: each shard's search time.
+    monkeypatch.setattr(shard_worker, "redis_client", lambda: redis_client)
+    shard_worker._reply(None, {"answers": []}, cid, [(1, 0.0003), (1, 0.004)])
+    shard_worker._reply(None, {"answers": []}, cid, [(1, 0.004), (1, 7.0)])
+    shard_worker._reply(None, {"answers": []}, "gone-cid", [(0, 0.1)])  # a deleted collection: not reported
 
     s = scrape(client)
     assert value(s, "mmsearch_encoded_images_total") == 5
