@@ -2,9 +2,11 @@
 
 Ingest validates the whole request first (api.validation), then creates the job, stages the
 uploaded bytes in Redis and enqueues one encode task per MMSEARCH_ENCODE_BATCH items; the
-encode workers do the rest and count each item in the job. A look-up asks the shard worker
-owning the item's shard and waits up to MMSEARCH_SHARD_TIMEOUT_S (503 when that shard has no
-live owner or does not answer). A delete appends a delete entry to the shard's write log
+encode workers do the rest and count each item in the job. A look-up pushes a request onto the
+request list of the slot holding the item's shard (shared.store.replies, served by the slot's
+owner and replicas as its searches are; see workers.shard) and waits up to
+MMSEARCH_SHARD_TIMEOUT_S for the answer (503 when that slot has no live owner or replica or
+does not answer in time, 500 when the look-up failed there). A delete appends a delete entry to the shard's write log
 under a one-item job: idempotent, an unknown id is accepted too.
 
 Item ids may contain "/" (they are often file paths), so the id is the rest of the URL; an
@@ -13,22 +15,24 @@ id that itself ends in "/thumbnail" is then reached by GET as the thumbnail of t
 from __future__ import annotations
 
 import base64
+import logging
+import time
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
 from api.bodies import JSON, MULTIPART, body_kind, read_json_object
-from api.broker import wait_result
 from api.collections import require_collection
 from api.context import services
 from api.errors import ApiError
 from api.jobs import accepted
 from api.validation import (ItemInput, image_source, is_valid_id, parse_items_json,
                             parse_items_multipart)
-from shared.store import catalog, jobs, queues, shardlog, slots, staging
+from shared.store import catalog, jobs, keys, queues, replies, shardlog, slots, staging
 from shared.index.labels import shard_for
 
 bp = Blueprint("items", __name__, url_prefix="/collections/<name>/items")
+log = logging.getLogger(__name__)
 
 
 def _enqueue(coll: catalog.Collection, items: list[ItemInput]) -> str:
@@ -63,6 +67,22 @@ def _item_not_found(name: str, item_id: str) -> ApiError:
                     {"collection": name, "id": item_id})
 
 
+def _ask_slot(slot: int, request: dict[str, Any], what: str) -> dict[str, Any]:
+    """The answer of the slot's owner or a replica to `request` (503 when none comes within
+    MMSEARCH_SHARD_TIMEOUT_S, 500 when it says the request failed there)."""
+    svc = services()
+    timeout = svc.settings.shard_timeout_s
+    reply_to = keys.search_replies(jobs.new_job_id())
+    replies.send(svc.redis, {keys.slot_searches(slot): request}, reply_to, expires=time.time() + timeout)
+    answer = replies.wait_one(svc.redis, reply_to, timeout)
+    if answer is None:
+        raise ApiError(503, "unavailable", f"{what} timed out", {"timeout_s": timeout})
+    if answer.get("error"):
+        log.error("%s (slot %d) failed: %s", what, slot, answer["error"])
+        raise ApiError(500, "internal", f"{what} failed")
+    return answer
+
+
 def _look_up(name: str, item_id: str, thumbnail: bool) -> dict[str, Any]:
     """The shard owner's record of an item (404 when it has none)."""
     coll = require_collection(name)
@@ -73,14 +93,11 @@ def _look_up(name: str, item_id: str, thumbnail: bool) -> dict[str, Any]:
     slot = queues.slot_for_shard(shard, svc.settings.shard_slots)
     if not slots.live_slots(svc.redis, [slot]):
         raise ApiError(503, "unavailable", f"shard {shard} has no live owner or replica", {"shard": shard, "slot": slot})
-    timeout = svc.settings.shard_timeout_s
-    result = svc.celery.send_task(
-        queues.GET_ITEM, queue=queues.shard_queue(slot), expires=timeout,
-        kwargs={"cid": coll.cid, "shard": shard, "item_id": item_id, "thumbnail": thumbnail})
-    record = wait_result(result, timeout, f"look-up on shard {shard}")
-    if record is None:
+    answer = _ask_slot(slot, {"op": queues.SLOT_ITEM, "cid": coll.cid, "shard": shard, "item_id": item_id,
+                              "thumbnail": thumbnail}, f"look-up on shard {shard}")
+    if answer["item"] is None:
         raise _item_not_found(name, item_id)
-    return record
+    return answer["item"]
 
 
 @bp.get("/<path:item_id>")

@@ -14,7 +14,7 @@ Metrics (see README "Monitoring"):
 - `mmsearch_http_requests_total{method,endpoint,status}` and
   `mmsearch_http_request_duration_seconds{method,endpoint,status}` (histogram); `endpoint` is
   the URL rule (`/v1/collections/<name>/search`), never the raw path.
-- `mmsearch_queue_length{queue}`: messages waiting in `encode`, `query`, `shard.<slot>`.
+- `mmsearch_queue_length{queue}`: messages waiting in the Celery queues `encode` and `query`.
 - `mmsearch_jobs{kind,state}`: job records still in Redis by state (a bounded SCAN of
   `mms:job:*`; finished jobs expire after MMSEARCH_JOB_TTL_S); `mmsearch_jobs_scan_complete`
   is 0 when the bound cut the scan short.
@@ -108,7 +108,7 @@ class RedisCollector:
             "Searches of one shard, timed in its shard worker", ["collection", "shard"], counter=False)
 
     def _queues(self) -> Metric:
-        names = [queues.ENCODE, queues.QUERY] + [queues.shard_queue(s) for s in range(self.settings.shard_slots)]
+        names = [queues.ENCODE, queues.QUERY]
         pipe = self.r.pipeline(transaction=False)
         for name in names:
             for priority in KOMBU_PRIORITIES:

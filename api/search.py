@@ -2,8 +2,8 @@
 
 The search task (queue "query") gets the request's own id as its task id; Celery keeps no
 result for it. Synchronously, the task names a list (`reply_to`, keys.search_answer) where the
-query worker pushes the body, and the API waits on that list with blocking pops (no result
-backend round trips: subscribe, read, forget) up to MMSEARCH_SEARCH_TIMEOUT_S (503 after that).
+query worker pushes the body, and the API waits on that list (shared.store.replies: no result
+backend round trips) up to MMSEARCH_SEARCH_TIMEOUT_S (503 after that).
 It answers with the merged hits, `took_ms` being the API's own wall time, and `cached` whether
 the query worker served them from its result cache; a worker error body becomes the HTTP error
 it names. With `?async=1` the id is also a "search" job's id, which the query worker finishes
@@ -15,7 +15,6 @@ until it has applied what that job of this collection logged to it, and the answ
 """
 from __future__ import annotations
 
-import json
 import re
 import time
 from typing import Any
@@ -28,14 +27,13 @@ from api.context import services
 from api.errors import ApiError, HTTP_CODES
 from api.jobs import accepted
 from api.validation import SearchInput, image_source, invalid, parse_search_json, parse_search_multipart
-from shared.store import jobs, keys, queues, staging
+from shared.store import jobs, keys, queues, replies, staging
 
 bp = Blueprint("search", __name__, url_prefix="/collections/<name>/search")
 
 STATUS_OF_CODE = {code: status for status, code in HTTP_CODES.items()}
 ASYNC_VALUES = {"1": True, "true": True, "0": False, "false": False}
 JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
-BLPOP_MAX_S = 5.0  # one blocking read at most this long (below the Redis client's socket timeout)
 
 
 def _is_async() -> bool:
@@ -69,13 +67,10 @@ def _parse() -> SearchInput:
 
 def _wait_answer(search_id: str, timeout_s: float) -> Any:
     """The body the query worker pushed for this search; 503 when it does not come in time."""
-    r, key = services().redis, keys.search_answer(search_id)
-    deadline = time.monotonic() + timeout_s
-    while (left := deadline - time.monotonic()) > 0:
-        popped = r.blpop([key], timeout=max(0.01, min(left, BLPOP_MAX_S)))
-        if popped is not None:
-            return json.loads(popped[1])
-    raise ApiError(503, "unavailable", "search timed out", {"timeout_s": timeout_s})
+    answer = replies.wait_one(services().redis, keys.search_answer(search_id), timeout_s)
+    if answer is None:
+        raise ApiError(503, "unavailable", "search timed out", {"timeout_s": timeout_s})
+    return answer
 
 
 def _answer(result: Any, started: float) -> Response:

@@ -2,7 +2,7 @@
 
 `search` encodes the query (text with GloVe, no torch; an image with the collection's image
 model) and pushes one search request to each shard slot that has a live owner or replica
-(`keys.slot_searches`, see workers.shard), naming every shard of the collection that the slot
+(`keys.slot_searches` through shared.store.replies, see workers.shard), naming every shard of the collection that the slot
 holds and carrying the query's unit blocks and weights, not the mostly-zero fused vector (all
 the requests in one pipelined write); whichever process of the slot pops one searches those
 shards in parallel and pushes one answer for all of them to a Redis list. The query worker
@@ -16,7 +16,8 @@ are, the last entry id of each shard log (for the result cache) and, with `after
 job's marks. A collection's settings are read from the catalog once per process (they never
 change for a collection id).
 
-The result is pushed to the list the synchronous caller (the API) named in `reply_to`, or
+The result is pushed to the list the synchronous caller (the API) named in `reply_to`
+(shared.store.replies), or
 stored in the search's job when it is asynchronous. A search that fails unexpectedly answers
 an `internal` error there before it fails, so nobody waits for it until a timeout.
 
@@ -33,12 +34,11 @@ that far.
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Any
 
-from shared.store import catalog, jobs, keys, queues, staging
+from shared.store import catalog, jobs, keys, queues, replies, staging
 from shared.runtime import logs
 from shared.store.catalog import Collection
 from shared.errors import MMSearchError
@@ -53,10 +53,7 @@ from workers.resources import redis_client, settings
 
 log = logging.getLogger(__name__)
 
-BLPOP_MAX_S = 5.0      # one blocking read at most this long (below the client's socket timeout)
 WAIT_MARGIN_S = 0.25   # a shard stops waiting for read-your-writes this long before the deadline
-ANSWER_TTL_S = 60      # an answer nobody popped (its caller gave up) is dropped after this long
-REQUESTS_TTL_S = 60    # a slot's request list that nobody pops (no live process) is dropped after this long
 COLLECTIONS_KEPT = 256
 
 _collections: dict[str, Collection] = {}  # cid -> its collection, read once per process
@@ -74,10 +71,7 @@ def _finish(job_id: str | None, reply_to: str | None, body: dict[str, Any]) -> d
         error = body.get("error")
         jobs.set_search_result(r, job_id, None if error else body, error, settings().job_ttl_s)
     if reply_to:
-        pipe = r.pipeline(transaction=False)
-        pipe.rpush(reply_to, json.dumps(body))
-        pipe.expire(reply_to, ANSWER_TTL_S)
-        pipe.execute()
+        replies.answer(r, reply_to, body)
     return body
 
 
@@ -104,21 +98,6 @@ def _job_marks(cid: str, after_job: str, job: list[bytes | None],
         return _error("invalid_request", f"job {after_job!r} belongs to another collection")
     total, done, failed = (int(v or 0) for v in job[1:])
     return {int(s): m.decode() for s, m in marks.items()}, done + failed >= total
-
-
-def gather(reply_key: str, expected: int, deadline: float) -> list[dict[str, Any]]:
-    """The answers pushed to `reply_key`, until `expected` came or the deadline passed. (The
-    list is gone once its last answer is popped; one that comes too late expires with it.)"""
-    r = redis_client()
-    answers: list[dict[str, Any]] = []
-    while len(answers) < expected:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        popped = r.blpop([reply_key], timeout=max(0.01, min(left, BLPOP_MAX_S)))
-        if popped is not None:
-            answers.append(json.loads(popped[1]))
-    return answers
 
 
 @app.task(name=queues.SEARCH, bind=True)
@@ -208,19 +187,15 @@ def _search(search_id: str, collection: str, cid: str, text: str | None, image: 
     wait_until = time.time() + max(0.0, cfg.shard_timeout_s - WAIT_MARGIN_S)
     reply_key = keys.search_replies(search_id)
     if targets:
-        pipe = r.pipeline(transaction=False)
-        for slot, shards in targets.items():
-            pipe.lpush(keys.slot_searches(slot), json.dumps({
-                "cid": cid, "shards": shards, "query": message, "k": k, "filter": filter,
-                "reply_to": reply_key, "wait_until": wait_until, "expires": time.time() + cfg.shard_timeout_s,
-                "min_positions": {str(s): marks[s] for s in shards if s in marks}}))
-            pipe.expire(keys.slot_searches(slot), REQUESTS_TTL_S)
-        pipe.execute()
-    replies = gather(reply_key, len(targets), deadline) if targets else []
-    answers = [answer for reply in replies for answer in reply["answers"]]
+        replies.send(r, {keys.slot_searches(slot): {
+            "op": queues.SLOT_SEARCH, "cid": cid, "shards": shards, "query": message, "k": k, "filter": filter,
+            "wait_until": wait_until, "min_positions": {str(s): marks[s] for s in shards if s in marks}}
+            for slot, shards in targets.items()}, reply_key, expires=time.time() + cfg.shard_timeout_s)
+    slot_replies = replies.gather(r, reply_key, len(targets), deadline) if targets else []
+    answers = [answer for reply in slot_replies for answer in reply["answers"]]
     failed = [a for a in answers if a.get("error")]
     answered = [a for a in answers if not a.get("error")]
-    body = merge_hits(answered, k=k, total=coll.shards, job_id=None, started=wall_started)
+    body = merge_hits(answered, k=k, total=coll.shards, started=wall_started)
     body["cached"] = False
     missing = coll.shards - len(answered)
     if missing:
@@ -243,13 +218,8 @@ def _search(search_id: str, collection: str, cid: str, text: str | None, image: 
     return body
 
 
-@app.task(name=queues.MERGE_HITS)
-def merge_hits(results: list[dict[str, Any]], k: int, total: int, job_id: str | None,
-               started: float) -> dict[str, Any]:
-    """The merged body of the shards' answers (also a task: chords of earlier versions)."""
+def merge_hits(results: list[dict[str, Any]], k: int, total: int, started: float) -> dict[str, Any]:
+    """The merged body of the shards' answers."""
     hits = merge_topk([r["hits"] for r in sorted(results, key=lambda r: r["shard"])], k)
-    body = {"hits": hits, "k": k, "took_ms": round((time.time() - started) * 1000, 2),
+    return {"hits": hits, "k": k, "took_ms": round((time.time() - started) * 1000, 2),
             "shards": {"total": total, "answered": len(results)}}
-    if len(results) < total:
-        body["shards"]["message"] = f"{total - len(results)} shard(s) had no live owner and were not searched"
-    return _finish(job_id, None, body)

@@ -1,4 +1,5 @@
-"""Celery queue and task names shared by the API (which sends by name) and the workers."""
+"""Names shared by the senders (the API, the query workers) and the workers that serve them:
+Celery queues and tasks, and the requests on a shard slot's request list."""
 from __future__ import annotations
 
 ENCODE = "encode"
@@ -6,15 +7,12 @@ QUERY = "query"
 
 ENCODE_ITEMS = "mmsearch.encode_items"   # kwargs: job_id, collection, cid, items
 SEARCH = "mmsearch.search"               # kwargs: collection, cid, text, image, k, weights, filter, job_id
-MERGE_HITS = "mmsearch.merge_hits"       # chord body on the query queue
-SHARD_SEARCH = "mmsearch.shard_search"   # on the owning slot's queue
-GET_ITEM = "mmsearch.get_item"           # kwargs: cid, shard, item_id, thumbnail
+
+# What a request on a slot's list (keys.slot_searches, shared.store.replies) asks, its "op".
+SLOT_SEARCH = "search"   # cid, shards, query, k, filter, wait_until, min_positions
+SLOT_ITEM = "item"       # cid, shard, item_id, thumbnail
 
 
 def slot_for_shard(shard: int, slots: int) -> int:
     """Shard `shard` of every collection is owned by slot `shard mod slots`."""
     return shard % slots
-
-
-def shard_queue(slot: int) -> str:
-    return f"shard.{slot}"

@@ -28,7 +28,7 @@ import requests
 from shared.runtime.celery_config import make_celery
 from bench.bulk import bulk_insert, synthetic_vectors
 from bench.photos import all_photos
-from shared.store import catalog, jobs, keys, queues, shardlog, slots
+from shared.store import catalog, jobs, keys, queues, replies, shardlog, slots
 from shared.runtime.config import Settings
 from shared.runtime.embedded_redis import wait_until_up
 from shared.index.labels import shard_for
@@ -46,6 +46,13 @@ rng = np.random.default_rng(11)
 def _vector(dim: int) -> np.ndarray:
     v = rng.normal(size=dim).astype(np.float32)
     return v / np.linalg.norm(v)
+
+
+def vector_query(vector: np.ndarray, image_dim: int) -> dict:
+    """The query of a slot search request made of a stored vector's two blocks, equally
+    weighted (for a fused vector, the query vector is the vector itself)."""
+    return {"image_dim": image_dim, "text_dim": len(vector) - image_dim, "image": vector_to_b64(vector[:image_dim]),
+            "text": vector_to_b64(vector[image_dim:]), "weights": {"image": 1.0, "text": 1.0}}
 
 
 # -- the encode task's delivery limit ---------------------------------------------------------
@@ -301,25 +308,24 @@ def test_a_shard_search_waits_for_the_position_it_was_asked_to_see(shard_setup, 
 
     r, settings, coll = shard_setup
     owner = ShardOwner(0, settings, r)
-    monkeypatch.setattr(shard_worker, "_owner", owner)
     monkeypatch.setattr(shard_worker, "redis_client", lambda: r)
     log_items(r, coll, ["a"])
     drain(owner)
     job, vectors = log_items(r, coll, ["b"])
     mark = r.hget(keys.job_marks(job), "0").decode()
-    query = {"vector": vector_to_b64(vectors["b"]), "image_dim": coll.dims["image"], "image": None,
-             "text": None, "weights": {}}
+    request = {"cid": coll.cid, "shards": [0], "query": vector_query(vectors["b"], coll.dims["image"]), "k": 1,
+               "filter": None, "min_positions": {"0": mark}}
     # Nobody applies "b": the shard answers at its deadline, and says it is behind.
     started = time.monotonic()
-    body = shard_worker.shard_search(coll.cid, 0, query, 1, min_position=mark, wait_until=time.time() + 0.5)
+    (body,) = shard_worker.search_slot(owner, **request, reply_to=None, wait_until=time.time() + 0.5)["answers"]
     assert body["applied"] is False and body["hits"][0]["id"] == "a" and time.monotonic() - started >= 0.45
     # Applied while it waits: it answers as soon as it has, with "b".
     threading.Timer(0.3, drain, args=(owner,)).start()
     reply = keys.search_replies("t1")
-    body = shard_worker.shard_search(coll.cid, 0, query, 1, reply_to=reply, min_position=mark,
-                                     wait_until=time.time() + 10)
+    answer = shard_worker.search_slot(owner, **request, reply_to=reply, wait_until=time.time() + 10)
+    (body,) = answer["answers"]
     assert body["applied"] is True and body["hits"][0]["id"] == "b"
-    assert json.loads(r.lpop(reply)) == body  # what the query worker gathers
+    assert replies.wait_one(r, reply, 1) == answer  # what the query worker gathers
 
 
 # ==============================================================================================
@@ -328,8 +334,8 @@ def test_a_shard_search_waits_for_the_position_it_was_asked_to_see(shard_setup, 
 # Most items come through the bulk-vector path (bench.bulk: fused vectors appended to the shard
 # logs under ordinary ingest jobs, from this test process); real photos come through the API
 # and the encode worker. Bulk items have no image to search with, so "found by its own vector"
-# sends `mmsearch.shard_search` with the item's vector straight to its shard's queue (answered
-# by the owner or a replica, whichever takes it): the test-only path.
+# pushes a search request with the item's vector onto its slot's request list, naming its shard
+# (answered by the owner or a replica, whichever takes it), as a query worker would.
 # ==============================================================================================
 
 
@@ -354,7 +360,6 @@ class FaultStack:
         self.port = int(env["MMSEARCH_REDIS_PORT"])
         self.api = f"{stack.api_url}/v1"
         self.r = redis_lib.Redis(host="127.0.0.1", port=self.port, socket_timeout=30)
-        self.celery = make_celery(stack.settings.with_overrides({"redis_url": f"redis://127.0.0.1:{self.port}/0"}))
         self.vectors: dict[str, np.ndarray] = {}   # bulk item id -> its vector
         self.photo_ids: dict[str, list[str]] = {}  # photo name -> the ids of its copies
         self.jobs: list[str] = []
@@ -436,17 +441,18 @@ class FaultStack:
             return dict(pool.map(get, ids))
 
     def top_hits_by_vector(self, ids: list[str], timeout_s: float = 60) -> dict[str, tuple[str, float] | None]:
-        """Each bulk item's top hit on its own shard, searched with its own vector (test-only path)."""
+        """Each bulk item's top hit on its own shard, searched with its own vector (a slot search
+        request naming that shard)."""
         coll, slots_n = self.coll, self.stack.settings.shard_slots
         run = uuid.uuid4().hex[:8]
         reply = {item_id: keys.search_replies(f"fault-{run}-{item_id}") for item_id in ids}
         for item_id in ids:
             shard = shard_for(item_id, coll.shards)
-            message = {"vector": vector_to_b64(self.vectors[item_id]), "image_dim": coll.dims["image"],
-                       "image": None, "text": None, "weights": {}}
-            self.celery.send_task(queues.SHARD_SEARCH, queue=queues.shard_queue(queues.slot_for_shard(shard, slots_n)),
-                                  ignore_result=True, kwargs={"cid": coll.cid, "shard": shard, "query": message,
-                                                              "k": 1, "reply_to": reply[item_id]})
+            request = {"op": queues.SLOT_SEARCH, "cid": coll.cid, "shards": [shard], "k": 1, "filter": None,
+                       "query": vector_query(self.vectors[item_id], coll.dims["image"]), "wait_until": None,
+                       "min_positions": {}}
+            replies.send(self.r, {keys.slot_searches(queues.slot_for_shard(shard, slots_n)): request},
+                         reply[item_id], expires=time.time() + timeout_s)
         found: dict[str, tuple[str, float] | None] = {}
         deadline = time.monotonic() + timeout_s
         while len(found) < len(ids) and time.monotonic() < deadline:
@@ -456,7 +462,7 @@ class FaultStack:
                 pipe.lpop(reply[item_id])
             for item_id, raw in zip(waiting, pipe.execute()):
                 if raw is not None:
-                    hits = json.loads(raw)["hits"]
+                    hits = json.loads(raw)["answers"][0]["hits"]
                     found[item_id] = (hits[0]["id"], hits[0]["score"]) if hits else None
             time.sleep(0.2)
         return found

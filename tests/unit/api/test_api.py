@@ -9,13 +9,14 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from shared.store import catalog, keys, queues
+from shared.store import catalog, keys, queues, replies
 from shared.index.labels import shard_for
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64  # the API never decodes images: any bytes do
@@ -359,8 +360,46 @@ def test_item_lookup_needs_a_live_shard_owner(client, coll, redis_client):
     started = time.monotonic()
     assert_error(client.get("/v1/collections/photos/items/a/thumbnail"), 503, "unavailable")
     assert time.monotonic() - started >= APP_SETTINGS["shard_timeout_s"]
-    (message,) = queued(redis_client, queues.shard_queue(slot))
-    assert message["_task"] == queues.GET_ITEM and message["item_id"] == "a" and message["thumbnail"] is True
+    (raw,) = redis_client.lrange(keys.slot_searches(slot), 0, -1)  # the request nobody served
+    request = json.loads(raw)["request"]
+    assert request["op"] == queues.SLOT_ITEM and request["item_id"] == "a" and request["thumbnail"] is True
+    assert request["cid"] == cid(redis_client) and request["shard"] == shard_for("a", 3)
+
+
+def serve_one_request(redis_client, slot: int, answer: dict[str, Any]) -> threading.Thread:
+    """A stand-in for the slot's shard worker: takes one request from the slot's list and
+    answers `answer` (with the request's id in place of "<id>")."""
+    def serve() -> None:
+        request = replies.take(redis_client, keys.slot_searches(slot), 5)
+        body = json.loads(json.dumps(answer).replace("<id>", request.body["item_id"]))
+        replies.answer(redis_client, request.reply_to, body)
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_item_lookup_answers_what_the_slot_answered(client, coll, redis_client):
+    item_id = "dir/a.jpg"
+    slot = queues.slot_for_shard(shard_for(item_id, 3), APP_SETTINGS["shard_slots"])
+    redis_client.set(keys.slot_owner(slot), "someone", ex=30)
+    record = {"id": "<id>", "text": "a cat", "metadata": {"n": 1}, "has_image": True, "shard": shard_for(item_id, 3),
+              "thumbnail_b64": b64(b"jpeg bytes")}
+    serve_one_request(redis_client, slot, {"item": record})
+    resp = client.get(f"/v1/collections/photos/items/{item_id}")
+    assert resp.status_code == 200
+    assert resp.json == {"id": item_id, "text": "a cat", "metadata": {"n": 1}, "has_image": True,
+                         "shard": shard_for(item_id, 3)}
+    serve_one_request(redis_client, slot, {"item": record})
+    resp = client.get(f"/v1/collections/photos/items/{item_id}/thumbnail")
+    assert resp.status_code == 200 and resp.mimetype == "image/jpeg" and resp.data == b"jpeg bytes"
+    serve_one_request(redis_client, slot, {"item": {**record, "thumbnail_b64": None}})
+    assert_error(client.get(f"/v1/collections/photos/items/{item_id}/thumbnail"), 404, "not_found")
+    serve_one_request(redis_client, slot, {"item": None})
+    error = assert_error(client.get(f"/v1/collections/photos/items/{item_id}"), 404, "not_found")
+    assert error["details"] == {"collection": "photos", "id": item_id}
+    serve_one_request(redis_client, slot, {"error": "look-up failed"})
+    assert_error(client.get(f"/v1/collections/photos/items/{item_id}"), 500, "internal")
+    assert not redis_client.exists(keys.slot_searches(slot))
 
 
 def test_sync_search_without_workers_times_out(client, coll, redis_client):

@@ -73,7 +73,8 @@ def test_items_per_shard_queues_jobs_and_slots(client, redis_client):
     assert value(s, "mmsearch_shard_items", collection="photos", shard="1") == 7
     assert value(s, "mmsearch_shard_items", collection="photos", shard="0") == 0
     assert value(s, "mmsearch_queue_length", queue="encode") == 2  # 3 items, batches of 2
-    assert value(s, "mmsearch_queue_length", queue="shard.1") == 0
+    assert value(s, "mmsearch_queue_length", queue="query") == 0
+    assert set(s["mmsearch_queue_length"]) == {(("queue", "encode"),), (("queue", "query"),)}  # the Celery queues
     assert value(s, "mmsearch_jobs", kind="ingest", state="queued") == 1
     assert value(s, "mmsearch_jobs_scan_complete") == 1
     assert value(s, "mmsearch_shard_slot_up", slot="0") == 1

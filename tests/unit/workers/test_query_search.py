@@ -1,7 +1,8 @@
-"""The search path in one process, on a real Redis: slot requests answered by in-process shard
-owners (workers.shard's search threads on the real request lists), the query worker's fan-out,
-gather, merge and result cache (workers.query, workers.search_cache); the Celery task that
-earlier query workers sent. The query encoder is replaced by one that returns a given query.
+"""The search path in one process, on a real Redis: slot requests (searches and item look-ups)
+answered by in-process shard owners (workers.shard's request threads on the real request
+lists), the query worker's fan-out, gather, merge and result cache (workers.query,
+workers.fanout, workers.search_cache). The query encoder is replaced by one that returns a given
+query.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from shared.store import catalog, jobs, keys, shardlog
+from shared.store import catalog, jobs, keys, queues, replies, shardlog
 from shared.runtime.config import Settings
 from shared.encoding.fusion import FusedQuery, build_query
 from shared.index.labels import shard_for
@@ -40,8 +41,8 @@ def drain(owner: ShardOwner) -> None:
 
 
 class SlotServers:
-    """The shard workers' search threads (`serve_slot_searches`), one per slot owner, on the real
-    Redis lists; `sent` records each request a slot took: (slot, search_slot's arguments)."""
+    """The shard workers' request threads (`serve_slot_requests`), one per slot owner, on the real
+    Redis lists; `sent` records each search a slot took: (slot, search_slot's arguments)."""
 
     def __init__(self, owners: dict[int, ShardOwner], monkeypatch) -> None:
         self.sent: list[tuple[int, dict[str, Any]]] = []
@@ -57,7 +58,7 @@ class SlotServers:
         monkeypatch.setattr(shard_worker, "POP_TIMEOUT_S", 0.1)  # stopped threads end sooner
         for slot, owner in owners.items():
             self.stops[slot] = threading.Event()
-            self.threads[slot] = threading.Thread(target=shard_worker.serve_slot_searches,
+            self.threads[slot] = threading.Thread(target=shard_worker.serve_slot_requests,
                                                   args=(owner, self.stops[slot]), daemon=True)
             self.threads[slot].start()
 
@@ -90,6 +91,19 @@ class Setup:
     def query(self, rgb: Any, text: str | None, weights: dict[str, float] | None) -> FusedQuery:
         """The encoder's query: the test's query whatever the text."""
         return self.fused
+
+    def ask(self, slot: int, request: dict[str, Any], expires_in_s: float = 30) -> Any:
+        """The answer of slot `slot`'s server to `request` (on the slot's real request list)."""
+        reply_to = keys.search_replies("t-" + jobs.new_job_id())
+        replies.send(self.r, {keys.slot_searches(slot): request}, reply_to, expires=time.time() + expires_in_s)
+        answer = replies.wait_one(self.r, reply_to, 10)
+        assert not self.r.exists(reply_to)  # popped: nothing left behind
+        return answer
+
+    def slot_search(self, slot: int, shards: list[int], k: int) -> dict[str, Any]:
+        return self.ask(slot, {"op": queues.SLOT_SEARCH, "cid": self.coll.cid, "shards": shards,
+                               "query": self.message(), "k": k, "filter": None, "wait_until": None,
+                               "min_positions": {}})
 
     def message(self) -> dict[str, Any]:
         """The query as a query worker sends it to the shards."""
@@ -129,7 +143,6 @@ def setup(redis_client, tmp_path, monkeypatch):
     monkeypatch.setattr(query_worker, "redis_client", lambda: redis_client)
     monkeypatch.setattr(query_worker, "settings", lambda: settings)
     monkeypatch.setattr(shard_worker, "redis_client", lambda: redis_client)
-    monkeypatch.setattr(shard_worker, "_owner", None)
     coll = catalog.create_collection(redis_client, settings, "photos", shards=SHARDS)
     s = Setup(redis_client, settings, coll, monkeypatch)
     s.write([("upsert", f"item-{i}", 0.1 + 0.02 * i) for i in range(30)])
@@ -145,12 +158,9 @@ def hit_ids(body: dict[str, Any]) -> list[str]:
 
 # -- the shard worker ---------------------------------------------------------------------------
 
-def test_a_slot_message_searches_each_of_its_shards_and_answers_once(setup):
+def test_a_slot_request_searches_each_of_its_shards_and_answers_once(setup):
     owner = setup.owners[0]
-    shard_worker._owner = owner
-    reply = keys.search_replies("slot-test")
-    answer = shard_worker.shard_search(setup.coll.cid, None, setup.message(), 3, shards=[0, 2], reply_to=reply)
-    assert setup.r.llen(reply) == 1 and json.loads(setup.r.lpop(reply)) == answer
+    answer = setup.slot_search(0, [0, 2], 3)
     assert [a["shard"] for a in answer["answers"]] == [0, 2]
     for a in answer["answers"]:
         state = owner.shards[(setup.coll.cid, a["shard"])]
@@ -166,28 +176,44 @@ def test_a_slot_message_searches_each_of_its_shards_and_answers_once(setup):
     assert {labels[1] for labels in observed} == {"0", "2"}
 
 
-def test_the_single_shard_message_of_earlier_versions_is_still_answered(setup):
-    """Earlier query workers sent one shard per message, with the fused vector."""
-    shard_worker._owner = setup.owners[1]
-    message = {**setup.message(), "vector": vector_to_b64(setup.query_vector)}
-    del message["text_dim"]
-    reply = keys.search_replies("legacy")
-    body = shard_worker.shard_search(setup.coll.cid, 3, message, 2, reply_to=reply)
-    assert body["shard"] == 3 and len(body["hits"]) == 2
-    assert json.loads(setup.r.lpop(reply)) == body
-    assert [h["id"] for h in body["hits"]] == \
-        [h["id"] for h in shard_worker.shard_search(setup.coll.cid, 3, setup.message(), 2)["hits"]]
-
-
 def test_a_shard_that_cannot_be_served_is_reported_beside_the_others(setup):
     owner = setup.owners[0]
-    shard_worker._owner = owner
     owner.refused[(setup.coll.cid, 2)] = ("the log was trimmed", 0.0)
     owner.shards.pop((setup.coll.cid, 2))
-    answer = shard_worker.shard_search(setup.coll.cid, None, setup.message(), 3, shards=[0, 2])
+    answer = setup.slot_search(0, [0, 2], 3)
     by_shard = {a["shard"]: a for a in answer["answers"]}
     assert by_shard[2]["error"] == "the log was trimmed" and "position" not in by_shard[2]
     assert len(by_shard[0]["hits"]) == 3
+
+
+def test_an_item_look_up_is_answered_by_the_slot_holding_its_shard(setup, monkeypatch):
+    shard = shard_for("item-7", SHARDS)
+    slot = shard % SLOTS
+
+    def look_up(item_id: str) -> Any:
+        return setup.ask(slot, {"op": queues.SLOT_ITEM, "cid": setup.coll.cid, "shard": shard,
+                                "item_id": item_id, "thumbnail": True})
+
+    assert look_up("item-7") == {"item": {"id": "item-7", "text": "text of item-7", "metadata": {"n": 7},
+                                          "has_image": False, "shard": shard, "thumbnail_b64": None}}
+    assert look_up("never-ingested") == {"item": None}
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(shard_worker, "look_up", broken)
+    assert look_up("item-7") == {"error": "look-up failed"}
+
+
+def test_a_request_past_its_deadline_is_dropped_and_the_next_one_answered(setup):
+    late, fresh = keys.search_replies("late"), keys.search_replies("fresh")
+    search = {"op": queues.SLOT_SEARCH, "cid": setup.coll.cid, "shards": [0, 2], "query": setup.message(),
+              "k": 3, "filter": None, "wait_until": None, "min_positions": {}}
+    replies.send(setup.r, {keys.slot_searches(0): search}, late, expires=time.time() - 1)
+    replies.send(setup.r, {keys.slot_searches(0): search}, fresh, expires=time.time() + 30)
+    answer = replies.wait_one(setup.r, fresh, 10)  # the requests are taken in the order pushed
+    assert answer is not None and len(answer["answers"]) == 2
+    assert setup.r.llen(late) == 0 and [kw["reply_to"] for _, kw in setup.servers.sent] == [fresh]
 
 
 # -- the query worker ---------------------------------------------------------------------------
@@ -199,17 +225,6 @@ def test_one_message_per_slot_carries_the_slots_shards(setup):
     best = sorted(setup.vectors, key=lambda i: -float(setup.vectors[i] @ setup.query_vector))[:5]
     assert hit_ids(body) == best
     assert not list(setup.r.scan_iter(keys.search_replies("*")))  # every answer popped, nothing left
-
-
-def test_a_request_past_its_deadline_is_dropped_and_the_next_one_answered(setup):
-    late, fresh = keys.search_replies("late"), keys.search_replies("fresh")
-    for reply_to, expires in ((late, time.time() - 1), (fresh, time.time() + 30)):
-        setup.r.lpush(keys.slot_searches(0), json.dumps({
-            "cid": setup.coll.cid, "shards": [0, 2], "query": setup.message(), "k": 3, "filter": None,
-            "reply_to": reply_to, "wait_until": None, "expires": expires, "min_positions": {}}))
-    popped = setup.r.blpop([fresh], timeout=10)  # the requests are taken in the order pushed
-    assert popped is not None and len(json.loads(popped[1])["answers"]) == 2
-    assert setup.r.llen(late) == 0 and [kw["reply_to"] for _, kw in setup.servers.sent] == [fresh]
 
 
 def test_an_identical_search_is_served_from_the_cache_until_the_collection_changes(setup):
