@@ -21,7 +21,7 @@ from shared.index.labels import shard_for
 from shared.store.serializers import vector_to_b64
 from shared.store.shardlog import LogEntry
 from workers import query as query_worker
-from workers import search_cache
+from workers import search_cache, search_reads
 from workers import shard as shard_worker
 from workers.shard_owner import ShardOwner
 
@@ -81,7 +81,7 @@ class Setup:
         self.query_vector = self.fused.vector
         self.vectors: dict[str, np.ndarray] = {}
         monkeypatch.setattr(query_worker, "_cache", search_cache.ResultCache())
-        monkeypatch.setattr(query_worker, "_collections", {})
+        monkeypatch.setattr(search_reads, "_collections", {})
         import shared.encoding.encoders
 
         monkeypatch.setattr(shared.encoding.encoders, "collection_encoder", lambda *models: self)
