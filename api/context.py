@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import redis
 from celery import Celery
 from flask import current_app
+from redis import Redis
 
 from shared.runtime.config import Settings
 
@@ -19,7 +19,7 @@ EXTENSION = "mmsearch"
 @dataclass(frozen=True)
 class Services:
     settings: Settings
-    redis: redis.Redis
+    redis: Redis
     celery: Celery
 
 
