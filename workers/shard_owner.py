@@ -21,7 +21,8 @@ import time
 import redis
 
 from shared.errors import SnapshotError
-from shared.index.shard_index import ShardIndex, fsync_dir
+from shared.index.shard_index import ShardIndex
+from shared.index.snapshot import fsync_dir
 from shared.store import keys, shardlog
 from shared.store.catalog import Collection
 from workers.slot_follower import PENDING, PREVIOUS, SNAPSHOT, ShardKey, ShardState, SlotFollower

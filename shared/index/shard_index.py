@@ -44,12 +44,9 @@ from shared.index.join import by_block, join, with_zeros
 from shared.index.labels import label_for
 from shared.index.records import ItemRecord
 from shared.index.rwlock import RWLock
-from shared.index.snapshot import fsync_dir
 from shared.runtime.allocator import release_free_memory
 
-# fsync_dir belongs to shared.index.snapshot: it stays importable from here only until
-# workers.shard_owner imports it from there.
-__all__ = ["EXACT_FILTER_MAX", "ItemRecord", "SearchHit", "ShardIndex", "fsync_dir"]
+__all__ = ["EXACT_FILTER_MAX", "ItemRecord", "SearchHit", "ShardIndex"]
 
 EXACT_FILTER_MAX = 4096  # a filter that matches at most this many items is answered exactly
 REBUILD_BATCH = 10_000    # items per upsert when rebuilding a snapshot in another layout

@@ -38,6 +38,7 @@ from shared.runtime.stack import free_port
 from workers import lease as lease_mod
 from workers import reaper
 from workers.shard_owner import PREVIOUS, SNAPSHOT, ShardOwner
+from workers.shard_replica import ShardReplica
 from shared.runtime.stack import Stack
 
 rng = np.random.default_rng(11)
@@ -213,7 +214,7 @@ def test_a_replica_follows_the_log_and_the_owners_snapshots_but_never_writes(sha
     owner.snapshot((coll.cid, 0))
     job, vectors = log_items(r, coll, [f"b{i}" for i in range(10)])
 
-    replica = ShardOwner(0, settings, r, replica=True)
+    replica = ShardReplica(0, settings, r)
     drain(replica)
     index = replica.get(coll.cid, 0).index
     assert len(index) == 30 and index.search(vectors["b4"], 1)[0].id == "b4"
@@ -224,9 +225,8 @@ def test_a_replica_follows_the_log_and_the_owners_snapshots_but_never_writes(sha
     assert jobs.job_view(r, job, 60)["state"] == "running"
     drain(owner)
     assert jobs.job_view(r, job, 60)["state"] == "succeeded"
-    replica.snapshot_all()
+    replica.stop()  # a replica has no snapshot of its own to write, and withdraws its positions
     assert sorted(p.name for p in owner.shard_dir(coll.cid, 0).iterdir()) == [SNAPSHOT]  # the owner's only
-    replica.unpublish()
     assert b"replica.0.0" not in r.hgetall(keys.shard_state(coll.cid, 0))
 
 
@@ -245,7 +245,7 @@ def test_a_job_waits_for_a_live_replica_that_is_behind(shard_setup):
 def test_a_replica_behind_the_trimmed_log_reloads_the_snapshot(shard_setup):
     r, settings, coll = shard_setup
     owner = ShardOwner(0, settings, r)
-    replica = ShardOwner(0, settings, r, replica=True)
+    replica = ShardReplica(0, settings, r)
     log_items(r, coll, [f"a{i}" for i in range(10)])
     drain(owner)
     drain(replica)
