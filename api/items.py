@@ -45,7 +45,7 @@ def _enqueue(coll: catalog.Collection, items: list[ItemInput]) -> str:
                  "image": image_source(item.image, staged.get(i))} for i, item in enumerate(items)]
     batch = svc.settings.encode_batch
     for start in range(0, len(messages), batch):
-        svc.celery.send_task(queues.ENCODE_ITEMS, queue=queues.ENCODE, ignore_result=True, kwargs={
+        svc.celery.send_task(queues.ENCODE_ITEMS, queue=queues.ENCODE, kwargs={
             "job_id": job_id, "collection": coll.name, "cid": coll.cid,
             "items": messages[start:start + batch]})
     return job_id

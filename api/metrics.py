@@ -10,7 +10,7 @@
 - `GET /metrics`: Prometheus text from a `CollectorRegistry` of this app alone (no global
   state), whose one collector reads Redis at scrape time.
 
-Metrics (see README "Monitoring"):
+Metrics (docs/operations.md, "Metrics"):
 - `mmsearch_http_requests_total{method,endpoint,status}` and
   `mmsearch_http_request_duration_seconds{method,endpoint,status}` (histogram); `endpoint` is
   the URL rule (`/v1/collections/<name>/search`), never the raw path.
@@ -100,12 +100,13 @@ class RedisCollector:
             family.add_metric([], counters.get(name, 0.0))
             yield family
         names = {c.cid: c.name for c in collections}
-        searches = {(names[cid], shard): value
-                    for (cid, shard), value in shared_metrics.SHARD_SEARCH_HISTOGRAM.read(r).items()
+        searches = {(names[cid], shard, role): value
+                    for (cid, shard, role), value in shared_metrics.SHARD_SEARCH_HISTOGRAM.read(r).items()
                     if cid in names}
         yield from _histogram_families(
             searches, shared_metrics.SHARD_SEARCH_BUCKETS, "mmsearch_shard_search",
-            "Searches of one shard, timed in its shard worker", ["collection", "shard"], counter=False)
+            "Searches of one shard, timed in the shard worker (owner or replica) that answered",
+            ["collection", "shard", "role"], counter=False)
 
     def _queues(self) -> Metric:
         names = [queues.ENCODE, queues.QUERY]

@@ -242,7 +242,7 @@ def _operations(secured: bool, limited: bool = False) -> dict[str, dict[str, Sch
             "description": "OpenAPI 3.0 document.", "content": {JSON_TYPE: {"schema": {"type": "object"}}}}})},
         "/metrics": {"get": {**op("Prometheus metrics (text exposition format)", "operations", {
             "200": {"description": "Request counts and latencies, queue lengths, jobs by state, items per shard, "
-                                   "encode throughput, per-shard search latency (README, Monitoring).",
+                                   "encode throughput, per-shard search latency (docs/operations.md, Metrics).",
                     "content": {"text/plain": {"schema": {"type": "string"}}}},
             **({"401": {"description": "Missing or unknown API key.",
                         "content": {JSON_TYPE: {"schema": ref("Error")}}}} if secured else {})}),

@@ -105,7 +105,7 @@ def search(name: str) -> Response | tuple[Response, int]:
         jobs.create_job(svc.redis, "search", name, coll.cid, 1, job_id=sid)
     else:
         kwargs["reply_to"] = keys.search_answer(sid)
-    svc.celery.send_task(queues.SEARCH, kwargs=kwargs, task_id=sid, queue=queues.QUERY, ignore_result=True)
+    svc.celery.send_task(queues.SEARCH, kwargs=kwargs, task_id=sid, queue=queues.QUERY)
     if is_async:
         return accepted(sid)
     return _answer(_wait_answer(sid, svc.settings.search_timeout_s), started)

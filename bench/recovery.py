@@ -13,7 +13,7 @@
    clients sending text searches; owners only, then with a read replica per slot
    (`python -m workers shard --replica --slot N`), then owners only again (this machine's
    speed drifts; the two owner-only runs bracket the replica run). The share of the shard
-   searches that the replicas answered is read from the workers' logs.
+   searches that the replicas answered is read from the shard search histogram's `role` label.
 
     .venv/bin/python -m bench.recovery                  # both parts
     .venv/bin/python -m bench.recovery --skip-throughput --vectors 100000
@@ -32,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
@@ -42,9 +43,9 @@ import redis
 import requests
 
 from bench.bulk import bulk_insert, synthetic_vectors
-from bench.service import TaskLog, free_port, latency_ms, running_stack, table
+from bench.service import free_port, latency_ms, running_stack, table
 from shared.store import catalog
-from shared.runtime import embedded_redis
+from shared.runtime import embedded_redis, metrics
 from shared.runtime.config import Settings
 from shared.index.shard_index import ShardIndex
 from workers.shard_owner import SNAPSHOT, ShardOwner, snapshot_interval
@@ -86,7 +87,7 @@ def _log_stamp(line: str) -> float:
 
 def _process_recovery(env: dict[str, str], log_path: Path, timeout_s: float = 900) -> dict[str, float]:
     """Start `python -m workers shard --slot 0`; seconds from its start to its load and catch-up
-    lines. Stopped with SIGTERM once its Celery worker is up (it then snapshots what it replayed)."""
+    lines. Stopped with SIGTERM once it serves (it then snapshots what it replayed)."""
     started = time.time()
     with open(log_path, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "workers", "shard", "--slot", "0", "-c", "1"],
@@ -96,7 +97,7 @@ def _process_recovery(env: dict[str, str], log_path: Path, timeout_s: float = 90
         while time.monotonic() < deadline:
             text = log_path.read_text(errors="replace")
             caught = [line for line in text.splitlines() if "caught up with the logs" in line]
-            if caught and re.search(r"ready\.", text):
+            if caught:
                 loaded = [line for line in text.splitlines() if "loaded snapshot" in line]
                 owning = [line for line in text.splitlines() if "owning shard slot" in line]
                 return {"process_to_lease_s": round(_log_stamp(owning[0]) - started, 2),
@@ -200,17 +201,21 @@ def _wait_log(path: Path, pattern: str, timeout_s: float) -> None:
         time.sleep(0.2)
 
 
-def _replica_share(log: TaskLog, replicas: set[str]) -> float | None:
-    """The share of the shard searches logged since the mark that a replica answered."""
-    answered_by = []
-    for path in sorted(log.log_dir.glob("*.log")):
-        with open(path, "rb") as f:
-            f.seek(log.offsets.get(path, 0))
-            answered_by += [path.stem for line in f.read().decode(errors="replace").splitlines()
-                            if "Task mmsearch.shard_search[" in line and " succeeded in " in line]
-    if not answered_by:
-        return None
-    return round(sum(name in replicas for name in answered_by) / len(answered_by), 3)
+def _searches_by_role(r: Any, cid: str) -> Counter[str]:
+    """How many shard searches of a collection the owners and the replicas have answered so far
+    (the `role` label of the shard search histogram)."""
+    counts: Counter[str] = Counter()
+    for (label_cid, _shard, role), value in metrics.SHARD_SEARCH_HISTOGRAM.read(r).items():
+        if label_cid == cid:
+            counts[role] += int(value.count)
+    return counts
+
+
+def _replica_share(before: Counter[str], after: Counter[str]) -> float | None:
+    """The share of the shard searches between two counts that a replica answered."""
+    done = after - before
+    total = sum(done.values())
+    return round(done["replica"] / total, 3) if total else None
 
 
 def throughput(items: int, clients: int, queries: int) -> dict[str, Any]:
@@ -224,29 +229,27 @@ def throughput(items: int, clients: int, queries: int) -> dict[str, Any]:
         time.sleep(3)  # the owners snapshot when idle: the replicas start from those snapshots
         url = f"{svc.url}/collections/scale/search"
         _measure(url, clients, max(clients * 5, 20))  # warm-up
-        log = TaskLog(svc.log_dir)
         runs: dict[str, Any] = {}
 
-        def run(name: str, replicas: set[str]) -> None:
+        def run(name: str) -> None:
             print(f"throughput: {name}...", file=sys.stderr, flush=True)
-            log.mark()
+            before = _searches_by_role(svc.redis, coll.cid)
             runs[name] = _measure(url, clients, queries)
-            runs[name]["replica_share"] = _replica_share(log, replicas)
+            runs[name]["replica_share"] = _replica_share(before, _searches_by_role(svc.redis, coll.cid))
 
-        run("1 copy (owners)", set())
+        run("1 copy (owners)")
         for n in (1, 2):
             svc.stack.start_process(f"replica.{n}")
         for n in (1, 2):
             _wait_log(svc.log_dir / f"replica.{n}.log", r"caught up with the logs", 600)
-            _wait_log(svc.log_dir / f"replica.{n}.log", r"ready\.", 120)
         _measure(url, clients, max(clients * 5, 20))  # warm-up of the replicas
-        run("2 copies (owner + replica)", {"replica.1", "replica.2"})
+        run("2 copies (owner + replica)")
         for n in (1, 2):
             svc.stack.signal(f"replica.{n}", signal.SIGTERM, group=False)
         for n in (1, 2):
             svc.stack.procs[f"replica.{n}"].wait(timeout=60)
         time.sleep(6)  # their leases lapse, nobody waits on them
-        run("1 copy again (owners)", set())
+        run("1 copy again (owners)")
         return {"items": items, "shards": 2, "clients": clients, "cpus": os.cpu_count(), "runs": runs}
 
 

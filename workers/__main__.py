@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     enc = sub.add_parser("encode", help="encode items (queue 'encode')")
     enc.add_argument("-c", "--concurrency", type=int, default=None,
                      help="encode tasks in flight (threads; default: enough to keep two model batches queued)")
-    shard = sub.add_parser("shard", help="own one shard slot (queue 'shard.<slot>')")
+    shard = sub.add_parser("shard", help="own one shard slot (its request list, mmsearch:slot:<slot>:searches)")
     shard.add_argument("--slot", type=int, default=None,
                        help="slot to own or replicate (default: the first free slot; for a replica, "
                             "the slot with the fewest replicas)")

@@ -66,14 +66,15 @@ def _query_from_message(query: dict[str, Any]) -> FusedQuery:
     return build_query(image, text, query["image_dim"], query["text_dim"], query.get("weights") or {})
 
 
-def _reply(reply_to: str | None, body: dict[str, Any], cid: str, timings: list[tuple[int, float]]) -> dict[str, Any]:
+def _reply(reply_to: str | None, body: dict[str, Any], cid: str, role: str,
+           timings: list[tuple[int, float]]) -> dict[str, Any]:
     """Hand the answer to the waiting query worker (shared.store.replies) and record the shards'
     search times, in one round trip; return the answer. A metric that cannot be recorded is
     dropped (logged), an answer that cannot be pushed raises."""
     pipe = redis_client().pipeline(transaction=False)
     pushed = replies.queue_push(pipe, reply_to, body) if reply_to else 0
     for shard, seconds in timings:
-        metrics.SHARD_SEARCH_HISTOGRAM.observe(pipe, (cid, str(shard)), seconds)
+        metrics.SHARD_SEARCH_HISTOGRAM.observe(pipe, (cid, str(shard), role), seconds)
     results = pipe.execute(raise_on_error=False)
     for result in results[:pushed]:
         if isinstance(result, Exception):
@@ -147,7 +148,7 @@ def search_slot(own: SlotFollower, cid: str, shards: list[int], query: dict[str,
     others = [_search_pool.submit(one, s) for s in shards[1:]]
     done = ([one(shards[0])] if shards else []) + [f.result() for f in others]
     timings = [(body["shard"], seconds) for body, seconds in done if seconds is not None]
-    return _reply(reply_to, {"answers": [body for body, _ in done]}, cid, timings)
+    return _reply(reply_to, {"answers": [body for body, _ in done]}, cid, own.role, timings)
 
 
 def look_up(own: SlotFollower, cid: str, shard: int, item_id: str, thumbnail: bool) -> dict[str, Any] | None:

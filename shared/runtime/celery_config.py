@@ -1,4 +1,5 @@
-"""The Celery configuration of every mmsearch process: JSON only, late acks, prefetch 1, routes.
+"""The Celery configuration of every mmsearch process: JSON only, late acks, prefetch 1, routes,
+no result backend (a job's state and a search's answer live in mmsearch's own keys).
 
 The workers build their app with `make_celery(settings, include=...)`; the API and the stack
 supervisor build a client the same way and send tasks by name (shared.store.queues), so no
@@ -39,9 +40,8 @@ class CeleryConfig:
     """Celery settings for `Celery.config_from_object`, from mmsearch's settings."""
 
     task_serializer = "json"
-    result_serializer = "json"
     accept_content = ["json"]
-    result_accept_content = ["json"]
+    task_ignore_result = True
     task_acks_late = True
     task_reject_on_worker_lost = True
     worker_prefetch_multiplier = 1
@@ -54,17 +54,15 @@ class CeleryConfig:
     def __init__(self, settings: Settings) -> None:
         url = redis_url(settings)
         visibility = visibility_timeout(settings)
-        self.broker_url = self.result_backend = url
+        self.broker_url = url
         # Longer than any task: an unacknowledged message is redelivered only when its worker died.
         # Every consumer sweeps for such messages every `restore_interval` s (kombu's default,
         # 10 s x a throttle of 10, would add up to 100 s to each redelivery).
         self.broker_transport_options = {"visibility_timeout": visibility,
                                          "unacked_restore_interval": restore_interval(settings),
                                          "unacked_restore_throttle": 1}
-        self.result_backend_transport_options = {"visibility_timeout": visibility}
         self.task_time_limit = settings.task_time_limit_s
         self.task_soft_time_limit = soft_time_limit(settings)
-        self.result_expires = settings.job_ttl_s
 
 
 def make_celery(settings: Settings, name: str = "mmsearch-client", include: Sequence[str] = ()) -> Celery:

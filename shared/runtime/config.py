@@ -1,7 +1,7 @@
 """All settings of mmsearch, read from the environment in one place.
 
 Every process builds one `Settings` with `Settings.from_env()`; tests pass a mapping instead.
-The README lists each variable; keep the two in step.
+docs/operations.md lists each variable; keep the two in step.
 """
 from __future__ import annotations
 

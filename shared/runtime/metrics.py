@@ -8,7 +8,7 @@ raises: a metric lost while Redis is away must not fail a request or a task.
 Keys (hashes):
 - `mms:metrics:counters`: `encoded_images`, `encoded_items` (encode workers).
 - `mms:metrics:http`: request histogram, labels (method, endpoint, status) (the API).
-- `mms:metrics:shard_search`: per-shard search histogram, labels (cid, shard) (shard workers).
+- `mms:metrics:shard_search`: per-shard search histogram, labels (cid, shard, role) (shard workers).
 
 A histogram stores, per label set, `count`, `sum` and one non-cumulative count per bucket
 (`b<i>`, the first bucket whose bound is >= the value; `b<len>` is +Inf); the reader turns
@@ -87,7 +87,7 @@ class RedisHistogram:
 
 
 HTTP_HISTOGRAM = RedisHistogram(HTTP, HTTP_BUCKETS, ("method", "endpoint", "status"))
-SHARD_SEARCH_HISTOGRAM = RedisHistogram(SHARD_SEARCH, SHARD_SEARCH_BUCKETS, ("cid", "shard"))
+SHARD_SEARCH_HISTOGRAM = RedisHistogram(SHARD_SEARCH, SHARD_SEARCH_BUCKETS, ("cid", "shard", "role"))
 
 
 def _execute(pipe: redis.client.Pipeline, what: str) -> None:

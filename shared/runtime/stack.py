@@ -3,8 +3,8 @@
 Each Procfile role runs as its own process group (shard workers `MMSEARCH_SHARDS` times, and
 `MMSEARCH_SHARD_REPLICAS` read replicas per slot); the embedded Redis is started first and
 waited for when no `REDIS_URL` is set. Ctrl-C (or SIGTERM) stops the workers gracefully (SIGTERM
-to each process, whose Celery warm shutdown finishes the task in hand; a shard owner snapshots),
-then Redis, so the next start loads what this one had. The end-to-end tests drive the same class
+to each process: an encode or query worker's Celery warm shutdown finishes the task in hand, a
+shard owner stops serving its slot's requests and snapshots), then Redis, so the next start loads what this one had. The end-to-end tests drive the same class
 to start, kill and restart single processes.
 """
 from __future__ import annotations

@@ -97,20 +97,22 @@ def test_worker_counters_and_shard_search_histogram(client, redis_client, monkey
     metrics.record_encoded(redis_client, images=2, items=2)
     # What a shard worker records with the answer of a slot search: each shard's search time.
     monkeypatch.setattr(shard_worker, "redis_client", lambda: redis_client)
-    shard_worker._reply(None, {"answers": []}, cid, [(1, 0.0003), (1, 0.004)])
-    shard_worker._reply(None, {"answers": []}, cid, [(1, 0.004), (1, 7.0)])
-    shard_worker._reply(None, {"answers": []}, "gone-cid", [(0, 0.1)])  # a deleted collection: not reported
+    shard_worker._reply(None, {"answers": []}, cid, "owner", [(1, 0.0003), (1, 0.004)])
+    shard_worker._reply(None, {"answers": []}, cid, "owner", [(1, 0.004), (1, 7.0)])
+    shard_worker._reply(None, {"answers": []}, cid, "replica", [(1, 0.002)])
+    shard_worker._reply(None, {"answers": []}, "gone-cid", "owner", [(0, 0.1)])  # a deleted collection: not reported
 
     s = scrape(client)
     assert value(s, "mmsearch_encoded_images_total") == 5
     assert value(s, "mmsearch_encoded_items_total") == 6
     name = "mmsearch_shard_search_duration_seconds"
-    assert value(s, f"{name}_count", collection="photos", shard="1") == 4
-    assert value(s, f"{name}_sum", collection="photos", shard="1") == pytest.approx(7.0083)
-    assert value(s, f"{name}_bucket", collection="photos", shard="1", le="0.0005") == 1
-    assert value(s, f"{name}_bucket", collection="photos", shard="1", le="0.005") == 3
-    assert value(s, f"{name}_bucket", collection="photos", shard="1", le="5.0") == 3
-    assert value(s, f"{name}_bucket", collection="photos", shard="1", le="+Inf") == 4
+    assert value(s, f"{name}_count", collection="photos", shard="1", role="owner") == 4
+    assert value(s, f"{name}_sum", collection="photos", shard="1", role="owner") == pytest.approx(7.0083)
+    assert value(s, f"{name}_bucket", collection="photos", shard="1", role="owner", le="0.0005") == 1
+    assert value(s, f"{name}_bucket", collection="photos", shard="1", role="owner", le="0.005") == 3
+    assert value(s, f"{name}_bucket", collection="photos", shard="1", role="owner", le="5.0") == 3
+    assert value(s, f"{name}_bucket", collection="photos", shard="1", role="owner", le="+Inf") == 4
+    assert value(s, f"{name}_count", collection="photos", shard="1", role="replica") == 1
     assert not [labels for labels in s[f"{name}_count"] if ("shard", "0") in labels]
 
 

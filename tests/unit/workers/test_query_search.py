@@ -173,7 +173,7 @@ def test_a_slot_request_searches_each_of_its_shards_and_answers_once(setup):
     # The histogram got one observation per shard, in the same write.
     from shared.runtime import metrics
     observed = metrics.SHARD_SEARCH_HISTOGRAM.read(setup.r)
-    assert {labels[1] for labels in observed} == {"0", "2"}
+    assert {labels[1:] for labels in observed} == {("0", "owner"), ("2", "owner")}
 
 
 def test_a_shard_that_cannot_be_served_is_reported_beside_the_others(setup):
