@@ -79,9 +79,18 @@ def default_batch(device: torch.device) -> int:
     return CUDA_MODEL_BATCH if device.type == "cuda" else CPU_MODEL_BATCH
 
 
-def _use_compile_cache() -> None:
-    """Keep inductor's compiled code beside the service's data unless the operator chose a place."""
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(get_settings().data_dir.resolve() / "torch-compile-cache"))
+def use_compile_cache() -> str:
+    """Keep inductor's compiled code beside the service's data unless the operator chose a place;
+    return the directory in use.
+
+    Importing inductor writes its default (a per-user folder under /tmp) into
+    TORCHINDUCTOR_CACHE_DIR, so a value equal to that default was not chosen by anyone."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    chosen = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if chosen is None or os.path.abspath(chosen) == os.path.abspath(default_cache_dir()):
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(get_settings().data_dir.resolve() / "torch-compile-cache")
+    return os.environ["TORCHINDUCTOR_CACHE_DIR"]
 
 
 class ImageModel:
@@ -127,7 +136,7 @@ class ImageModel:
         try:
             import torch._inductor.config as inductor_config
 
-            _use_compile_cache()
+            use_compile_cache()
             if self.device.type == "cpu":
                 inductor_config.freezing = True  # weights become constants: prepacked, folded BN
             return torch.compile(self.trunk, dynamic=False)

@@ -1,4 +1,6 @@
 """Image encoders: real weights, real photos, the registry and its errors."""
+import importlib
+
 import numpy as np
 import pytest
 import torch
@@ -108,3 +110,18 @@ def test_compiled_model_agrees_with_fp32_and_pads_odd_batches(lite0):
     for n in (11, 13):
         together = compiled.encode(photos[:n]).features
         assert np.sum(together * alone[:n], axis=1).min() >= 0.995
+
+
+def test_compiled_kernels_go_to_the_data_dir_unless_the_operator_chose(monkeypatch, tmp_path):
+    from torch._inductor.runtime.cache_dir_utils import cache_dir, default_cache_dir
+
+    importlib.import_module("torch._inductor.config")  # importing inductor writes its /tmp default
+
+    _with_settings(monkeypatch, data_dir=tmp_path)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())
+    expected = str(tmp_path.resolve() / "torch-compile-cache")
+    assert image_models.use_compile_cache() == expected
+    assert cache_dir() == expected  # where inductor now writes
+    chosen = str(tmp_path / "chosen")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", chosen)
+    assert image_models.use_compile_cache() == chosen and cache_dir() == chosen
