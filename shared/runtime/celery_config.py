@@ -40,7 +40,9 @@ class CeleryConfig:
     """Celery settings for `Celery.config_from_object`, from mmsearch's settings."""
 
     task_serializer = "json"
+    result_serializer = "json"  # no backend stores results; JSON all the same, should one be set
     accept_content = ["json"]
+    result_accept_content = ["json"]
     task_ignore_result = True
     task_acks_late = True
     task_reject_on_worker_lost = True

@@ -28,6 +28,7 @@ import json
 import os
 import random
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -480,9 +481,9 @@ def test_redis_urls_with_password_and_tls():
     assert (kwargs["password"], kwargs["host"], kwargs["port"], kwargs["db"]) == ("s3cret", "redis.internal", 6380, 2)
     celery = make_celery(Settings(redis_url=url))
     assert celery.conf.broker_url == url
-    backend = celery.backend  # parses the URL; Celery needs ssl_cert_reqs for rediss://
-    assert backend.connparams["password"] == "s3cret"
-    assert backend.connparams["connection_class"] is redis.SSLConnection
+    broker = celery.connection_for_write()  # parses the URL; nothing is connected yet
+    assert (broker.transport_cls, broker.password, broker.hostname, broker.port) == ("rediss", "s3cret", "redis.internal", 6380)
+    assert broker.ssl == {"ssl_cert_reqs": ssl.CERT_REQUIRED}
 
 
 def test_embedded_redis_binds_loopback_only(tmp_path):
