@@ -7,9 +7,9 @@ one-graph shard). The queries are CALIBRATION_QUERIES of the shard's own stored 
 have the kind's blocks, each turned towards the difference of two other stored items until it
 is as close to the item as the item's nearest other item is (like a new item among similar
 ones). Exact top-k comes from a matmul over every live item's block vectors (copied out of
-hnswlib in one piece under the read lock, then computed outside it). `ef` is the smallest rung
-of EF_LADDER whose recall@k reaches the `recall_target` with a margin for the sample (it may
-miss only CALIBRATION_MARGIN of what the target allows: 99.5% for 99%), the last rung if none
+the shard's vector store under the read lock, then computed outside it). `ef` is the smallest
+rung of EF_LADDER whose recall@k reaches the `recall_target` with a margin for the sample (it
+may miss only CALIBRATION_MARGIN of what the target allows: 99.5% for 99%), the last rung if none
 does; `far_below` is the median exact k-th score of the calibration queries per unit of query
 norm (FAR_QUANTILE; with the lowest one instead, real text queries only a little farther
 than the calibration ones stayed at ef, short of the recall target). A query farther from the
@@ -34,6 +34,7 @@ from typing import Callable
 import numpy as np
 
 from shared.index.graph import Graph
+from shared.index.vector_store import VectorStore
 
 CALIBRATION_K = 10        # the k that ef is calibrated for; other k scale it
 EF_DEFAULT = 256          # ef at CALIBRATION_K until a kind is calibrated
@@ -116,33 +117,24 @@ class Calibration:
 
 @dataclass
 class Dump:
-    """A copy of one graph's stored vectors: rows of every slot, the live ones marked."""
+    """A copy of one graph's stored blocks: the labels of its live items and their rows."""
 
     labels: np.ndarray   # uint64, one per row
-    live: np.ndarray     # bool, one per row
-    vectors: np.ndarray  # float32 rows (a strided view into the copy)
+    vectors: np.ndarray  # rows as the store keeps them (float16 or float32)
 
 
-def copy_vectors(graph: Graph, blocks: dict[int, int]) -> Dump:
-    """Copy a graph's stored vectors out of hnswlib in one piece (its pickle state), much faster
-    than the per-item `get_items`; `blocks`: label -> block bits of every live item. The caller
-    holds the shard's lock."""
-    state = graph.index.__getstate__()[0]
-    n, size = state["cur_element_count"], state["size_data_per_element"]
-    raw = state["data_level0"][:n * size].view(np.uint8).reshape(n, size)
-    start, label_at = state["offset_data"], state["label_offset"]
-    labels = raw[:, label_at:label_at + 8].view(np.uint64)[:, 0].copy()
-    vectors = raw[:, start:start + 4 * (graph.stop - graph.start)].view(np.float32)
-    live = np.fromiter((label for label, bits in blocks.items() if bits & graph.bit),
-                       np.uint64, count=graph.live)
-    return Dump(labels, np.isin(labels, live), vectors)
+def copy_vectors(graph: Graph, block: int, store: VectorStore, blocks: dict[int, int]) -> Dump:
+    """Copy the blocks of a graph's live items (span `block` of the store); `blocks`: label ->
+    block bits of every live item. The caller holds the shard's lock."""
+    labels = [label for label, bits in blocks.items() if bits & graph.bit]
+    return Dump(np.asarray(labels, np.uint64), store.part(block, labels))
 
 
 def measure(graphs: list[Graph], dumps: dict[str, Dump], dim: int, recall_target: float,
             search: Search, rng: np.random.Generator) -> Tuning | None:
     """The tuning of the query kind that searches `graphs` (see the module doc), None when it
     has too few items to measure; `dumps` by graph name, `dim` of the fused vectors."""
-    labels = [dumps[g.name].labels[dumps[g.name].live] for g in graphs]
+    labels = [dumps[g.name].labels for g in graphs]
     if min(len(x) for x in labels) < CALIBRATE_MIN:
         return None
     # Queries near stored items that have every searched block.
@@ -225,10 +217,8 @@ def _stored(graphs: list[Graph], dumps: dict[str, Dump], labels: np.ndarray, dim
     vectors = np.zeros((len(labels), dim), np.float32)
     for graph in graphs:
         dump = dumps[graph.name]
-        rows = np.flatnonzero(dump.live)
-        order = np.argsort(dump.labels[rows])
-        at = rows[order[np.searchsorted(dump.labels[rows][order], labels)]]
-        vectors[:, graph.start:graph.stop] = dump.vectors[at]
+        order = np.argsort(dump.labels)
+        vectors[:, graph.start:graph.stop] = dump.vectors[order[np.searchsorted(dump.labels[order], labels)]]
     return vectors
 
 
@@ -239,10 +229,8 @@ def _exact_scores(graphs: list[Graph], dumps: dict[str, Dump], universe: np.ndar
     scores = np.zeros((len(universe), len(queries)), np.float32)
     for graph in graphs:
         dump = dumps[graph.name]
-        rows = np.flatnonzero(dump.live)
-        where = np.searchsorted(universe, dump.labels[rows])
+        where = np.searchsorted(universe, dump.labels)
         part = np.ascontiguousarray(graph.part(queries).T)
-        for s in range(0, len(rows), _SCORE_ROWS):
-            chunk = rows[s:s + _SCORE_ROWS]
-            scores[where[s:s + _SCORE_ROWS]] += np.ascontiguousarray(dump.vectors[chunk]) @ part
+        for s in range(0, len(where), _SCORE_ROWS):
+            scores[where[s:s + _SCORE_ROWS]] += dump.vectors[s:s + _SCORE_ROWS].astype(np.float32) @ part
     return scores

@@ -5,14 +5,16 @@ Items are fused vectors `[image / sqrt2, text / sqrt2]` (`shared.encoding.fusion
 zeros). With `image_dim` (0 < image_dim < dim) the shard keeps one hnswlib graph per block: the
 image graph holds the image blocks of the items that have one, the text graph the text blocks of
 the items that have one; a block that is all zeros is in no graph. Each vector is stored once,
-split in two, and a stored vector is read back by joining its blocks. Without `image_dim` one
-graph holds the whole vectors (every item, zeros included).
+split in two. Every item's whole vector (zeros included) is also in the shard's vector store
+(`shared.index.vector_store`, float16 by default), which is where exact scores and stored
+vectors are read: hnswlib's `get_items` is far too slow for it. Without `image_dim` one graph
+holds the whole vectors (every item, zeros included).
 
 Every search ranks by the inner product of the query with the fused stored vector (a missing
 block counts 0). A query with one non-zero block searches only that block's graph, whose metric
 is then the query's own; items without that block score exactly 0 and come after the positive
-scores. A query with both blocks (or none) searches both graphs with the same list size, joins
-the candidates and scores them exactly (`shared.index.join`).
+scores. A query with both blocks (or none) searches both graphs, joins the candidates and
+scores them exactly from the store (`shared.index.join`).
 
 The list size (ef) of a search is calibrated per query kind ("image", "text", "fused"; "vector"
 for a one-graph shard) by the shard itself (`shared.index.calibration`), and a query far from
@@ -44,6 +46,7 @@ from shared.index.join import by_block, join, with_zeros
 from shared.index.labels import label_for
 from shared.index.records import ItemRecord
 from shared.index.rwlock import RWLock
+from shared.index.vector_store import VectorStore
 from shared.runtime.allocator import release_free_memory
 
 __all__ = ["EXACT_FILTER_MAX", "ItemRecord", "SearchHit", "ShardIndex"]
@@ -81,7 +84,7 @@ class ShardIndex:
     """
 
     def __init__(self, dim: int, *, image_dim: int = 0, M: int = 16, ef_construction: int = 200,
-                 initial_capacity: int = 1024, recall_target: float = 0.99) -> None:
+                 initial_capacity: int = 1024, recall_target: float = 0.99, vector_dtype: str = "float16") -> None:
         if dim < 1:
             raise ValueError(f"dim must be >= 1, got {dim}")
         if image_dim < 0:
@@ -100,6 +103,8 @@ class ShardIndex:
         self._graphs = [Graph.empty(name, bit, start, stop, capacity=initial_capacity, M=M,
                                     ef_construction=ef_construction)
                         for name, bit, start, stop in spans]
+        self._store = VectorStore([(g.start, g.stop) for g in self._graphs], dtype=vector_dtype,
+                                  capacity=initial_capacity)
         self._records: dict[int, ItemRecord] = {}
         self._blocks: dict[int, int] = {}  # label -> bits of the graphs that hold the item
         self._lock = RWLock()
@@ -123,6 +128,7 @@ class ShardIndex:
             blocks = {label: self._blocks_of(vectors[row]) for label, row in latest.items()}
             for graph in self._graphs:
                 graph.apply(latest, blocks, self._blocks, vectors)
+            self._store.put(list(latest), vectors[list(latest.values())])
             inserted = 0
             for label, row in latest.items():
                 inserted += label not in self._records
@@ -149,6 +155,7 @@ class ShardIndex:
                             graph.remove(label)
                     del self._records[label]
                     deleted += 1
+            self._store.remove(labels)
         self._calibration.wrote(0, deleted)
         self._calibrate_if_due()
         return deleted
@@ -182,7 +189,7 @@ class ShardIndex:
                 return []
             k = min(k, pool)
             if allowed is not None and pool <= EXACT_FILTER_MAX:
-                ranked = self._exact(query, list(allowed), k)
+                ranked = self._store.top(query, list(allowed), k)
             else:
                 try:
                     # One graph of at most CALIBRATE_MIN items is searched whole (its list holds
@@ -197,10 +204,11 @@ class ShardIndex:
                         far_ef = min(calibration.ef_for(k, tuning.far_ef), max(calibration.EF_FAR, 2 * k))
                         ranked = self._approximate(query, graphs, k, far_ef, allowed)
                 except RuntimeError:  # hnswlib reached fewer than k qualifying items
-                    ranked = self._exact(query, list(self._records if allowed is None else allowed), k)
+                    ranked = self._store.top(query, list(self._records if allowed is None else allowed), k)
             labels = [label for label, _ in ranked]
-            vectors = self._vectors(labels) if return_vectors else None
-            blocks = by_block(query, self._graphs, graphs, self._blocks, ranked) if self.image_dim else None
+            vectors = self._store.vectors(labels, self.dim) if return_vectors else None
+            blocks = (by_block(query, self._graphs, graphs, self._blocks, self._store, ranked)
+                      if self.image_dim else None)
             return [SearchHit(id=self._records[label].id, label=label, score=float(score),
                               record=self._records[label],
                               vector=None if vectors is None else vectors[i],
@@ -229,26 +237,8 @@ class ShardIndex:
         if len(found) == 1:
             ranked = list(zip(*found[0]))
         else:
-            ranked = join(query, k, self._graphs, self._blocks, *found)
+            ranked = join(query, k, self._graphs, self._blocks, self._store, found)
         return with_zeros(ranked, k, graphs, self._blocks, self._records if allowed is None else allowed)
-
-    def _exact(self, query: np.ndarray, labels: list[int], k: int) -> list[tuple[int, float]]:
-        scores = np.zeros(len(labels), np.float32)
-        for graph in self._graphs:
-            rows = [i for i, label in enumerate(labels) if self._blocks[label] & graph.bit]
-            if rows and graph.part(query).any():
-                scores[rows] += graph.scores([labels[i] for i in rows], query)
-        top = np.argsort(-scores, kind="stable")[:k]
-        return [(labels[i], float(scores[i])) for i in top]
-
-    def _vectors(self, labels: list[int]) -> np.ndarray:
-        """The stored fused vectors of live items, joined from their blocks."""
-        out = np.zeros((len(labels), self.dim), np.float32)
-        for graph in self._graphs:
-            rows = [i for i, label in enumerate(labels) if self._blocks[label] & graph.bit]
-            if rows:
-                out[rows, graph.start:graph.stop] = graph.index.get_items([labels[i] for i in rows])
-        return out
 
     def get(self, item_id: str) -> ItemRecord | None:
         """The item's record, or None if it is not (or no longer) here."""
@@ -271,8 +261,9 @@ class ShardIndex:
 
         `vector_bytes`: the live items' fused vectors as float32 (count x dim x 4);
         `graph_bytes`: what hnswlib keeps per live item besides its vector (links, label,
-        bookkeeping), all graphs together; `bytes`: an estimate of the whole index, with every
-        graph's allocated capacity and the records (ids, texts, thumbnails; not metadata).
+        bookkeeping), all graphs together; `store_bytes`: the vector store's allocated rows
+        (`vector_dtype`); `bytes`: an estimate of the whole index, with every graph's and the
+        store's allocated capacity and the records (ids, texts, thumbnails; not metadata).
         `ef`, `far_below` and `far_ef` (ef values at k = CALIBRATION_K): each query kind's tuning;
         `calibrated_at`: live items at the last calibration (0: not calibrated).
         """
@@ -283,6 +274,7 @@ class ShardIndex:
             ef_construction = self._graphs[0].index.ef_construction
             record_bytes = sum(len(r.id) + len(r.text or "") + len(r.thumbnail or b"")
                                for r in self._records.values())
+            store_bytes = self._store.bytes()
         graph_bytes, allocated = estimated_bytes(M, list(graphs.values()))
         with self._calibration.lock:
             tuning, calibrated_at = dict(self._calibration.tuning), self._calibration.calibrated_at
@@ -293,7 +285,8 @@ class ShardIndex:
                 "far_below": {kind: t.far_below for kind, t in tuning.items()},
                 "far_ef": {kind: t.far_ef for kind, t in tuning.items()}, "calibrated_at": calibrated_at,
                 "graphs": graphs, "vector_bytes": live * self.dim * 4, "graph_bytes": graph_bytes,
-                "bytes": allocated + record_bytes}
+                "vector_dtype": self._store.dtype, "store_bytes": store_bytes,
+                "bytes": allocated + store_bytes + record_bytes}
 
     # -- calibration -------------------------------------------------------------------------
     def calibrate(self) -> dict[str, calibration.Tuning]:
@@ -310,7 +303,8 @@ class ShardIndex:
 
     def _calibrate(self) -> dict[str, calibration.Tuning]:
         with self._lock.read():  # one consistent copy of every graph's vectors
-            copies = {graph.name: calibration.copy_vectors(graph, self._blocks) for graph in self._graphs}
+            copies = {graph.name: calibration.copy_vectors(graph, i, self._store, self._blocks)
+                      for i, graph in enumerate(self._graphs)}
             count = len(self._records)
             pending = self._calibration.pending()
         rng = np.random.default_rng(count)
@@ -344,7 +338,7 @@ class ShardIndex:
         """What a snapshot holds of this shard; the caller holds `_frozen`."""
         return snapshot.ShardState(self.dim, self.image_dim, self.recall_target, self._calibration.calibrated_at,
                                    self._calibration.tuning, [graph.index for graph in self._graphs],
-                                   self._records, self._blocks)
+                                   self._records, self._blocks, self._store)
 
     @classmethod
     def load(cls, path: Path, *, image_dim: int | None = None,
@@ -374,8 +368,9 @@ class ShardIndex:
     def _restored(cls, state: snapshot.ShardState) -> ShardIndex:
         """The shard a snapshot holds; ValueError if its settings cannot be."""
         first = state.graphs[0]
+        dtype = "float16" if state.store is None else state.store.dtype
         shard = cls(state.dim, image_dim=state.image_dim, M=first.M, ef_construction=first.ef_construction,
-                    initial_capacity=1, recall_target=state.recall_target)
+                    initial_capacity=1, recall_target=state.recall_target, vector_dtype=dtype)
         if state.tuning is not None:
             if set(state.tuning) != set(shard.kinds):
                 raise ValueError(f"tuning of {sorted(state.tuning)}, expected {sorted(shard.kinds)}")
@@ -386,18 +381,21 @@ class ShardIndex:
             graph.live = sum(1 for bits in state.blocks.values() if bits & graph.bit)
         shard._records = state.records
         shard._blocks = state.blocks
+        # Format versions 1 and 2 kept no store: every item's blocks are read back out of the graphs.
+        shard._store = state.store or VectorStore.from_graphs(shard._graphs, shard._blocks, dtype)
         return shard
 
     def _relayout(self, image_dim: int) -> ShardIndex:
         """A new shard of another layout holding the same items (vectors read back from here)."""
         M, ef_construction = self._graphs[0].index.M, self._graphs[0].index.ef_construction
         shard = ShardIndex(self.dim, image_dim=image_dim, M=M, ef_construction=ef_construction,
-                           initial_capacity=len(self._records), recall_target=self.recall_target)
+                           initial_capacity=len(self._records), recall_target=self.recall_target,
+                           vector_dtype=self._store.dtype)
         labels = list(self._records)
         for start in range(0, len(labels), REBUILD_BATCH):
             batch = labels[start:start + REBUILD_BATCH]
             records = [self._records[label] for label in batch]
-            shard.upsert([r.id for r in records], self._vectors(batch), records)
+            shard.upsert([r.id for r in records], self._store.vectors(batch, self.dim), records)
         return shard
 
     @staticmethod

@@ -1,21 +1,24 @@
 """Shard snapshot files: a shard's graphs, records and tuning in one file with the log position
 it covers, written atomically and durably, and loaded only once the whole file checks out.
 
-Snapshot file layout (little-endian), format version 2:
+Snapshot file layout (little-endian), format version 3:
     header   magic b"MMSHARD\\0", u32 format version, u32 dim, u64 count (live items),
              u32 position length, u64 payload length, 32-byte SHA-256
     position the log position the snapshot covers, UTF-8
     payload  u64 n + n bytes of JSON {"image_dim", "recall_target", "calibrated_at",
-             "tuning": {kind: {"ef", "far_below" (null: never)}}},
+             "tuning": {kind: {"ef", "far_below" (null: never), "far_ef"}}, "vector_dtype"},
              per graph (image then text; or the one graph): u64 n + n bytes of hnswlib
              `save_index` output,
+             per graph's dims: u64 n + n bytes of the vector store's rows of those dims
+             (count x width, "vector_dtype"), one per item in the order of the records,
              u64 n + n bytes of JSON records [{"id", "text", "metadata", "has_image",
              "thumbnail": [offset, length] | null, "blocks"}] (blocks: 1 image graph,
              2 text graph, 3 both, 0 neither (all zeros); 1 in a one-graph shard),
              u64 n + n bytes of thumbnails, concatenated
 The SHA-256 covers every byte after the magic except the digest itself: the header fields,
-the position and the payload. Version 1 (one graph over the whole vectors; payload: graph,
-records without "blocks", thumbnails) still loads.
+the position and the payload. Versions 2 (no vector store: it is rebuilt from the graphs on
+load) and 1 (one graph over the whole vectors; payload: graph, records without "blocks",
+thumbnails) still load.
 """
 from __future__ import annotations
 
@@ -32,23 +35,26 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
 import hnswlib
+import numpy as np
 
 from shared.errors import SnapshotError
 from shared.index.calibration import Tuning
 from shared.index.graph import IMAGE
 from shared.index.labels import label_for
 from shared.index.records import ItemRecord
+from shared.index.vector_store import DTYPES, VectorStore
 from shared.runtime.forked import ForkFailed, run_forked
 
 log = logging.getLogger(__name__)
 
 MAGIC = b"MMSHARD\0"
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 _HEADER = struct.Struct("<8sIIQIQ32s")
 _DIGEST_AT = _HEADER.size - 32
 _U64 = struct.Struct("<Q")
 _CHUNK = 1 << 20
+_STORE_ROWS = 4096        # vector store rows written at a time
 _SYNC_EVERY = 1 << 20     # snapshot bytes written between two fdatasyncs
 SNAPSHOT_NICENESS = 10    # the snapshot writer yields the CPU to the searches
 
@@ -65,6 +71,7 @@ class ShardState:
     graphs: list[hnswlib.Index]        # the image graph then the text one; or the one graph
     records: dict[int, ItemRecord]     # by label
     blocks: dict[int, int]             # label -> bits of the graphs that hold the item
+    store: VectorStore | None          # every item's vector; None (loaded only): versions 1 and 2 kept none
 
 
 def save(path: Path, position: str, state: Callable[[], ShardState],
@@ -110,7 +117,7 @@ def _write(tmp: Path, position: bytes, state: ShardState) -> None:
         graph.save_index(str(graph_file))
     meta = {"image_dim": state.image_dim, "recall_target": state.recall_target,
             "calibrated_at": state.calibrated_at,
-            "tuning": {kind: asdict(t) for kind, t in state.tuning.items()}}
+            "tuning": {kind: asdict(t) for kind, t in state.tuning.items()}, "vector_dtype": state.store.dtype}
     entries, thumbnails, offset = [], [], 0
     for label, r in state.records.items():
         thumb = None
@@ -123,8 +130,11 @@ def _write(tmp: Path, position: bytes, state: ShardState) -> None:
     records_json = json.dumps(entries, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     meta_json = json.dumps(meta, separators=(",", ":")).encode("utf-8")
     graph_sizes = [graph_file.stat().st_size for graph_file in graph_files]
-    payload_size = ((3 + len(graph_files)) * _U64.size + len(meta_json) + sum(graph_sizes)
-                    + len(records_json) + offset)
+    labels = list(state.records)
+    row_bytes = np.dtype(state.store.dtype).itemsize
+    store_sizes = [len(labels) * (stop - start) * row_bytes for start, stop in state.store.spans]
+    payload_size = ((3 + len(graph_files) + len(store_sizes)) * _U64.size + len(meta_json) + sum(graph_sizes)
+                    + sum(store_sizes) + len(records_json) + offset)
     header = _HEADER.pack(MAGIC, FORMAT_VERSION, state.dim, len(entries), len(position),
                           payload_size, bytes(32))
     digest = hashlib.sha256(header[len(MAGIC):_DIGEST_AT])
@@ -150,6 +160,10 @@ def _write(tmp: Path, position: bytes, state: ShardState) -> None:
             with open(graph_file, "rb") as graph:
                 while chunk := graph.read(_CHUNK):
                     emit(chunk)
+        for block, store_size in enumerate(store_sizes):
+            emit(_U64.pack(store_size))
+            for start in range(0, len(labels), _STORE_ROWS):
+                emit(state.store.part(block, labels[start:start + _STORE_ROWS]).tobytes())
         emit(_U64.pack(len(records_json)))
         emit(records_json)
         emit(_U64.pack(offset))
@@ -176,6 +190,8 @@ def load(path: Path) -> tuple[ShardState, str]:
             image_dim = meta["image_dim"] if 0 < meta["image_dim"] < dim else 0
             spans = [(0, image_dim), (image_dim, dim)] if image_dim else [(0, dim)]
             graphs = [_load_graph(f, path, stop - start) for start, stop in spans]
+            dtype = meta.get("vector_dtype")
+            parts = [_read_rows(f, count, stop - start, dtype) for start, stop in spans] if version >= 3 else None
             entries = json.loads(_read_exact(f, _read_u64(f)))
             thumbnails = _read_exact(f, _read_u64(f))
             if f.tell() != _HEADER.size + len(position.encode("utf-8")) + payload_size:
@@ -190,8 +206,9 @@ def load(path: Path) -> tuple[ShardState, str]:
                 thumbnail=None if thumb is None else thumbnails[thumb[0]:thumb[0] + thumb[1]])
             blocks[label] = e.get("blocks", IMAGE)
         tuning = None if meta["tuning"] is None else {kind: Tuning(**t) for kind, t in meta["tuning"].items()}
+        store = None if parts is None else VectorStore.of(spans, list(records), parts, dtype)
         state = ShardState(dim, image_dim, float(meta["recall_target"]), int(meta["calibrated_at"]), tuning,
-                           graphs, records, blocks)
+                           graphs, records, blocks, store)
     except SnapshotError:
         raise
     except (OSError, RuntimeError, ValueError, KeyError, TypeError) as exc:
@@ -233,6 +250,16 @@ def _load_graph(f: BinaryIO, path: Path, dim: int) -> hnswlib.Index:
     finally:
         os.unlink(name)
     return index
+
+
+def _read_rows(f: BinaryIO, count: int, width: int, dtype: str) -> np.ndarray:
+    """One vector store section of a snapshot: `count` rows of `width` values of `dtype`."""
+    if dtype not in DTYPES:
+        raise SnapshotError(f"snapshot's vectors are of an unknown type {dtype!r}")
+    rows = np.empty((count, width), np.dtype(dtype))
+    if _read_u64(f) != rows.nbytes or f.readinto(memoryview(rows).cast("B")) != rows.nbytes:
+        raise SnapshotError(f"snapshot's vector section is not {count} x {width} {dtype}")
+    return rows
 
 
 def _verify(f: BinaryIO, path: Path) -> tuple[int, int, int, int, str]:

@@ -12,7 +12,8 @@ from tests.unit.index.helpers import DIM, IMAGE_DIM, TEXT_DIM, clustered_blocks,
 @pytest.fixture(scope="package")
 def block_shard() -> dict:
     """8000 clustered items, 10% without an image and 10% without a text, in a per-block shard
-    built in batches as the owner applies them; 150 fresh items of the same clusters as queries."""
+    built in batches as the owner applies them; 150 fresh items of the same clusters as queries of
+each kind (text, image, fused 1:1 and the weighted mixes image 1 : text 0.25 and 0.25 : 1)."""
     rng = np.random.default_rng(11)
     n, fresh = 8000, 150
     images, texts = clustered_blocks(rng, n + fresh)
@@ -27,6 +28,10 @@ def block_shard() -> dict:
                                                 for j, (i, h) in enumerate(zip(ids[part], has_image[part]), start)])
     queries = {"text": [build_query(None, t, IMAGE_DIM, TEXT_DIM).vector for t in texts[n:]],
                "image": [build_query(i, None, IMAGE_DIM, TEXT_DIM).vector for i in images[n:]],
-               "fused": [build_query(i, t, IMAGE_DIM, TEXT_DIM).vector for i, t in zip(images[n:], texts[n:])]}
+               "fused": [build_query(i, t, IMAGE_DIM, TEXT_DIM).vector for i, t in zip(images[n:], texts[n:])],
+               "fused 1:0.25": [build_query(i, t, IMAGE_DIM, TEXT_DIM, {"text": 0.25}).vector
+                                for i, t in zip(images[n:], texts[n:])],
+               "fused 0.25:1": [build_query(i, t, IMAGE_DIM, TEXT_DIM, {"image": 0.25}).vector
+                                for i, t in zip(images[n:], texts[n:])]}
     return {"index": index, "ids": ids, "vectors": vectors, "has_image": has_image, "has_text": has_text,
             "queries": {kind: np.stack(q) for kind, q in queries.items()}}

@@ -9,6 +9,12 @@ from shared.index.shard_index import ItemRecord, ShardIndex
 
 IMAGE_DIM, TEXT_DIM = 96, 24
 DIM = IMAGE_DIM + TEXT_DIM
+STORED_ABS = 2e-4  # how far a score read from the float16 vector store may be from the float32 one
+
+
+def as_stored(vectors: np.ndarray) -> np.ndarray:
+    """`vectors` as the shard's vector store gives them back (float16 by default)."""
+    return np.asarray(vectors, np.float16).astype(np.float32)
 
 
 def unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:

@@ -13,8 +13,8 @@ from shared.index import shard_index
 from shared.index.calibration import ef_for
 from shared.index.labels import label_for
 from shared.index.shard_index import ItemRecord, SearchHit, ShardIndex
-from tests.unit.index.helpers import (IMAGE_DIM, TEXT_DIM, DIM, all_ids, clustered_blocks, filled, fused_items,
-                                      items_missing_blocks, records_for, unit)
+from tests.unit.index.helpers import (IMAGE_DIM, STORED_ABS, TEXT_DIM, DIM, all_ids, as_stored, clustered_blocks,
+                                      filled, fused_items, items_missing_blocks, records_for, unit)
 
 
 # -- writes ------------------------------------------------------------------------------------
@@ -28,7 +28,7 @@ def test_upsert_get_search_delete():
     assert hits[0].id == "item-7" and hits[0].label == label_for("item-7")
     assert hits[0].score == pytest.approx(1.0, abs=1e-5)
     assert hits[0].record.text == "text 7"
-    np.testing.assert_allclose(hits[0].vector, vectors[7], atol=1e-6)
+    np.testing.assert_array_equal(hits[0].vector, as_stored(vectors[7]))
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
     assert index.search(vectors[7], 5)[0].vector is None
 
@@ -61,7 +61,7 @@ def test_reupsert_replaces_vector_and_record():
     assert index.get("item-3").text == "changed"
     top = index.search(new, 1, return_vectors=True)[0]
     assert top.id == "item-3" and top.score == pytest.approx(1.0, abs=1e-5)
-    np.testing.assert_allclose(top.vector, new, atol=1e-6)
+    np.testing.assert_array_equal(top.vector, as_stored(new))
     assert "item-3" not in [h.id for h in index.search(vectors[3], 5)]
     assert index.stats()["deleted"] == 0
 
@@ -105,7 +105,7 @@ def test_duplicate_ids_in_one_batch_last_wins():
     assert len(index) == 2 and index.get("a").text == "last"
     top = index.search(vectors[2], 1, return_vectors=True)[0]
     assert top.id == "a" and top.score == pytest.approx(1.0)
-    np.testing.assert_allclose(top.vector, vectors[2])
+    np.testing.assert_array_equal(top.vector, as_stored(vectors[2]))
 
 
 def test_reapplying_the_same_writes_is_idempotent():
@@ -240,6 +240,8 @@ def test_searches_during_bulk_writes_and_deletes(tmp_path: Path, image_dim: int)
                 assert not before & set(found), f"deleted items returned: {before & set(found)}"
                 assert len(found) == len(set(found))
                 assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+                for h in hits:  # a reused store row never shows another item's vector
+                    np.testing.assert_array_equal(h.vector, as_stored(vectors[int(h.id[1:])]))
                 searches[0] += 1
         except BaseException as exc:  # noqa: BLE001 - reported by the test
             errors.append(exc)
@@ -259,7 +261,7 @@ def test_searches_during_bulk_writes_and_deletes(tmp_path: Path, image_dim: int)
 
 
 # -- per-block graphs --------------------------------------------------------------------------
-@pytest.mark.parametrize("kind", ["text", "image", "fused"])
+@pytest.mark.parametrize("kind", ["text", "image", "fused", "fused 1:0.25", "fused 0.25:1"])
 def test_recall_at_10_per_query_kind_against_exact_search(block_shard, kind):
     index, ids, vectors = block_shard["index"], block_shard["ids"], block_shard["vectors"]
     stats = index.stats()
@@ -283,7 +285,7 @@ def test_single_block_queries_rank_by_that_block_and_missing_blocks_score_zero(b
         j = ids.index(h.id)
         assert has_image[j]
         assert h.score == pytest.approx(float(vectors[j] @ image_query), abs=1e-5)
-        np.testing.assert_array_equal(h.vector, vectors[j])  # the fused stored vector, both blocks
+        np.testing.assert_array_equal(h.vector, as_stored(vectors[j]))  # the fused stored vector, both blocks
     # Asked for every item, an image query puts the items without an image last, at exactly 0.
     everything = index.search(image_query, len(ids))
     assert len({h.id for h in everything}) == len(ids)
@@ -311,8 +313,8 @@ def test_fused_queries_score_the_whole_vector_and_find_items_missing_a_block():
         rank = int((scores > scores[j]).sum())  # the queried item, missing a block or not, at its exact rank
         assert index.search(query, rank + 1)[rank].id == ids[j]
         for h in hits:
-            assert h.score == pytest.approx(float(scores[ids.index(h.id)]), abs=1e-5)
-            np.testing.assert_array_equal(h.vector, vectors[ids.index(h.id)])
+            assert h.score == pytest.approx(float(scores[ids.index(h.id)]), abs=STORED_ABS)
+            np.testing.assert_array_equal(h.vector, as_stored(vectors[ids.index(h.id)]))
 
 
 @pytest.mark.parametrize("filtered", [False, True])
@@ -328,7 +330,7 @@ def test_hits_carry_their_score_split_by_block(block_shard, filtered):
                 stored = vectors[ids.index(h.id)]
                 expected = {"image": float(stored[:IMAGE_DIM] @ query[:IMAGE_DIM]),
                             "text": float(stored[IMAGE_DIM:] @ query[IMAGE_DIM:])}
-                assert h.blocks == pytest.approx(expected, abs=1e-5)
+                assert h.blocks == pytest.approx(expected, abs=STORED_ABS)
                 assert sum(h.blocks.values()) == pytest.approx(h.score, abs=1e-6)
     one_graph = ShardIndex(DIM)
     one_graph.upsert(ids[:50], vectors[:50], records_for(ids[:50]))
@@ -350,12 +352,12 @@ def test_a_block_that_comes_and_goes_moves_between_graphs():
     assert graphs["image"]["count"] == 99 and graphs["image"]["deleted"] == 1 and graphs["text"]["count"] == 100
     hits = {h.id: h for h in index.search(image_query, 100, return_vectors=True)}
     assert hits["m7"].score == 0.0 and not hits["m7"].vector[:IMAGE_DIM].any()
-    np.testing.assert_array_equal(hits["m7"].vector, text_only[0])
+    np.testing.assert_array_equal(hits["m7"].vector, as_stored(text_only[0]))
     index.upsert(["m7"], both[7:8], records_for(["m7"]))  # the image block's tombstone is revived
     assert index.stats()["graphs"]["image"] == {"count": 100, "capacity": 1024, "deleted": 0, "dim": IMAGE_DIM}
     top = index.search(image_query, 1, return_vectors=True)[0]
     assert top.id == "m7"
-    np.testing.assert_array_equal(top.vector, both[7])
+    np.testing.assert_array_equal(top.vector, as_stored(both[7]))
     # An item whose vector is all zeros is in neither graph, yet stored and found (score 0).
     index.upsert(["blank"], np.zeros((1, DIM), np.float32), records_for(["blank"]))
     assert "blank" in index and {h.id for h in index.search(image_query, 101)} == set(ids) | {"blank"}

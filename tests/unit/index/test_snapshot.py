@@ -18,7 +18,7 @@ from shared.encoding.fusion import build_query
 from shared.errors import SnapshotError
 from shared.index.labels import label_for
 from shared.index.shard_index import ItemRecord, ShardIndex
-from tests.unit.index.helpers import IMAGE_DIM, TEXT_DIM, DIM, filled, items_missing_blocks, records_for, unit
+from tests.unit.index.helpers import IMAGE_DIM, TEXT_DIM, DIM, as_stored, filled, items_missing_blocks, records_for, unit
 
 
 def test_snapshot_round_trip(tmp_path: Path):
@@ -33,8 +33,9 @@ def test_snapshot_round_trip(tmp_path: Path):
     assert len(loaded) == 280
     assert all(loaded.get(i) == index.get(i) for i in ids)
     assert loaded.get("item-24").thumbnail == b"\x18" * 4 and loaded.get("item-25").thumbnail is None
-    assert {k: v for k, v in loaded.stats().items() if k not in ("capacity", "bytes")} == \
-        {k: v for k, v in index.stats().items() if k not in ("capacity", "bytes")}
+    allocated = ("capacity", "bytes", "store_bytes")  # a loaded vector store holds just its items
+    assert {k: v for k, v in loaded.stats().items() if k not in allocated} == \
+        {k: v for k, v in index.stats().items() if k not in allocated}
     for q in vectors[::25]:
         a = index.search(q, 10, return_vectors=True)
         b = loaded.search(q, 10, return_vectors=True)
@@ -180,7 +181,9 @@ def test_per_block_delete_revive_and_snapshot_round_trip(tmp_path: Path):
     index.save(path, "9-9")
     loaded, position = ShardIndex.load(path)
     assert position == "9-9"
-    assert loaded.stats() == before  # layout, ef, recall target, counts, tombstones
+    allocated = ("bytes", "store_bytes")  # a loaded vector store holds just its items
+    assert {k: v for k, v in loaded.stats().items() if k not in allocated} == \
+        {k: v for k, v in before.items() if k not in allocated}  # layout, ef, recall target, counts, tombstones
     assert all(loaded.get(i) == index.get(i) for i in ids)
     for kind, (image, text) in {"image": (images, None), "text": (None, texts), "fused": (images, texts)}.items():
         for j in range(0, 1500, 150):
@@ -239,7 +242,56 @@ def test_a_version_1_snapshot_loads_and_is_rebuilt_per_block(tmp_path: Path):
             scores = vectors @ q
             assert [h.id for h in hits] == [ids[i] for i in np.argsort(-scores, kind="stable")[:5]]
             for h in hits:
-                np.testing.assert_allclose(h.vector, vectors[ids.index(h.id)], atol=1e-7)
+                np.testing.assert_array_equal(h.vector, as_stored(vectors[ids.index(h.id)]))
     saved = tmp_path / "new.bin"
     upgraded.save(saved, "5-1")
     assert ShardIndex.load(saved)[0].stats()["image_dim"] == IMAGE_DIM
+
+
+def write_v2_snapshot(path: Path, index: ShardIndex, position: str) -> None:
+    """A format version 2 snapshot of `index` (graphs, records, tuning; no vector store), as
+    the shard index wrote them before the store."""
+    state = index._state()
+    meta = {"image_dim": state.image_dim, "recall_target": state.recall_target, "calibrated_at": state.calibrated_at,
+            "tuning": {kind: {"ef": t.ef, "far_below": t.far_below, "far_ef": t.far_ef} for kind, t in state.tuning.items()}}
+    sections = [json.dumps(meta).encode("utf-8")]
+    for i, graph in enumerate(state.graphs):
+        graph_file = path.with_suffix(f".{i}.hnsw")
+        graph.save_index(str(graph_file))
+        sections.append(graph_file.read_bytes())
+        graph_file.unlink()
+    entries = [{"id": r.id, "text": r.text, "metadata": r.metadata, "has_image": r.has_image, "thumbnail": None,
+                "blocks": state.blocks[label]} for label, r in state.records.items()]
+    sections += [json.dumps(entries).encode("utf-8"), b""]
+    payload = b"".join(struct.pack("<Q", len(section)) + section for section in sections)
+    pos = position.encode("utf-8")
+    header = struct.pack("<8sIIQIQ32s", b"MMSHARD\0", 2, state.dim, len(entries), len(pos), len(payload), bytes(32))
+    digest = hashlib.sha256(header[8:-32] + pos + payload).digest()
+    path.write_bytes(header[:-32] + digest + pos + payload)
+
+
+def test_a_version_2_snapshot_loads_with_its_vector_store_rebuilt_from_the_graphs(tmp_path: Path):
+    images, texts, has_image, has_text, vectors = items_missing_blocks(16, 700, 5)
+    ids = [f"w{j}" for j in range(700)]
+    index = ShardIndex(DIM, image_dim=IMAGE_DIM)
+    index.upsert(ids, vectors, [ItemRecord(i, metadata={"j": j}) for j, i in enumerate(ids)])
+    index.delete(ids[:40])
+    index.upsert(ids[:10], vectors[:10], records_for(ids[:10]))  # revived in place
+    path = tmp_path / "v2.bin"
+    write_v2_snapshot(path, index, "8-2")
+    loaded, position = ShardIndex.load(path)
+    assert position == "8-2" and len(loaded) == 670
+    live = ids[:10] + ids[40:]
+    labels = [label_for(i) for i in live]
+    np.testing.assert_array_equal(loaded._store.vectors(labels, DIM), as_stored(vectors[:10].tolist() + vectors[40:].tolist()))
+    for j in range(0, 700, 70):
+        for q in (build_query(images[j], None, IMAGE_DIM, TEXT_DIM).vector,
+                  build_query(images[j], texts[j], IMAGE_DIM, TEXT_DIM, {"text": 0.25}).vector):
+            a, b = index.search(q, 10, return_vectors=True), loaded.search(q, 10, return_vectors=True)
+            assert [(h.id, h.score) for h in a] == [(h.id, h.score) for h in b]
+            for x, y in zip(a, b):
+                np.testing.assert_array_equal(x.vector, y.vector)
+    saved = tmp_path / "v3.bin"
+    loaded.save(saved, "8-2")  # written again in the current format, store and all
+    again = ShardIndex.load(saved)[0]
+    np.testing.assert_array_equal(again._store.vectors(labels, DIM), loaded._store.vectors(labels, DIM))

@@ -167,8 +167,8 @@ def test_a_slot_request_searches_each_of_its_shards_and_answers_once(setup):
         assert a["position"] == state.position
         expected = [h.id for h in state.index.search(setup.query_vector, 3)]
         assert [h["id"] for h in a["hits"]] == expected
-        for hit in a["hits"]:  # each score explained by block, as from the stored vector
-            assert hit["scores"] == pytest.approx(setup.fused.score_parts(setup.vectors[hit["id"]]), abs=1e-5)
+        for hit in a["hits"]:  # each score explained by block, as from the stored (float16) vector
+            assert hit["scores"] == pytest.approx(setup.fused.score_parts(setup.vectors[hit["id"]]), abs=2e-4)
         assert all(shard_for(i, SHARDS) == a["shard"] for i in expected)
     # The histogram got one observation per shard, in the same write.
     from shared.runtime import metrics
