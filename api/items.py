@@ -2,7 +2,8 @@
 
 Ingest validates the whole request first (api.validation), then creates the job, stages the
 uploaded bytes in Redis and enqueues one encode task per MMSEARCH_ENCODE_BATCH items; the
-encode workers do the rest and count each item in the job. A look-up pushes a request onto the
+encode workers do the rest and count each item in the job; while no encode worker is ready a
+valid ingest is refused with 503 naming its start-up stage (api.readiness). A look-up pushes a request onto the
 request list of the slot holding the item's shard (shared.store.replies, served by the slot's
 owner and replicas as its searches are; see workers.shard) and waits up to
 MMSEARCH_SHARD_TIMEOUT_S for the answer (503 when that slot has no live owner or replica or
@@ -26,6 +27,7 @@ from api.collections import require_collection
 from api.context import services
 from api.errors import ApiError
 from api.jobs import accepted
+from api.readiness import require_role
 from api.validation import (ItemInput, image_source, is_valid_id, parse_items_json,
                             parse_items_multipart)
 from shared.store import catalog, jobs, keys, queues, replies, shardlog, slots, staging
@@ -59,6 +61,7 @@ def ingest(name: str) -> tuple[Response, int]:
         items = parse_items_json(read_json_object(), settings)
     else:
         items = parse_items_multipart(request.form, request.files, settings)
+    require_role("encode", "ingest")
     return accepted(_enqueue(coll, items), ids=[item.id for item in items])
 
 

@@ -34,7 +34,8 @@ ERRORS = {400: ("invalid_request", "The request is malformed; nothing was stored
           422: ("invalid_item", "The query image cannot be decoded."),
           429: ("rate_limited", "Over MMSEARCH_RATE_LIMIT for this key or address; see Retry-After."),
           500: ("internal", "Unexpected error (never with a stack trace)."),
-          503: ("unavailable", "Redis, the broker or a shard is not reachable, or the answer timed out.")}
+          503: ("unavailable", "Redis, the broker or a shard is not reachable, the worker role the request "
+                                "needs is still starting, or the answer timed out.")}
 
 
 def ref(name: str) -> Schema:
@@ -235,9 +236,11 @@ def _operations(secured: bool, limited: bool = False) -> dict[str, dict[str, Sch
             "description": "HTML page.", "content": {"text/html": {"schema": {"type": "string"}}}}})},
         "/healthz": {"get": op("Liveness", "operations", ok("Health", "The API process lives."))},
         "/readyz": {"get": op("Readiness", "operations", {
-            **ok("Ready", "Redis answers and every shard of every collection has a live owner or read replica."),
-            "503": {"description": "Not ready; `details` says what is missing (redis, missing_slots, "
-                                   "missing_shards) and gives `queues`.", "content": {JSON_TYPE: {"schema": ref("Error")}}}})},
+            **ok("Ready", "Redis answers, an encode and a query worker are ready (models loaded, consuming) "
+                          "and every shard of every collection has a live owner or read replica."),
+            "503": {"description": "Not ready; `message` says what is missing and `details` gives roles (each "
+                                   "worker role's start-up stage), redis, missing_slots, missing_shards and "
+                                   "queues.", "content": {JSON_TYPE: {"schema": ref("Error")}}}})},
         "/openapi.json": {"get": op("This document", "operations", {"200": {
             "description": "OpenAPI 3.0 document.", "content": {JSON_TYPE: {"schema": {"type": "object"}}}}})},
         "/metrics": {"get": {**op("Prometheus metrics (text exposition format)", "operations", {

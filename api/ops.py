@@ -1,5 +1,5 @@
-"""Operations: /healthz (the process lives) and /readyz (Redis answers, every shard served by its
-owner or a read replica)."""
+"""Operations: /healthz (the process lives) and /readyz (Redis answers, an encode and a query
+worker are ready, every shard served by its owner or a read replica)."""
 from __future__ import annotations
 
 import redis
@@ -7,6 +7,7 @@ from flask import Blueprint, Response, jsonify
 
 from api.context import services
 from api.errors import ApiError
+from api.readiness import SERVING_ROLES, roles_not_ready
 from shared.store import catalog, queues, slots as slot_leases
 
 bp = Blueprint("ops", __name__)
@@ -28,19 +29,23 @@ def readyz() -> Response:
         slots = sorted(set(slot_of.values()))
         live = slot_leases.live_slots(svc.redis, slots)
         waiting = _queue_lengths(svc.redis)
+        starting = roles_not_ready(svc.redis)
     except redis.exceptions.RedisError as exc:
         raise ApiError(503, "unavailable", "Redis does not answer",
                        {"redis": f"unreachable ({type(exc).__name__})"}) from exc
     missing = [slot for slot in slots if slot not in live]
-    if missing:
+    role_states = {role: starting.get(role, "ready") for role in SERVING_ROLES}
+    if missing or starting:
         shards: dict[str, list[int]] = {}
         for (name, shard), slot in slot_of.items():
             if slot not in live:
                 shards.setdefault(name, []).append(shard)
-        raise ApiError(503, "unavailable", f"shard slot(s) without a live owner: {missing}",
-                       {"redis": "ok", "missing_slots": missing, "missing_shards": shards, "queues": waiting})
-    return jsonify({"status": "ready", "redis": "ok", "collections": len(collections), "slots": slots,
-                    "queues": waiting})
+        why = list(starting.values()) + ([f"shard slot(s) without a live owner: {missing}"] if missing else [])
+        raise ApiError(503, "unavailable", "; ".join(why),
+                       {"redis": "ok", "roles": role_states, "missing_slots": missing,
+                        "missing_shards": shards, "queues": waiting})
+    return jsonify({"status": "ready", "redis": "ok", "roles": role_states, "collections": len(collections),
+                    "slots": slots, "queues": waiting})
 
 
 def _queue_lengths(r: redis.Redis) -> dict[str, int]:

@@ -12,6 +12,9 @@ with the same body, and the answer is 202 at once.
 `?after_job=<job id>` asks for read-your-writes: each shard waits (within the shard deadline)
 until it has applied what that job of this collection logged to it, and the answer carries
 `consistency: {"after_job", "counted", "applied", "met"}`.
+
+While no query worker is ready (still loading its models, or none running) a valid search is
+refused at once, 503 naming the worker's start-up stage (api.readiness), not after the timeout.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from api.collections import require_collection
 from api.context import services
 from api.errors import ApiError, HTTP_CODES
 from api.jobs import accepted
+from api.readiness import require_role
 from api.validation import SearchInput, image_source, invalid, parse_search_json, parse_search_multipart
 from shared.store import jobs, keys, queues, replies, staging
 
@@ -92,6 +96,7 @@ def search(name: str) -> Response | tuple[Response, int]:
     is_async = _is_async()
     after_job = _after_job(coll.cid)
     query = _parse()
+    require_role("query", "search")
     svc = services()
     sid = jobs.new_job_id()
     staged = None

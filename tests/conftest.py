@@ -43,9 +43,19 @@ class ClosingClient(FlaskClient):
 
 
 @pytest.fixture
-def make_app(request, redis_server, redis_client, tmp_path):
-    """Builds Flask apps on the test Redis; the test module's `APP_SETTINGS` are the base
-    overrides, keyword arguments override those."""
+def ready_workers(redis_client):
+    """An encode and a query worker reporting ready, as running workers do (shared.store.roles),
+    so that the API takes ingests and searches; withdrawn afterwards."""
+    from tests.support.workers import reporting_ready
+
+    with reporting_ready(redis_client) as reporters:
+        yield reporters
+
+
+@pytest.fixture
+def make_app(request, redis_server, redis_client, ready_workers, tmp_path):
+    """Builds Flask apps on the test Redis, with workers reporting ready (`ready_workers`); the
+    test module's `APP_SETTINGS` are the base overrides, keyword arguments override those."""
     from api import create_app
 
     base = getattr(request.module, "APP_SETTINGS", {})

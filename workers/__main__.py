@@ -4,8 +4,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import time
 
 from shared.store import queues
+from shared.store.roles import READY, RoleReporter
 from shared.runtime.allocator import keep_freed_memory
 from shared.runtime.logs import setup_logging
 from shared.runtime.redis_conn import wait_for_redis
@@ -13,16 +15,52 @@ from shared.runtime.config import Settings
 from workers.resources import settings
 
 
-def warm_up_default_models() -> None:
-    """Load (and compile) the models of new collections now, so that no first request pays for it."""
+log = logging.getLogger(__name__)
+
+
+def warm_up_default_models(reporter: RoleReporter) -> None:
+    """Load (and compile) the models of new collections now, so that no first request pays for
+    it; each step is logged and reported (shared.store.roles)."""
     from shared.encoding.encoders import collection_encoder
     from shared.encoding.precision import resolve_precision
 
+    def progress(stage: str) -> None:
+        log.info("%s: %s", reporter.role, stage)
+        reporter.stage(stage)
+
     cfg = settings()
+    started = time.monotonic()
     try:
-        collection_encoder(cfg.image_model, cfg.text_model, resolve_precision(None, cfg.precision)).warm_up()
+        collection_encoder(cfg.image_model, cfg.text_model, resolve_precision(None, cfg.precision)).warm_up(progress)
     except Exception:  # a model that cannot load fails its items later, with a clear reason
-        logging.getLogger(__name__).exception("could not preload the default models")
+        log.exception("could not preload the default models")
+    log.info("%s: models ready in %.1f s", reporter.role, time.monotonic() - started)
+    reporter.stage("starting the Celery consumer")
+
+
+def report_start_up(role: str) -> RoleReporter:
+    """Report this process's start-up stages under `role`; ready once its Celery consumer runs,
+    withdrawn when it shuts down."""
+    from celery.signals import worker_ready, worker_shutdown
+
+    from workers.resources import redis_client
+
+    reporter = RoleReporter(redis_client(), role)
+    reporter.start()
+
+    def ready(**_: object) -> None:
+        reporter.stage(READY)
+        log.info("%s: ready", role)
+
+    def shutdown(**_: object) -> None:
+        try:
+            reporter.withdraw()
+        except Exception as exc:  # Redis away: the entry lapses on its own
+            log.warning("%s: start-up report not withdrawn (%s)", role, exc)
+
+    worker_ready.connect(ready, weak=False)
+    worker_shutdown.connect(shutdown, weak=False)
+    return reporter
 
 
 def encode_concurrency(cfg: Settings) -> int:
@@ -66,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
 
     common = ["--without-gossip", "--without-mingle", "-l", cfg.log_level]
     if args.role == "encode":
-        warm_up_default_models()  # the model thread and the task threads live in this process
+        warm_up_default_models(report_start_up("encode"))  # the model and task threads live here
         app.worker_main(["worker", "-Q", queues.ENCODE, "-P", "threads",
                          "-c", str(args.concurrency or encode_concurrency(cfg)),
                          "-n", f"encode-{os.getpid()}@%h", *common])
@@ -74,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
         from workers.reaper import Reaper
         from workers.resources import redis_client
 
-        warm_up_default_models()  # the thread pool runs in this process
+        warm_up_default_models(report_start_up("query"))  # the thread pool runs in this process
         Reaper(redis_client(), cfg).start()  # stuck jobs get their items failed (one query worker acts)
         app.worker_main(["worker", "-Q", queues.QUERY, "-P", "threads", "-c", str(args.concurrency),
                          "-n", f"query-{os.getpid()}@%h", *common])

@@ -499,13 +499,15 @@
     const badge = $("#ready");
     try {
       const response = await fetch("/readyz");
-      badge.textContent = response.ok ? "ready" : "not ready";
       badge.className = `ready ${response.ok ? "ok" : "bad"}`;
       if (!response.ok) {
+        // What /readyz says is missing, e.g. "encode worker: compiling image model ... for batch 8, 32 s".
         const error = (await response.json()).error || {};
+        badge.textContent = error.message ? `not ready: ${error.message}` : "not ready";
         badge.title = error.message || "not ready";
       } else {
-        badge.title = "every shard has a live owner";
+        badge.textContent = "ready";
+        badge.title = "the encode and query workers are ready and every shard has a live owner";
       }
     } catch (_) {
       badge.textContent = "offline";

@@ -26,7 +26,8 @@ def up() -> None:
 def status(ctx: click.Context, as_json: bool) -> None:
     """Readiness, shard slots and owners, collections with counts, queue lengths.
 
-    Exits 1 when the service is not ready (Redis down or a shard slot without an owner).
+    Exits 1 when the service is not ready (Redis down, an encode or query worker still starting
+or not running, or a shard slot without an owner).
     """
     client = client_of(ctx)
     ready = client.readyz()
@@ -40,6 +41,8 @@ def status(ctx: click.Context, as_json: bool) -> None:
         state = "ready" if ready["ready"] else f"NOT READY: {ready.get('message', '')}"
         click.echo(f"api          {client.url}  {state}")
         click.echo(f"redis        {ready.get('redis', '?')}")
+        for role, state in (ready.get("roles") or {}).items():
+            click.echo(f"{role:<12} {state}")
         click.echo(f"slots in use {ready.get('slots', ready.get('missing_slots', '?'))}")
         if ready.get("queues"):
             click.echo("queues       " + "  ".join(f"{q}={n}" for q, n in ready["queues"].items()))

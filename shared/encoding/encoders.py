@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -55,11 +55,15 @@ class CollectionEncoder:
     def conse(self) -> ConSE:
         return create_conse(self.text_model.name)
 
-    def warm_up(self) -> None:
+    def warm_up(self, progress: Callable[[str], None] | None = None) -> None:
         """Load every model and derived table now, compiling the image model's batch shapes
-        (workers call this at start)."""
+        (workers call this at start); `progress` hears each step."""
+        report = progress or (lambda stage: None)
+        report(f"loading text model {self.text_model.name}")
         self.text_model.encode("warm up")
-        self.image_model.warm_up()
+        report(f"loading image model {self.image_model_name} ({self.precision})")
+        self.image_model.warm_up(progress)
+        report("building the ConSE table")
         self.conse.vectors(np.full((1, 1000), 1e-3, np.float32))
 
     def prepare_image(self, rgb: np.ndarray) -> np.ndarray:

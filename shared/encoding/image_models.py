@@ -204,10 +204,12 @@ class ImageModel:
                 probs.append(torch.softmax(self.head(pooled).float(), dim=1))
         return ImageEncoding(torch.cat(feats).cpu().numpy(), torch.cat(probs).cpu().numpy())
 
-    def warm_up(self) -> None:
-        """Run (and so compile) every batch shape this model will use."""
+    def warm_up(self, progress: Callable[[str], None] | None = None) -> None:
+        """Run (and so compile) every batch shape this model will use; `progress` hears each step."""
         blank = np.zeros((self.input_size, self.input_size, 3), np.uint8)
         for shape in sorted({1, self.batch}):
+            if progress is not None:
+                progress(f"{'compiling' if self.compiled else 'running'} image model {self.name} for batch {shape}")
             self.encode([blank] * shape)
 
 

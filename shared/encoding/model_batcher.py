@@ -15,7 +15,7 @@ import functools
 import threading
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -52,8 +52,8 @@ class BatchingImageModel:
     def dim(self) -> int:
         return self.model.dim
 
-    def warm_up(self) -> None:
-        self.model.warm_up()
+    def warm_up(self, progress: Callable[[str], None] | None = None) -> None:
+        self.model.warm_up(progress)
 
     def encode(self, images: list[np.ndarray], timeout: float | None = None) -> "ImageEncoding":
         """Features and class probabilities of `images`; TimeoutError when the model has not

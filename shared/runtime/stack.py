@@ -10,13 +10,14 @@ to start, kill and restart single processes.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import requests
 
@@ -26,6 +27,9 @@ from shared.runtime.logs import setup_logging
 ROOT = Path(__file__).resolve().parents[2]
 PROCFILE = ROOT / "Procfile"
 WORKER_ROLES = ("api", "encode", "shard", "query")
+_ELAPSED = re.compile(r", \d+ s\b")  # how long a role has been at its stage, in /readyz's reasons
+PROGRESS_EVERY_S = 15.0  # `mmsearch up` repeats what it waits for this often, changed or not
+START_RESTARTS = 5  # processes that may exit (and be restarted) during start-up before giving up
 # Roles the Procfile does not list (honcho would start one of each by default).
 EXTRA_ROLES = {"replica": "python -m workers shard --replica"}
 
@@ -69,6 +73,7 @@ class Stack:
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             out = open(self.log_dir / f"{name}.log", "ab")
+        self._forget(name)
         command = self.roles[role]
         if role == "replica":  # replica.<n> follows slot (n - 1) mod MMSEARCH_SHARDS, restarted or not
             command += f" --slot {(int(name.split('.')[1]) - 1) % self.settings.shard_slots}"
@@ -77,6 +82,23 @@ class Stack:
                                 start_new_session=True)
         self.procs[name] = proc
         return proc
+
+    def _forget(self, name: str) -> None:
+        """Drop the start-up report of the dead process `name` replaces (shared.store.roles), so
+        that readiness waits for the new one."""
+        old = self.procs.get(name)
+        role = name.split(".")[0]
+        if old is None or old.poll() is None or role not in ("encode", "query"):
+            return
+        import redis as redis_lib
+
+        from shared.runtime.redis_conn import redis_url
+        from shared.store import roles
+
+        try:
+            roles.forget(redis_lib.Redis.from_url(redis_url(self.settings, self.env)), role, old.pid)
+        except redis_lib.exceptions.RedisError:
+            pass  # the entry lapses within roles.EXPIRY_S
 
     def names(self) -> list[str]:
         names = ["api", "encode", "query"]
@@ -111,36 +133,59 @@ class Stack:
         if sig == signal.SIGKILL:
             proc.wait()
 
-    def wait_ready(self, timeout_s: float = 120.0) -> None:
-        """Until the API answers /readyz with 200, every shard slot has an owner, and the encode
-        and query workers this stack runs answer a Celery ping (they ping once their models are
-        loaded and they consume, so the first search after "up" does not wait for them)."""
+    def waiting_for(self) -> str | None:
+        """What the stack still waits for (None: ready): the API's /readyz answers 200 (Redis,
+        an encode and a query worker whose models are loaded and whose consumers run, every
+        slot of every collection served) and every shard slot has its owner."""
         import redis as redis_lib
-        from kombu.exceptions import OperationalError
 
-        from shared.runtime.celery_config import make_celery
-        from shared.store import keys
         from shared.runtime.redis_conn import redis_url
+        from shared.store import keys
 
-        url = redis_url(self.settings, self.env)
-        client = redis_lib.Redis.from_url(url)
-        celery = make_celery(self.settings.with_overrides({"redis_url": url}))
-        roles = {n.split(".")[0] for n in self.procs} & {"encode", "query"}
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            for name, proc in self.procs.items():
-                if proc.poll() is not None:
-                    raise RuntimeError(f"process {name} exited with code {proc.returncode}")
+        try:
+            resp = requests.get(f"{self.api_url}/readyz", timeout=2)
+        except requests.RequestException:
+            return "the API to listen"
+        if resp.status_code != 200:
             try:
-                owners = all(client.exists(keys.slot_owner(s)) for s in range(self.settings.shard_slots))
-                if owners and requests.get(f"{self.api_url}/readyz", timeout=2).status_code == 200:
-                    answered = {name.split("-")[0] for reply in celery.control.ping(timeout=1.0) for name in reply}
-                    if roles <= answered:
-                        return
-            except (requests.RequestException, redis_lib.exceptions.ConnectionError, OperationalError):
-                pass
+                return resp.json()["error"]["message"]
+            except (ValueError, KeyError, TypeError):
+                return f"the API's /readyz ({resp.status_code})"
+        try:
+            client = redis_lib.Redis.from_url(redis_url(self.settings, self.env))
+            owned = [client.exists(keys.slot_owner(s)) for s in range(self.settings.shard_slots)]
+        except redis_lib.exceptions.RedisError:
+            return "Redis"
+        unowned = [s for s, held in enumerate(owned) if not held]
+        return f"owners of shard slot(s) {unowned}" if unowned else None
+
+    def wait_ready(self, timeout_s: float | None = 120.0, progress: Callable[[str], None] | None = None,
+                   restarts: int = 0) -> None:
+        """Until `waiting_for` is None. `progress` hears what the stack waits for whenever that
+        changes (and every PROGRESS_EVERY_S). A process that exits is restarted up to `restarts`
+        times in all, after which RuntimeError; TimeoutError after `timeout_s` (None: never)."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        started = time.monotonic()
+        said, said_at = None, 0.0
+        while deadline is None or time.monotonic() < deadline:
+            for name, proc in list(self.procs.items()):
+                if proc.poll() is not None:
+                    if restarts <= 0:
+                        raise RuntimeError(f"process {name} exited with code {proc.returncode}")
+                    restarts -= 1
+                    if progress is not None:
+                        progress(f"{name} exited with code {proc.returncode}; restarting it")
+                    self.start_process(name)
+            waiting = self.waiting_for()
+            if waiting is None:
+                return
+            now = time.monotonic()
+            stages = _ELAPSED.sub("", waiting)  # a new stage is news; a second more at one is not
+            if progress is not None and (stages != said or now - said_at >= PROGRESS_EVERY_S):
+                progress(f"waiting for {waiting} ({now - started:.0f} s)")
+                said, said_at = stages, now
             time.sleep(0.25)
-        raise TimeoutError(f"the stack was not ready within {timeout_s}s")
+        raise TimeoutError(f"the stack was not ready within {timeout_s}s: waiting for {self.waiting_for()}")
 
     def stop(self, timeout_s: float = 20.0) -> None:
         """SIGTERM every worker (then Redis last), SIGKILL what is left after the timeout.
@@ -180,9 +225,11 @@ def main() -> None:
     signal.signal(signal.SIGTERM, stop)
     stack.start()
     try:
-        stack.wait_ready()
-    except (RuntimeError, TimeoutError) as exc:
-        print(f"mmsearch: {exc}", file=sys.stderr)
+        # However long the models take to load and compile: stop only for a crash loop.
+        stack.wait_ready(timeout_s=None, progress=lambda line: print(f"mmsearch: {line}", flush=True),
+                         restarts=START_RESTARTS)
+    except RuntimeError as exc:
+        print(f"mmsearch: {exc}; stopping (a process keeps crashing: see its log above)", file=sys.stderr)
         stack.stop()
         sys.exit(1)
     print(f"mmsearch is up: API {stack.api_url}/v1  web page {stack.api_url}/  "

@@ -84,3 +84,7 @@ def staged(cid: str, job_id: str, index: int) -> str:
 def staged_pattern(cid: str) -> str:
     """What every staged upload of a collection matches (SCAN)."""
     return f"{PREFIX}:stage:{cid}:*"
+
+
+# hash: process id -> JSON of that worker process's start-up stage (shared.store.roles)
+ROLES = f"{PREFIX}:roles"

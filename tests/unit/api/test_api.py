@@ -479,6 +479,34 @@ def test_readyz_wants_an_owner_for_every_shard_slot(client, redis_client):
     resp = client.get("/readyz")
     assert resp.status_code == 200 and resp.json["status"] == "ready"
     assert resp.json["queues"] == {queues.ENCODE: 2, queues.QUERY: 0}
+    assert resp.json["roles"] == {"encode": "ready", "query": "ready"}
+
+
+def test_until_the_workers_are_ready_readyz_search_and_ingest_say_why(client, redis_client, ready_workers):
+    from shared.store.roles import READY
+
+    client.post("/v1/collections", json={"name": "photos", "shards": 1})
+    redis_client.set(keys.slot_owner(0), "w0", ex=30)
+    encode, query = ready_workers
+    encode.stage("compiling image model efficientnet_lite0 for batch 8")
+    query.withdraw()  # no query worker at all
+    error = assert_error(client.get("/readyz"), 503, "unavailable")
+    assert error["details"]["roles"] == {
+        "encode": "encode worker: compiling image model efficientnet_lite0 for batch 8, 0 s",
+        "query": "query worker: none running"}
+    assert "compiling image model" in error["message"] and "query worker: none running" in error["message"]
+    error = assert_error(client.post("/v1/collections/photos/search", json={"text": "cat"}), 503, "unavailable")
+    assert error["message"] == "search cannot be served yet: query worker: none running"
+    error = assert_error(client.post("/v1/collections/photos/items", json={"items": [{"text": "a cat"}]}),
+                         503, "unavailable")
+    assert error["message"].startswith("ingest cannot be served yet: encode worker: compiling image model")
+    assert redis_client.llen(queues.ENCODE) == 0 and not redis_client.keys(keys.job("*"))  # nothing enqueued
+    # Bad input is still a 400 first.
+    assert_error(client.post("/v1/collections/photos/search", json={"k": 3}), 400, "invalid_request")
+    encode.stage(READY)
+    assert client.post("/v1/collections/photos/items", json={"items": [{"text": "a cat"}]}).status_code == 202
+    error = assert_error(client.get("/readyz"), 503, "unavailable")
+    assert error["details"]["roles"] == {"encode": "ready", "query": "query worker: none running"}
 
 
 def test_index_page(client):
@@ -487,7 +515,7 @@ def test_index_page(client):
     assert b"<title>mmsearch</title>" in resp.data and b"/openapi.json" in resp.data
 
 
-def test_the_api_never_imports_torch(redis_server, redis_client):
+def test_the_api_never_imports_torch(redis_server, redis_client, ready_workers):
     code = ("import sys; from api.wsgi import app; c = app.test_client(); "
             "assert c.post('/v1/collections', json={'name': 'p'}).status_code == 201; "
             "assert c.post('/v1/collections/p/items', json={'items': [{'text': 'a'}]}).status_code == 202; "

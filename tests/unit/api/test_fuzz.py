@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 
 from api import create_app
+from tests.support.workers import reporting_ready
 
 # Hypothesis's caches go to the temp folder, not into the work tree.
 set_hypothesis_home_dir(os.path.join(tempfile.gettempdir(), "mmsearch-hypothesis"))
@@ -50,7 +51,8 @@ def client(redis_server, tmp_path_factory):
     app.testing = True
     c = app.test_client()
     assert c.post("/v1/collections", json={"name": "photos", "shards": 2}).status_code == 201
-    yield c
+    with reporting_ready(r):  # the workers are up: searches reach the (absent) shards and time out
+        yield c
     r.flushdb()
 
 
