@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test up clean bench-data
+.PHONY: install test test-fast up clean bench-data
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,8 +24,15 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The whole suite, shuffled by pytest-randomly (modules, then the tests in each) in the same order
+# on every run; `make test TEST_SEED=<n>` tries another order (pytest prints the seed it used).
+TEST_SEED ?= 16
 test: $(STAMP)
-	$(PY) -m pytest -q -rs
+	$(PY) -m pytest -q -rs --randomly-seed=$(TEST_SEED)
+
+# The quick loop: without the suites under tests/stack/ (marked `stack`), in a new order each run.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -rs -m "not stack"
 
 up: $(STAMP)
 	$(VENV)/bin/mmsearch up

@@ -118,7 +118,6 @@ def folder(tmp_path_factory):
     return root
 
 
-@pytest.mark.slow
 def test_client_collections_items_jobs_search_and_errors(client):
     assert client.healthz()["status"] == "ok"
     assert client.readyz()["ready"] is True
@@ -182,7 +181,6 @@ def _table_rows(stdout: str) -> list[list[str]]:
     return [line.split() for line in lines[1:]]
 
 
-@pytest.mark.slow
 def test_cli_ingest_search_jobs_end_to_end(run, client, folder, tmp_path):
     code, out, err = run("collections", "create", "clicoll", "--shards", "2", "--precision", "fp32")
     assert code == 0 and "created collection clicoll" in out
@@ -239,7 +237,6 @@ def test_cli_ingest_search_jobs_end_to_end(run, client, folder, tmp_path):
     assert "slots in use [0, 1]" in out and "queues       encode=" in out, out
 
 
-@pytest.mark.slow
 def test_cli_errors_are_one_line_with_scriptable_exit_codes(run):
     for args in (["search", "-c", "x", "--bogus"], ["search", "-c", "x"], ["search", "-c", "x", "-t", "a", "-k", "0"],
                  ["search", "-c", "x", "-t", "a", "--weights", "1"], ["ingest", "/no/such/dir", "-c", "x"],
@@ -259,7 +256,6 @@ def test_cli_errors_are_one_line_with_scriptable_exit_codes(run):
     assert code == 0 and "deleted collection dupe" in out
 
 
-@pytest.mark.slow
 def test_console_script_is_installed(stack):
     exe = Path(sys.executable).parent / "mmsearch"
     assert exe.exists(), "run `pip install -e .` (make install) to get the mmsearch command"

@@ -12,8 +12,6 @@ import requests
 
 from tests.support.stack import running_stack
 
-pytestmark = pytest.mark.slow
-
 CAPTIONS = ["a red sports car on a race track", "a cup of coffee on a table", "a cat asleep on a sofa",
             "fresh strawberries in a bowl", "an old cannon in a castle", "a snare drum on a stage",
             "geese walking on the grass", "a black leather shoe", "tents among pine trees",

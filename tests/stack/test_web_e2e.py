@@ -9,7 +9,7 @@ MMSEARCH_UPDATE_SCREENSHOT=1 it also replaces docs/web.png (the README's picture
 Without chromium, chromedriver or selenium the browser test is skipped (`make install` installs
 them, as root).
 
-The page's static parts are also checked without a browser (not slow).
+The page's static parts are also checked without a browser.
 """
 from __future__ import annotations
 
@@ -182,7 +182,6 @@ def search_results(driver, first: str | None = None) -> list[str]:
     return driver.execute_script(f"return {RESULT_IDS};")
 
 
-@pytest.mark.slow
 def test_web_page_end_to_end(stack, ingested, browser, tmp_path):
     from selenium.webdriver.common.by import By
 
@@ -268,7 +267,6 @@ def test_web_page_end_to_end(stack, ingested, browser, tmp_path):
     assert driver.execute_script("return document.querySelectorAll('img[src=\"x\"], script:not([src])').length") == 0
 
 
-@pytest.mark.slow
 def test_metrics_and_json_logs_of_the_stack(stack, ingested):
     """After the page's searches: /metrics parses and its counters moved; the logs are JSON lines
     carrying the request id and the job id."""
