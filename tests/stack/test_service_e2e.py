@@ -15,9 +15,8 @@ import requests
 from bench.photos import all_photos
 from tests.support.stack import running_stack
 
-pytestmark = pytest.mark.slow
-
 PHOTOS = all_photos()
+BY_NAME = {p.name: p for p in PHOTOS}
 CAT = "chelsea"
 # Captions for some photos; the rest (the cat among them) are ingested without any text.
 CAPTIONS = {"imagenet_04": "fresh strawberries", "imagenet_13": "an old cannon",
@@ -70,8 +69,8 @@ def api(stack):
                 time.sleep(0.3)
             raise AssertionError(f"job {job_id} not final: {body}")
 
-        def search(self, **body):
-            resp = self.post("/collections/photos/search", json=body)
+        def search(self, collection="photos", **body):
+            resp = self.post(f"/collections/{collection}/search", json=body)
             assert resp.status_code == 200, resp.text
             return resp.json()
 
@@ -160,28 +159,43 @@ def test_upsert_replaces_an_item(api, ingested):
     assert cv2.imdecode(np.frombuffer(thumb.content, np.uint8), cv2.IMREAD_COLOR) is not None
 
 
-def test_a_corrupt_image_fails_alone(api, ingested):
-    good = ingested["imagenet_05"]
-    resp = api.post("/collections/photos/items", json={"items": [
+def test_a_corrupt_image_fails_alone(api):
+    assert api.post("/collections", json={"name": "corrupt", "shards": 2}).status_code == 201
+    resp = api.post("/collections/corrupt/items", json={"items": [
         {"id": "corrupt", "image": {"base64": b64(b"\xff\xd8\xff\xe0 definitely not a jpeg")}},
-        {"id": "extra-copy", "image": {"base64": b64(good.read_bytes())}, "text": "thatched roof"},
+        {"id": "good", "image": {"base64": b64(BY_NAME["imagenet_05"].read_bytes())}, "text": "thatched roof"},
     ]})
     job = api.wait_job(resp.json()["job_id"])
     assert job["state"] == "completed_with_errors"
     assert (job["done"], job["failed"], job["total"]) == (1, 1, 2)
     assert job["errors"][0]["id"] == "corrupt" and job["errors"][0]["index"] == 0
-    assert api.get("/collections/photos/items/corrupt").status_code == 404
-    assert api.get("/collections/photos/items/extra-copy").status_code == 200
+    assert api.get("/collections/corrupt/items/corrupt").status_code == 404
+    assert api.get("/collections/corrupt/items/good").status_code == 200
+    assert api.get("/collections/corrupt").json()["count"] == 1
+    assert api.delete("/collections/corrupt").status_code in (202, 204)
 
 
-def test_delete_removes_an_item_from_results(api, ingested):
-    resp = api.delete("/collections/photos/items/extra-copy")
+def test_delete_removes_an_item_from_results(api):
+    """A copy of a photo is found next to it; once deleted, it is in neither look-ups nor results."""
+    assert api.post("/collections", json={"name": "deletes", "shards": 2}).status_code == 201
+    roof = b64(BY_NAME["imagenet_05"].read_bytes())
+    resp = api.post("/collections/deletes/items", json={"items": [
+        {"id": "imagenet_05", "image": {"base64": roof}},
+        {"id": "extra-copy", "image": {"base64": roof}, "text": "thatched roof"},
+        {"id": "coffee", "image": {"base64": b64(BY_NAME["coffee"].read_bytes())}},
+    ]})
+    assert api.wait_job(resp.json()["job_id"])["state"] == "succeeded"
+    hits = api.search("deletes", image={"base64": roof}, k=10)["hits"]
+    assert {h["id"] for h in hits[:2]} == {"imagenet_05", "extra-copy"}
+    resp = api.delete("/collections/deletes/items/extra-copy")
     assert resp.status_code == 202
     assert api.wait_job(resp.json()["job_id"])["state"] == "succeeded"
-    assert api.get("/collections/photos/items/extra-copy").status_code == 404
-    hits = api.search(image={"base64": b64(ingested["imagenet_05"].read_bytes())}, k=10)["hits"]
+    assert api.get("/collections/deletes/items/extra-copy").status_code == 404
+    hits = api.search("deletes", image={"base64": roof}, k=10)["hits"]
     assert "extra-copy" not in [h["id"] for h in hits]
     assert hits[0]["id"] == "imagenet_05"
+    assert api.get("/collections/deletes").json()["count"] == 2
+    assert api.delete("/collections/deletes").status_code in (202, 204)
 
 
 def test_not_found_errors(api, ingested):
