@@ -11,11 +11,12 @@ Two parts:
   only 127.0.0.2 (where this module's image server listens; 127.0.0.1, the API's and
   Redis's address, stays forbidden). Real photos are ingested first; then well over a hundred
   hostile requests, each expecting its documented 4xx, and hostile batches whose items must
-  each fail with a reason in the job's errors; at the end every process must still be alive
-  and the collection must still hold and find exactly its items.
+  each fail with a reason in the job's errors. One test sends every one of those cases again
+  by itself (so it holds alone and in any order); after them every process must still be
+  alive and the collection must still hold and find exactly its items.
 
-The last test prints the figures (cases per category, 500s, worker crashes, items lost):
-    .venv/bin/pytest tests/test_security.py -q
+That test prints the figures (cases per category, 500s, worker crashes, items lost):
+    .venv/bin/python -m pytest tests/stack/test_security.py -q -k intact
 No traffic leaves loopback: private and metadata addresses are only ever refused (at the API
 for literal addresses; in-process tests replace the socket opener to prove it is not called).
 """
@@ -64,9 +65,6 @@ HOSTILE_TEXT = "<script>alert('x')</script> {{7*7}} ${jndi:ldap://x/a} '; DROP T
 HOSTILE_METADATA = {"__proto__": {"polluted": True}, "$where": "sleep(1000)", "constructor": {"prototype": 1},
                     "html": "<img src=x onerror=alert(1)>", "nested": {"a": [1, {"b": None}], "n": -0.5},
                     "unicode": "\u00fc\u202e\u0000\U0001f600", "big": 10**30}
-
-FIGURES: Counter = Counter()       # hostile cases tried, per category
-SERVER_ERRORS: list[str] = []      # every 5xx seen (must stay empty)
 
 
 def b64(data: bytes) -> str:
@@ -534,6 +532,8 @@ class Api:
         self.leaks = leaks
         self.session = requests.Session()
         self.session.trust_env = False
+        self.figures: Counter = Counter()   # hostile cases sent through this client, per category
+        self.server_errors: list[str] = []  # every 5xx it got (must stay empty)
 
     def call(self, method: str, path: str, key: str | None = ADMIN, headers: dict[str, str] | None = None,
              **kw: Any) -> requests.Response:
@@ -541,12 +541,12 @@ class Api:
         h.update(headers or {})
         resp = self.session.request(method, self.base + path, headers=h, timeout=60, **kw)
         if resp.status_code >= 500:
-            SERVER_ERRORS.append(f"{method} {path[:80]} -> {resp.status_code} {resp.text[:200]}")
+            self.server_errors.append(f"{method} {path[:80]} -> {resp.status_code} {resp.text[:200]}")
         return resp
 
     def check_error(self, category: str, resp: requests.Response, status: int, code: str | None) -> dict[str, Any]:
         """One hostile case: its documented status and error code, a small clean error body."""
-        FIGURES[category] += 1
+        self.figures[category] += 1
         assert resp.status_code == status, (resp.status_code, resp.text[:300])
         assert resp.headers["Content-Type"] == "application/json; charset=utf-8"
         assert len(resp.content) < 16384, "an error body echoed what the client sent"
@@ -568,10 +568,14 @@ class Api:
         raise AssertionError(f"job {job_id} not final: {body}")
 
 
-@pytest.fixture(scope="module")
-def api(stack, ingest_root) -> Api:
+def new_api(stack: Stack, ingest_root: Path) -> Api:
     leaks = ("Traceback", 'File "', str(ingest_root), str(ingest_root.parent), str(Path(__file__).resolve().parents[2]))
     return Api(stack, leaks)
+
+
+@pytest.fixture(scope="module")
+def api(stack, ingest_root) -> Api:
+    return new_api(stack, ingest_root)
 
 
 @pytest.fixture(scope="module")
@@ -636,8 +640,7 @@ BAD_AUTH = {
 }
 
 
-@pytest.mark.parametrize("how", list(BAD_AUTH))
-def test_missing_or_wrong_key_is_401_everywhere(api, seeded, how):
+def send_bad_auth(api: Api, how: str) -> None:
     for method, path, body, _ in ENDPOINTS:
         resp = api.call(method, path, key=None, headers=BAD_AUTH[how], json=body)
         api.check_error("auth", resp, 401, "unauthorized")
@@ -646,8 +649,15 @@ def test_missing_or_wrong_key_is_401_everywhere(api, seeded, how):
     api.check_error("auth", resp, 401, "unauthorized")
 
 
-@pytest.mark.parametrize("key, granted", [(READER, {"read"}), (WRITER, {"read", "write"}), (ADMIN_ONLY, {"admin"})])
-def test_a_key_without_the_scope_is_403(api, seeded, key, granted):
+@pytest.mark.parametrize("how", list(BAD_AUTH))
+def test_missing_or_wrong_key_is_401_everywhere(api, seeded, how):
+    send_bad_auth(api, how)
+
+
+SCOPED_KEYS = [(READER, {"read"}), (WRITER, {"read", "write"}), (ADMIN_ONLY, {"admin"})]
+
+
+def send_without_scope(api: Api, key: str, granted: set[str]) -> None:
     for method, path, body, scope in ENDPOINTS:
         if scope in granted:
             continue  # (the allowed calls are made by other tests; here nothing may change)
@@ -660,6 +670,11 @@ def test_a_key_without_the_scope_is_403(api, seeded, key, granted):
     assert api.call("POST", "/collections/photos/search", key=READER, json={"text": "cat", "k": 2}).status_code == 200
     bad_write = api.call("POST", "/collections/photos/items", key=WRITER, json={"items": []})
     api.check_error("auth", bad_write, 400, "invalid_request")
+
+
+@pytest.mark.parametrize("key, granted", SCOPED_KEYS)
+def test_a_key_without_the_scope_is_403(api, seeded, key, granted):
+    send_without_scope(api, key, granted)
 
 
 # 4xx for malformed requests ----------------------------------------------------------------
@@ -980,7 +995,7 @@ def test_malformed_requests_get_their_4xx(api, seeded, category, method, path, k
     api.check_error(category, api.call(method, path, **kw), status, code)
 
 
-def test_a_body_over_the_request_cap_is_413_before_it_is_read(api, stack, seeded):
+def send_oversize_body(api: Api, stack: Stack) -> None:
     """A client that announces 100 MB (over the 64 MiB cap) gets 413 without sending it."""
     host, port = stack.settings.host, stack.settings.port
     conn = http.client.HTTPConnection(host, port, timeout=30)
@@ -992,8 +1007,12 @@ def test_a_body_over_the_request_cap_is_413_before_it_is_read(api, stack, seeded
     resp = conn.getresponse()
     body = resp.read()
     conn.close()
-    FIGURES["size_limits"] += 1
+    api.figures["size_limits"] += 1
     assert resp.status == 413 and json.loads(body)["error"]["code"] == "payload_too_large"
+
+
+def test_a_body_over_the_request_cap_is_413_before_it_is_read(api, stack, seeded):
+    send_oversize_body(api, stack)
 
 
 # Items that fail alone, with a reason, in the job's errors ----------------------------------
@@ -1011,7 +1030,7 @@ def run_batch(api: Api, category: str, batch: list[tuple[dict[str, Any], str | N
     failures = {e["id"]: e for e in job["errors"]}
     assert job["done"] + job["failed"] == job["total"] == len(batch)
     for item, code in batch:
-        FIGURES[category] += code is not None
+        api.figures[category] += code is not None
         if code is None:
             assert item["id"] not in failures, failures.get(item["id"])
         else:
@@ -1023,7 +1042,7 @@ def run_batch(api: Api, category: str, batch: list[tuple[dict[str, Any], str | N
     return job
 
 
-def test_url_items_fail_alone_with_a_reason(api, seeded, image_server, stack):
+def send_url_batch(api: Api, image_server: _ImageServer, stack: Stack) -> None:
     base = image_server.base
     api_port = stack.settings.port
     batch = [
@@ -1059,7 +1078,11 @@ def test_url_items_fail_alone_with_a_reason(api, seeded, image_server, stack):
     assert hits["/slow"] == 1 and hits["/photo.png"] == 1 and hits["/redirect-loop"] == 4
 
 
-def test_path_items_fail_alone_with_a_reason(api, seeded):
+def test_url_items_fail_alone_with_a_reason(api, seeded, image_server, stack):
+    send_url_batch(api, image_server, stack)
+
+
+def send_path_batch(api: Api) -> None:
     batch = [
         ({"id": "p-missing", "image": {"path": "missing.jpg"}}, "not_found"),
         ({"id": "p-percent-dots", "image": {"path": "%2e%2e/secret.jpg"}}, "not_found"),
@@ -1073,7 +1096,11 @@ def test_path_items_fail_alone_with_a_reason(api, seeded):
     run_batch(api, "path_traversal", batch)
 
 
-def test_image_bombs_and_corrupt_files_fail_alone(api, seeded):
+def test_path_items_fail_alone_with_a_reason(api, seeded):
+    send_path_batch(api)
+
+
+def send_image_batches(api: Api) -> None:
     bad = {**{f"bomb-{k}": (v, "payload_too_large") for k, v in BOMBS.items()},
            **{f"corrupt-{k}": (v, "invalid_item") for k, v in corrupt_files().items()}}
     batch = [({"id": name, "image": {"base64": b64(data)}}, code) for name, (data, code) in bad.items()]
@@ -1085,11 +1112,19 @@ def test_image_bombs_and_corrupt_files_fail_alone(api, seeded):
     run_batch(api, "images", upload, multipart=True)
 
 
-@pytest.mark.parametrize("name", [*BOMBS, *corrupt_files()])
-def test_bombs_and_corrupt_files_as_query_images_are_422(api, seeded, name):
+def test_image_bombs_and_corrupt_files_fail_alone(api, seeded):
+    send_image_batches(api)
+
+
+def send_bad_query_image(api: Api, name: str) -> None:
     data = {**BOMBS, **corrupt_files()}[name]
     resp = api.call("POST", SEARCH, files={"image": ("q.png", data)}, data={"text": "cat"})
     api.check_error("images", resp, 422, "invalid_item")
+
+
+@pytest.mark.parametrize("name", [*BOMBS, *corrupt_files()])
+def test_bombs_and_corrupt_files_as_query_images_are_422(api, seeded, name):
+    send_bad_query_image(api, name)
 
 
 def test_embedded_redis_of_the_stack_listens_on_loopback_only(stack):
@@ -1109,9 +1144,25 @@ def test_embedded_redis_of_the_stack_listens_on_loopback_only(stack):
     assert client.config_get("protected-mode")["protected-mode"] == "yes"
 
 
-# Afterwards: nothing broke, nothing was lost ---------------------------------------------
+# After every hostile case: nothing broke, nothing was lost ---------------------------------
 
-def test_zz_the_service_is_intact_and_the_figures(api, stack, seeded, capsys):
+def test_the_service_is_intact_after_every_hostile_case(stack, seeded, image_server, ingest_root, capsys):
+    """Every hostile case of this module, sent again from here through a client of its own (whose
+    figures count only these), then the checks."""
+    api = new_api(stack, ingest_root)
+    for how in BAD_AUTH:
+        send_bad_auth(api, how)
+    for key, granted in SCOPED_KEYS:
+        send_without_scope(api, key, granted)
+    for category, _, method, path, kw, status, code in REFUSED:
+        api.check_error(category, api.call(method, path, **kw), status, code)
+    send_oversize_body(api, stack)
+    send_url_batch(api, image_server, stack)
+    send_path_batch(api)
+    send_image_batches(api)
+    for name in [*BOMBS, *corrupt_files()]:
+        send_bad_query_image(api, name)
+
     crashed = [name for name, proc in stack.procs.items() if proc.poll() is not None]
     count = api.call("GET", "/collections/photos").json()["count"]
     present = [i for i in seeded["ids"] if api.call("GET", f"/collections/photos/items/{i}").status_code == 200]
@@ -1123,17 +1174,17 @@ def test_zz_the_service_is_intact_and_the_figures(api, stack, seeded, capsys):
         found[item_id] = hits[0]["id"]
     text_hits = api.call("POST", SEARCH, json={"text": "cat", "k": 4}).json()
     lines = ["", "hostile cases per category:"]
-    lines += [f"  {category:<15} {n}" for category, n in sorted(FIGURES.items())]
-    lines += [f"  {'total':<15} {sum(FIGURES.values())}",
-              f"500s seen: {len(SERVER_ERRORS)}", f"worker crashes: {len(crashed)}",
+    lines += [f"  {category:<15} {n}" for category, n in sorted(api.figures.items())]
+    lines += [f"  {'total':<15} {sum(api.figures.values())}",
+              f"500s seen: {len(api.server_errors)}", f"worker crashes: {len(crashed)}",
               f"items lost: {lost} (count {count}, expected {seeded['count']})"]
     with capsys.disabled():
         print("\n".join(lines))
-    assert not SERVER_ERRORS, SERVER_ERRORS
+    assert not api.server_errors, api.server_errors
     assert not crashed, f"processes died: {crashed}"
     assert count == seeded["count"] and lost == 0
     assert found == {"cat": "cat", "coffee": "coffee", "berries": "berries"}
     assert text_hits["hits"][0]["id"] == "cat" and text_hits["shards"]["answered"] == text_hits["shards"]["total"]
     item = api.call("GET", "/collections/photos/items/hostile-meta").json()
     assert item["text"] == HOSTILE_TEXT and item["metadata"] == HOSTILE_METADATA
-    assert sum(FIGURES.values()) >= 150
+    assert sum(api.figures.values()) >= 150
