@@ -4,7 +4,8 @@ Unit level (real Redis, no stack): the encode task's delivery limit, the stuck-j
 leases that lapse while Redis is away, read replicas that follow the owner's log and snapshots,
 jobs that wait for live replicas, a trimmed log without a snapshot.
 
-Stack level (marked slow; CI runs them): see the second half of the file.
+Stack level: see the second half of the file. (Every test under tests/stack/ is marked `stack`:
+`make test-fast` skips them.)
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -352,7 +354,7 @@ def b64(data: bytes) -> str:
 
 
 class FaultStack:
-    """The stack, its Redis, and what the ingest put in (filled by the first test)."""
+    """The stack, its Redis, and what the ingest put in (filled by the `ingested` fixture)."""
 
     def __init__(self, stack: Stack, env: dict[str, str]) -> None:
         self.stack = stack
@@ -527,9 +529,21 @@ def _photo_ingest(fs: FaultStack, at: list[float], errors: list[BaseException]) 
         errors.append(exc)
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(600)
-def test_sigkills_during_ingest_lose_nothing_and_duplicate_nothing(faults):
+@dataclass
+class Ingested:
+    """What the ingest under SIGKILLs left: every job's final view and the kills it went through."""
+
+    views: dict[str, dict]
+    timeline: list[tuple[float, str, float]]  # (s after start, process, seconds down)
+    kills: dict[str, int]                     # by kind
+
+
+@pytest.fixture(scope="module")
+def ingested(faults) -> Ingested:
+    """The `faults` collection, filled through the bulk-vector path and the API while every kind
+    of process is SIGKILLed and restarted; once per module, for every test that names it (the
+    first test checks what it stored, the others need its snapshots and trimmed logs). The other
+    tests write only to collections of their own, so they never change what this one holds."""
     fs = faults
     resp = fs.call("POST", "/collections", json={"name": "faults", "shards": SHARDS})
     assert resp.status_code == 201, resp.text
@@ -564,10 +578,22 @@ def test_sigkills_during_ingest_lose_nothing_and_duplicate_nothing(faults):
         t.join(timeout=180)
     assert not errors, errors
     print(f"\nkills (s after start, process, seconds down): {timeline}")
-
-    # Every job reaches a final state, with every item done.
+    kills = dict(fs.kills)
     views = fs.wait_final(list(fs.jobs), timeout_s=240)
     fs.stack.wait_ready(timeout_s=180)
+    return Ingested(views, timeline, kills)
+
+
+# Each test's time limit counts the module's fixtures that its setup runs: the stack's start
+# (up to 180 s) and, for the tests that need it, the ingest under kills (up to about 8 min).
+STACK_SETUP_S, INGEST_SETUP_S = 240, 720
+
+
+@pytest.mark.timeout(INGEST_SETUP_S + 300)
+def test_sigkills_during_ingest_lose_nothing_and_duplicate_nothing(faults, ingested):
+    fs = faults
+    # Every job reached a final state, with every item done.
+    views = ingested.views
     bad = {j: (v["state"], v["done"], v["failed"], v["errors"][:2]) for j, v in views.items()
            if v["state"] != "succeeded" or v["done"] != v["total"]}
     assert not bad, bad
@@ -597,7 +623,7 @@ def test_sigkills_during_ingest_lose_nothing_and_duplicate_nothing(faults):
         if set(hit_ids[:COPIES]) != set(ids):
             wrong_photos[name] = hit_ids
     summary = {"items_ingested": len(expected), "bulk_items": len(fs.vectors), "photo_items": len(photo_items),
-               "jobs": len(views), "kills": fs.kills, "lost_by_id": len(lost_by_id),
+               "jobs": len(views), "kills": ingested.kills, "lost_by_id": len(lost_by_id),
                "lost_by_vector": len(lost_by_vector) + len(wrong_photos), "duplicates": duplicates,
                "seed": FAULT_SEED}
     print("fault summary:", json.dumps(summary))
@@ -605,7 +631,7 @@ def test_sigkills_during_ingest_lose_nothing_and_duplicate_nothing(faults):
     assert not lost_by_vector, [(i, top.get(i)) for i in lost_by_vector[:10]]
     assert not wrong_photos, wrong_photos
     assert duplicates == 0
-    assert sum(fs.kills.values()) == len(KILLS)
+    assert sum(ingested.kills.values()) == len(KILLS)
 
 
 def _ids_of_slot(fs: FaultStack, slot: int) -> list[str]:
@@ -613,11 +639,9 @@ def _ids_of_slot(fs: FaultStack, slot: int) -> list[str]:
     return [i for i in every if queues.slot_for_shard(shard_for(i, SHARDS), 2) == slot]
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(300)
-def test_a_corrupt_newest_snapshot_falls_back_to_the_previous_one_on_the_stack(faults):
+@pytest.mark.timeout(INGEST_SETUP_S + 300)
+def test_a_corrupt_newest_snapshot_falls_back_to_the_previous_one_on_the_stack(faults, ingested):
     fs = faults
-    assert fs.coll is not None, "needs the ingest of the previous test"
     slot = fs.slot_of("shard.1")
     owned = [s for s in range(SHARDS) if queues.slot_for_shard(s, 2) == slot]
     counts = {s: int(fs.r.hget(keys.shard_state(fs.coll.cid, s), "count")) for s in owned}
@@ -647,11 +671,9 @@ def test_a_corrupt_newest_snapshot_falls_back_to_the_previous_one_on_the_stack(f
     fs.stack.wait_ready(timeout_s=120)
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(300)
-def test_a_search_during_a_shard_outage_answers_in_time_with_the_shards_that_answered(faults):
+@pytest.mark.timeout(INGEST_SETUP_S + 300)
+def test_a_search_during_a_shard_outage_answers_in_time_with_the_shards_that_answered(faults, ingested):
     fs = faults
-    assert fs.coll is not None, "needs the ingest of the previous test"
     slot = fs.slot_of("shard.2")
     owner, replica = "shard.2", fs.holder("replica", slot)
     readyz = f"{fs.stack.api_url}/readyz"
@@ -684,12 +706,11 @@ def test_a_search_during_a_shard_outage_answers_in_time_with_the_shards_that_ans
     assert body["shards"] == {"total": SHARDS, "answered": SHARDS}
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(STACK_SETUP_S + 120)
 def test_read_your_writes_after_a_job(faults):
     fs = faults
-    assert fs.coll is not None, "needs the ingest of the previous test"
-    resp = fs.call("POST", "/collections/faults/items",
+    assert fs.call("POST", "/collections", json={"name": "ryw", "shards": SHARDS}).status_code == 201
+    resp = fs.call("POST", "/collections/ryw/items",
                    json={"items": [{"id": "ryw-1", "text": "zebra crossing at midnight"}]})
     job_id = resp.json()["job_id"]
     deadline = time.monotonic() + 60
@@ -697,26 +718,27 @@ def test_read_your_writes_after_a_job(faults):
         assert time.monotonic() < deadline
         time.sleep(0.05)
     # At once, without waiting for the job to go final: the shards (owner or replica) catch up first.
-    body = fs.call("POST", f"/collections/faults/search?after_job={job_id}",
+    body = fs.call("POST", f"/collections/ryw/search?after_job={job_id}",
                    json={"text": "zebra crossing at midnight", "k": 3}).json()
     assert body["consistency"] == {"after_job": job_id, "counted": True, "applied": True, "met": True}
     assert body["hits"][0]["id"] == "ryw-1"
-    assert fs.call("POST", "/collections/faults/search?after_job=0123456789abcdef",
+    assert fs.call("POST", "/collections/ryw/search?after_job=0123456789abcdef",
                    json={"text": "x"}).status_code == 404
     assert fs.call("POST", "/collections", json={"name": "other"}).status_code == 201
     resp = fs.call("POST", f"/collections/other/search?after_job={job_id}", json={"text": "x"})
     assert resp.status_code == 400 and resp.json()["error"]["details"]["field"] == "after_job"
     assert fs.call("DELETE", "/collections/other").status_code in (202, 204)
+    assert fs.call("DELETE", "/collections/ryw").status_code in (202, 204)
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(300)
-def test_sigterm_stop_keeps_everything_for_the_next_start(faults):
+@pytest.mark.timeout(INGEST_SETUP_S + 300)
+def test_sigterm_stop_keeps_everything_for_the_next_start(faults, ingested):
     fs = faults
-    assert fs.coll is not None, "needs the ingest of the previous test"
-    # One more job, stopped right after it is final: the stop must snapshot it.
+    # One more job (in a collection of its own), stopped right after it is final: the stop must
+    # snapshot it.
+    assert fs.call("POST", "/collections", json={"name": "sigterm", "shards": 2}).status_code == 201
     photo = all_photos()[0]
-    resp = fs.call("POST", "/collections/faults/items",
+    resp = fs.call("POST", "/collections/sigterm/items",
                    json={"items": [{"id": "last-one", "image": {"base64": b64(photo.read_bytes())}}]})
     assert fs.wait_final([resp.json()["job_id"]], timeout_s=60)[resp.json()["job_id"]]["state"] == "succeeded"
     count = fs.call("GET", "/collections/faults").json()["count"]
@@ -730,11 +752,14 @@ def test_sigterm_stop_keeps_everything_for_the_next_start(faults):
     again.start()
     again.wait_ready(timeout_s=180)
     assert fs.call("GET", "/collections/faults").json()["count"] == count
-    sample = random.Random(FAULT_SEED).sample(sorted(fs.vectors), 200) + ["last-one"]
+    sample = random.Random(FAULT_SEED).sample(sorted(fs.vectors), 200)
     statuses = fs.get_items(sample)
     assert all(status == 200 for status in statuses.values())
-    top = fs.top_hits_by_vector(sample[:-1])
-    assert all(top[i] is not None and top[i][0] == i for i in sample[:-1])
-    hits = fs.call("POST", "/collections/faults/search",
-                   json={"image": {"base64": b64(photo.read_bytes())}, "k": COPIES + 1}).json()["hits"]
-    assert "last-one" in [h["id"] for h in hits]
+    top = fs.top_hits_by_vector(sample)
+    assert all(top[i] is not None and top[i][0] == i for i in sample)
+    assert fs.call("GET", "/collections/sigterm").json()["count"] == 1
+    assert fs.call("GET", "/collections/sigterm/items/last-one").status_code == 200
+    hits = fs.call("POST", "/collections/sigterm/search",
+                   json={"image": {"base64": b64(photo.read_bytes())}, "k": 1}).json()["hits"]
+    assert [h["id"] for h in hits] == ["last-one"]
+    assert fs.call("DELETE", "/collections/sigterm").status_code in (202, 204)
