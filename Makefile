@@ -37,9 +37,9 @@ test-fast: $(STAMP)
 up: $(STAMP)
 	$(VENV)/bin/mmsearch up
 
-# Benchmark-only photos (bench/datasets.py): Debian packages downloaded, not installed.
+# Benchmark-only photos (bench/datasets.py) and Fashion-MNIST (bench/realvectors): Debian packages downloaded, not installed.
 bench-data:
-	mkdir -p bench/data/debs && cd bench/data/debs && apt-get download opencv-doc plasma-workspace-wallpapers
+	mkdir -p bench/data/debs && cd bench/data/debs && apt-get download opencv-doc plasma-workspace-wallpapers dataset-fashion-mnist
 	mkdir -p bench/data/root
 	for deb in bench/data/debs/*.deb; do dpkg-deb -x "$$deb" bench/data/root; done
 

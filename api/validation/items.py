@@ -2,13 +2,17 @@
 
 Multipart ingest: file parts named `image` are items 0..n-1 in order; the optional `items`
 part (a form field or a file, one JSON array of items without `image` fields) is aligned by
-position. It may be shorter than the images (the rest get generated ids and no text) or
-longer (each extra item is text-only, so it needs a `text`).
+position. It may be shorter than the images (the rest get no text) or longer (each extra item
+is text-only, so it needs a `text`). An uploaded image's item without an `id` takes the file's
+name (`cat.jpg`), unless another part has the same name; then, and for text-only items, the id
+is generated.
 """
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import Any
 
 from werkzeug.datastructures import FileStorage, MultiDict
@@ -44,8 +48,9 @@ def _parse_id(value: Any, where: dict[str, Any]) -> str:
 
 
 def _parse_item(index: int, value: Any, settings: Settings, upload: bytes | None = None,
-                json_image: bool = True) -> ItemInput:
-    """Item `index`; its image from its own `image` field, or else the uploaded file part."""
+                json_image: bool = True, default_id: str | None = None) -> ItemInput:
+    """Item `index`; its image from its own `image` field, or else the uploaded file part; its id
+    from its `id` field, else `default_id`, else a generated one."""
     where = {"index": index}
     if not isinstance(value, dict):
         raise invalid("each item must be a JSON object", **where, field="items")
@@ -57,7 +62,7 @@ def _parse_item(index: int, value: Any, settings: Settings, upload: bytes | None
     metadata = value.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
         raise invalid("metadata must be a JSON object", **where, field="metadata")
-    return ItemInput(_parse_id(value.get("id"), where), text, metadata or {}, image)
+    return ItemInput(_parse_id(value.get("id", default_id), where), text, metadata or {}, image)
 
 
 def _check_count(count: int, settings: Settings) -> None:
@@ -105,9 +110,19 @@ def parse_items_multipart(form: MultiDict[str, str], files: MultiDict[str, FileS
     meta = _items_part(form, files)
     images = files.getlist("image")
     _check_count(max(len(images), len(meta)), settings)
+    names = _file_names(images)
     items = []
     for index in range(max(len(images), len(meta))):
         upload = read_upload(images[index], settings, {"index": index}) if index < len(images) else None
         items.append(_parse_item(index, meta[index] if index < len(meta) else {}, settings,
-                                 upload=upload, json_image=False))
+                                 upload=upload, json_image=False,
+                                 default_id=names[index] if index < len(names) else None))
     return _unique(items)
+
+
+def _file_names(parts: list[FileStorage]) -> list[str | None]:
+    """The id an uploaded file gets unless its item names one: its file name (without any
+    folder), when that is a valid id and no other part of the request has the same name."""
+    names = [PurePosixPath((part.filename or "").replace("\\", "/")).name for part in parts]
+    counts = Counter(names)
+    return [name if name and counts[name] == 1 and is_valid_id(name) else None for name in names]

@@ -2,11 +2,16 @@
 
 Starts the whole stack (`bench.service.running_stack`, 2 shard workers by default) and, for each
 size N and shard count, creates a collection holding N items: N - 26 synthetic fused vectors
-(`bench.bulk.synthetic_vectors`, appended with `bench.bulk.bulk_insert`) plus the 26 photos of
+(`bench.bulk.derived_vectors`, appended with `bench.bulk.bulk_insert`) plus the 26 photos of
 foolbox and scikit-image ingested through the API without captions, so that image queries are
 real: a recompressed crop of each photo should find the photo first ("top-1"). The synthetic
-vectors are mixes of other real photos' vectors (foolbox's CIFAR samples, opencv-doc's photos and
-the Plasma wallpapers, encoded here), so the 26 photos are not outliers among them.
+vectors are derived from real ones (`bench.vectors.cache`: Fashion-MNIST's 70,000 images and
+the other benchmark photos, encoded once into bench/data/vectors; the first run encodes them):
+points between a real item and one of its real neighbours plus noise drawn from the real items'
+spread, whose recall-vs-ef curves and neighbour score gaps match the real vectors' (`python -m
+bench.vectors`, README). Without Fashion-MNIST (`make bench-data`) it falls back, with a note,
+to `bench.bulk.synthetic_vectors` around mixes of the other photos, the generator used before
+(`"generator"` in the JSON says which ran).
 
 Once filled, the bench waits until every shard has snapshotted all it applied (the shard workers
 write those snapshots when the writes stop; "snapshots s" in the fill table, write_results), so the searches
@@ -97,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
                "memory_ratio": memory["ratio"],
                "quick": args.quick, "slots": args.slots, "cores": os.cpu_count(), "load_average": load,
                "rows": rows, "floor": results.floors, "fill": results.fills, "breakdown": results.breakdown,
-               "memory": results.memory, "skipped": results.skipped}
+               "memory": results.memory, "skipped": results.skipped, "generator": results.generator}
     write_results(summary, "search", args.json)
 
 

@@ -33,6 +33,7 @@ class Results:
     floors: dict[int, dict[str, Any]] = field(default_factory=dict)
     memory: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[dict[str, Any]] = field(default_factory=list)
+    generator: str = "derived"  # of the synthetic vectors: derived (from real ones) or anchored
 
 
 def estimated_minutes(n: int, collections: int, results: Results) -> float | None:

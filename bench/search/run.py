@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bench.bulk import synthetic_vectors
+from bench.bulk import derived_vectors, neighbour_lists, synthetic_vectors
 from bench.datasets import cifar_photos, note, opencv_photos, wallpapers
 from bench.photos import foolbox_photos, skimage_photos
 from bench.search.collection import fill, fits_in_memory, memory_row, settle
@@ -13,6 +13,7 @@ from bench.search.plan import Plan, Results, estimated_minutes
 from bench.search.queries import K, TEXT_QUERIES, build_queries, encode_photos, exact_top
 from bench.search.timing import measure_collection
 from bench.service import Service
+from bench.vectors.cache import real_base
 
 SEED = 20240611
 
@@ -31,8 +32,15 @@ def run(svc: Service, plan: Plan) -> Results:
     photos = foolbox_photos() + skimage_photos()
     queries, encode_ms = build_queries(encoder, photos)
     photo_vectors = encode_photos(encoder, photos)
-    anchors = encode_photos(encoder, cifar_photos() + opencv_photos() + wallpapers())
-    results = Results()
+    base = real_base(settings.image_model, settings.text_model, precision, {p.name for p in photos})
+    if base is not None:
+        results = Results(generator="derived")
+        neighbours = neighbour_lists(base, 10)
+    else:
+        note("synthetic vectors from the anchored generator (mixes of photos plus noise), whose "
+             "neighbourhoods are unlike real features' (README, Benchmarks)")
+        results = Results(generator="anchored")
+        anchors = encode_photos(encoder, cifar_photos() + opencv_photos() + wallpapers())
     for n in plan.sizes:
         if not fits_in_memory(n, dims["image"] + dims["text"]):
             note(f"N={n}: a collection of {n} vectors would not fit in memory; skipped")
@@ -48,8 +56,12 @@ def run(svc: Service, plan: Plan) -> Results:
         vectors_file = svc.data_dir / f"vectors-{n}.npy"
         vectors = np.lib.format.open_memmap(vectors_file, mode="w+", dtype=np.float32,
                                             shape=(n, dims["image"] + dims["text"]))
-        synthetic = synthetic_vectors(n - len(photos), dims["image"], dims["text"], seed=SEED, anchors=anchors,
-                                      out=vectors[:n - len(photos)])
+        if base is not None:
+            synthetic = derived_vectors(n - len(photos), base, dims["image"], seed=SEED, neighbours=neighbours,
+                                        out=vectors[:n - len(photos)])
+        else:
+            synthetic = synthetic_vectors(n - len(photos), dims["image"], dims["text"], seed=SEED,
+                                          anchors=anchors, out=vectors[:n - len(photos)])
         vectors[n - len(photos):] = photo_vectors
         syn_ids = [f"syn-{i}" for i in range(len(synthetic))]
         ids = syn_ids + [p.name for p in photos]

@@ -319,7 +319,7 @@ def test_multipart_ingest_aligns_items_with_images(client, coll, redis_client):
         "items": (io.BytesIO(json.dumps(meta).encode()), "items.json")})
     assert resp.status_code == 202, resp.json
     ids, job_id = resp.json["ids"], resp.json["job_id"]
-    assert ids[0] == "one" and ids[3] == "four" and len(set(ids)) == 4
+    assert ids[:3] == ["one", "1.png", "2.png"] and ids[3] == "four"  # file names unless items name ids
     c = cid(redis_client)
     assert [redis_client.get(keys.staged(c, job_id, i)) for i in range(4)] == [PNG + b"\0", PNG + b"\1", PNG + b"\2", None]
     messages = queued(redis_client, queues.ENCODE)
@@ -327,6 +327,15 @@ def test_multipart_ingest_aligns_items_with_images(client, coll, redis_client):
     assert len(messages) == 2 and [it["id"] for it in items] == ids
     assert [it["image"] for it in items] == [{"staged": keys.staged(c, job_id, i)} for i in range(3)] + [None]
     assert items[1]["metadata"] == {"n": 2} and items[3]["text"] == "text only"
+
+
+def test_multipart_ids_are_file_names_without_folders_unless_they_repeat(client, coll):
+    resp = client.post("/v1/collections/photos/items", content_type="multipart/form-data", data={
+        "image": [(io.BytesIO(PNG), name) for name in ("trip/cat.jpg", "a.png", "b/a.png", "", "dog.jpg")]})
+    assert resp.status_code == 202, resp.json
+    ids = resp.json["ids"]
+    assert ids[0] == "cat.jpg" and ids[4] == "dog.jpg"
+    assert all(len(i) == 32 and i not in ("a.png", "") for i in ids[1:4])  # a.png twice, one unnamed: generated
 
 
 def test_jobs_unknown_and_cancel(client, coll, redis_client):
