@@ -21,6 +21,7 @@ import click
 
 from mmsearch.cli.collections import collections
 from mmsearch.cli.common import EXIT_API_ERROR, EXIT_USAGE
+from mmsearch.cli.demo import demo
 from mmsearch.cli.ingest import ingest
 from mmsearch.cli.jobs import jobs
 from mmsearch.cli.search import search
@@ -89,7 +90,7 @@ def cli(ctx: click.Context, api: str, key: str | None, timeout: float) -> None:
     ctx.obj = Client(api, key=key, timeout=timeout)
 
 
-for command in (up, status, collections, ingest, jobs, search):
+for command in (up, status, demo, collections, ingest, jobs, search):
     cli.add_command(command)
 
 

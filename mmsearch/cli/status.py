@@ -27,7 +27,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
     """Readiness, shard slots and owners, collections with counts, queue lengths.
 
     Exits 1 when the service is not ready (Redis down, an encode or query worker still starting
-or not running, or a shard slot without an owner).
+    or not running, or a shard slot without an owner).
     """
     client = client_of(ctx)
     ready = client.readyz()

@@ -233,7 +233,9 @@ def main() -> None:
         stack.stop()
         sys.exit(1)
     print(f"mmsearch is up: API {stack.api_url}/v1  web page {stack.api_url}/  "
-          f"OpenAPI {stack.api_url}/openapi.json  (Ctrl-C stops)", flush=True)
+          f"OpenAPI {stack.api_url}/openapi.json  (Ctrl-C stops)\n"
+          f"mmsearch: in another terminal, put the client on your PATH with "
+          f"'export PATH=\"{Path(sys.executable).parent}:$PATH\"', then try 'mmsearch demo'", flush=True)
     while True:
         for name, proc in stack.procs.items():
             if proc.poll() is not None and not stopping:
