@@ -223,7 +223,8 @@ def running_stack(slots: int = 2, env: Mapping[str, str] | None = None,
     the data dir is deleted on the way out."""
     data_dir = Path(tempfile.mkdtemp(prefix="mmsearch-bench-"))
     try:
-        with support_stack(data_dir, ready_timeout_s, MMSEARCH_SHARDS=str(slots),
+        # The benchmarks read task runtimes from Celery's "succeeded in" lines (TaskLog).
+        with support_stack(data_dir, ready_timeout_s, MMSEARCH_SHARDS=str(slots), MMSEARCH_LOG_TASKS="true",
                            MMSEARCH_SEARCH_TIMEOUT_S="60", **(env or {})) as stack:
             yield Service(stack, data_dir)
     finally:

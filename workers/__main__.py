@@ -9,7 +9,7 @@ import time
 from shared.store import queues
 from shared.store.roles import READY, RoleReporter
 from shared.runtime.allocator import keep_freed_memory
-from shared.runtime.logs import setup_logging
+from shared.runtime.logs import quiet_task_lines, setup_logging
 from shared.runtime.redis_conn import wait_for_redis
 from shared.runtime.config import Settings
 from workers.resources import settings
@@ -97,6 +97,8 @@ def main(argv: list[str] | None = None) -> None:
 
     cfg = settings()
     setup_logging(cfg.log_level)
+    if not cfg.log_tasks:
+        quiet_task_lines()
     wait_for_redis(cfg)
     # Torch's OpenMP threads must not spin against the decode threads (docs/operations.md).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -147,6 +147,7 @@ class Settings:
     job_stall_s: float = 600.0              # MMSEARCH_JOB_STALL_S: no progress this long and nothing queued: items fail
     shard_replicas: int = 0                 # MMSEARCH_SHARD_REPLICAS: read replicas per slot that `mmsearch up` starts
     log_level: str = "INFO"                 # MMSEARCH_LOG_LEVEL
+    log_tasks: bool = False                 # MMSEARCH_LOG_TASKS: Celery's line per task received and succeeded
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -201,6 +202,7 @@ class Settings:
             job_stall_s=max(1.0, _float(env, "MMSEARCH_JOB_STALL_S", d.job_stall_s)),
             shard_replicas=max(0, _int(env, "MMSEARCH_SHARD_REPLICAS", d.shard_replicas)),
             log_level=_str(env, "MMSEARCH_LOG_LEVEL", d.log_level).upper(),
+            log_tasks=_bool(env, "MMSEARCH_LOG_TASKS", d.log_tasks),
         )
 
     def refuse_open_listen(self) -> None:

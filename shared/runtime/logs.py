@@ -101,6 +101,24 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str, ensure_ascii=False)
 
 
+TASK_LOGGERS = ("celery.app.trace", "celery.worker.strategy")  # "Task ... received", "... succeeded in"
+
+
+class TaskLinesFilter(logging.Filter):
+    """Drops Celery's INFO lines about each task (received, succeeded with its result): one
+    pair per task is noise at any real rate; warnings and errors about tasks still pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or record.name not in TASK_LOGGERS
+
+
+def quiet_task_lines() -> None:
+    """Leave Celery's per-task INFO lines out of this process's log (the handler of setup_logging)."""
+    for handler in logging.getLogger().handlers:
+        if getattr(handler, "_mmsearch", False):
+            handler.addFilter(TaskLinesFilter())
+
+
 TEXT_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s:%(ctx)s %(message)s"
 
 
