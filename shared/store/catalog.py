@@ -76,13 +76,13 @@ def check_models(settings: Settings, image_model: str, text_model: str) -> dict[
         raise ModelUnavailableError(
             "resnet50 weights are not on this machine (set MMSEARCH_RESNET50_WEIGHTS to a torchvision "
             "state_dict file); image_model 'efficientnet_lite0' works offline")
-    from shared.encoding.text_encoder import TEXT_MODELS, create_text_model
+    from shared.encoding.text_encoder import TEXT_MODELS, text_model_dim
 
     if text_model not in TEXT_MODELS and text_model != settings.text_model:
         raise ModelUnavailableError(
             f"unknown text_model {text_model!r}; available: {', '.join(sorted({*TEXT_MODELS, settings.text_model}))} "
             "(a GloVe file is served when an operator sets it as MMSEARCH_TEXT_MODEL)")
-    return {"image": IMAGE_MODEL_DIMS[image_model], "text": create_text_model(text_model).dim}
+    return {"image": IMAGE_MODEL_DIMS[image_model], "text": text_model_dim(text_model)}
 
 
 def create_collection(r: redis.Redis, settings: Settings, name: str, shards: int | None = None,

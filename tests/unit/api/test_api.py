@@ -524,11 +524,13 @@ def test_index_page(client):
     assert b"<title>mmsearch</title>" in resp.data and b"/openapi.json" in resp.data
 
 
-def test_the_api_never_imports_torch(redis_server, redis_client, ready_workers):
+def test_the_api_loads_no_model(redis_server, redis_client, ready_workers):
     code = ("import sys; from api.wsgi import app; c = app.test_client(); "
             "assert c.post('/v1/collections', json={'name': 'p'}).status_code == 201; "
             "assert c.post('/v1/collections/p/items', json={'items': [{'text': 'a'}]}).status_code == 202; "
-            "assert 'torch' not in sys.modules, 'the API imported torch'")
+            "assert 'torch' not in sys.modules, 'the API imported torch'; "
+            "from shared.encoding.text_encoder import create_text_model; "
+            "assert create_text_model.cache_info().currsize == 0, 'the API loaded a text model'")
     env = {**os.environ, "REDIS_URL": redis_server, "MMSEARCH_API_KEYS": ""}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120,
                    cwd=Path(__file__).resolve().parents[3])

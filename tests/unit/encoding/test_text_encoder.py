@@ -17,6 +17,7 @@ from shared.encoding.text_encoder import (
     TextEncoder,
     create_text_model,
     load_glove,
+    text_model_dim,
     tokenize,
 )
 
@@ -154,6 +155,7 @@ def test_glove_text_file_by_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     path.write_text(TINY_GLOVE, encoding="utf-8")
     monkeypatch.setattr(config, "_settings",
                         config.Settings.from_env({"MMSEARCH_DATA_DIR": str(tmp_path / "data")}))
+    assert text_model_dim(str(path)) == 4 and text_model_dim(DEFAULT_TEXT_MODEL) == 50  # read, not loaded
     model = create_text_model(str(path))
     assert model.name == str(path) and model.dim == 4
     v = model.encode("Alpha epsilon!")
