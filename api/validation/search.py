@@ -15,12 +15,14 @@ from werkzeug.datastructures import FileStorage, MultiDict
 from api.bodies import loads_strict
 from api.validation.common import as_float, invalid, is_int_in, is_number, only_fields, only_parts, parse_text, single
 from api.validation.images import ImageInput, parse_image, read_upload
+from shared.index.filters import OPERATORS, RANGE_OPERATORS
 from shared.runtime.config import Settings
 
 SEARCH_FIELDS = frozenset({"text", "image", "k", "weights", "filter"})
 BLOCKS = ("image", "text")
 DEFAULT_K = 10
 MAX_K = 1000
+MAX_IN = 1000  # values of one filter's `in` list
 MAX_WEIGHT = 1e6  # large enough for any ratio; sums of larger ones could overflow in scoring
 _DIGITS = re.compile(r"^[0-9]{1,9}$")
 
@@ -56,16 +58,40 @@ def _parse_weights(value: Any, present: list[str]) -> dict[str, float] | None:
     return {block: float(weight) for block, weight in value.items()}
 
 
+def _check_scalar(value: Any, field: str) -> None:
+    if value is not None and not isinstance(value, (str, bool, int, float)):
+        raise invalid("filter values must be strings, numbers, booleans or null", field=field)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise invalid("filter numbers must be finite", field=field)
+
+
+def _check_operators(condition: dict[str, Any], field: str) -> None:
+    """An operator object: `in` (a list of scalars) and/or range bounds (finite numbers)."""
+    if not condition:
+        raise invalid(f"a filter condition object needs an operator: {', '.join(OPERATORS)}", field=field)
+    only_fields(condition, frozenset(OPERATORS), {}, prefix=f"{field}.")
+    if "in" in condition:
+        values = condition["in"]
+        if not isinstance(values, list) or len(values) > MAX_IN:
+            raise invalid(f"{field}.in must be a list of at most {MAX_IN} values", field=f"{field}.in")
+        for i, v in enumerate(values):
+            _check_scalar(v, f"{field}.in[{i}]")
+    for op in RANGE_OPERATORS:
+        if op in condition and (not is_number(condition[op]) or not math.isfinite(as_float(condition[op]))):
+            raise invalid(f"{field}.{op} must be a finite number", field=f"{field}.{op}")
+
+
 def _parse_filter(value: Any) -> dict[str, Any] | None:
+    """Metadata key -> a value to equal, or an operator object (shared.index.filters)."""
     if value is None:
         return None
     if not isinstance(value, dict):
-        raise invalid("filter must be a JSON object of metadata key -> value", field="filter")
+        raise invalid("filter must be a JSON object of metadata key -> value or condition", field="filter")
     for key, wanted in value.items():
-        if wanted is not None and not isinstance(wanted, (str, bool, int, float)):
-            raise invalid("filter values must be strings, numbers, booleans or null", field=f"filter.{key}")
-        if isinstance(wanted, float) and not math.isfinite(wanted):
-            raise invalid("filter numbers must be finite", field=f"filter.{key}")
+        if isinstance(wanted, dict):
+            _check_operators(wanted, f"filter.{key}")
+        else:
+            _check_scalar(wanted, f"filter.{key}")
     return value or None
 
 

@@ -41,6 +41,7 @@ import numpy as np
 
 from shared.errors import SnapshotError
 from shared.index import calibration, snapshot
+from shared.index.filters import MetadataIndex
 from shared.index.graph import IMAGE, TEXT, Graph, estimated_bytes
 from shared.index.join import by_block, join, with_zeros
 from shared.index.labels import label_for
@@ -55,7 +56,6 @@ EXACT_FILTER_MAX = 4096  # a filter that matches at most this many items is answ
 REBUILD_BATCH = 10_000    # items per upsert when rebuilding a snapshot in another layout
 KINDS_BLOCKS = ("image", "text", "fused")
 KINDS_WHOLE = ("vector",)
-_MISSING = object()
 
 
 @dataclass
@@ -70,10 +70,6 @@ class SearchHit:
     record: ItemRecord
     vector: np.ndarray | None = None
     blocks: dict[str, float] | None = None
-
-
-def _matches(metadata: dict[str, Any], conditions: dict[str, Any]) -> bool:
-    return all(metadata.get(key, _MISSING) == value for key, value in conditions.items())
 
 
 class ShardIndex:
@@ -107,6 +103,7 @@ class ShardIndex:
                                   capacity=initial_capacity)
         self._records: dict[int, ItemRecord] = {}
         self._blocks: dict[int, int] = {}  # label -> bits of the graphs that hold the item
+        self._metadata = MetadataIndex()  # labels by metadata value, for filters
         self._lock = RWLock()
         self._calibration = calibration.Calibration(self.kinds)
 
@@ -131,8 +128,12 @@ class ShardIndex:
             self._store.put(list(latest), vectors[list(latest.values())])
             inserted = 0
             for label, row in latest.items():
-                inserted += label not in self._records
+                old = self._records.get(label)
+                inserted += old is None
+                if old is not None:
+                    self._metadata.remove(label, old.metadata)
                 self._records[label] = records[row]
+                self._metadata.add(label, records[row].metadata)
                 self._blocks[label] = blocks[label]
         self._calibration.wrote(inserted, len(latest) - inserted)
         self._calibrate_if_due()
@@ -153,7 +154,7 @@ class ShardIndex:
                     for graph in self._graphs:
                         if blocks & graph.bit:
                             graph.remove(label)
-                    del self._records[label]
+                    self._metadata.remove(label, self._records.pop(label).metadata)
                     deleted += 1
             self._store.remove(labels)
         self._calibration.wrote(0, deleted)
@@ -165,7 +166,8 @@ class ShardIndex:
                return_vectors: bool = False) -> list[SearchHit]:
         """Top-k items by inner product, best first; k is clamped to the items that qualify.
 
-        `filter` keeps items whose metadata equals every given key's value. A filter that
+        `filter` keeps the items whose metadata meets every condition (`shared.index.filters`:
+        equality, `in`, numeric ranges), found in the shard's metadata index. A filter that
         matches few items is answered by exact search over them; otherwise hnswlib searches
         with the filter. Deleted items are never returned. `SearchHit.vector` (with
         `return_vectors`) is the stored fused vector; `SearchHit.blocks` needs no vector read
@@ -182,8 +184,7 @@ class ShardIndex:
         with self._lock.read():
             allowed: set[int] | None = None
             if filter:
-                allowed = {label for label, record in self._records.items()
-                           if _matches(record.metadata, filter)}
+                allowed = self._metadata.matching(filter)
             pool = len(self._records) if allowed is None else len(allowed)
             if pool == 0:
                 return []
@@ -381,6 +382,8 @@ class ShardIndex:
             graph.live = sum(1 for bits in state.blocks.values() if bits & graph.bit)
         shard._records = state.records
         shard._blocks = state.blocks
+        for label, record in shard._records.items():
+            shard._metadata.add(label, record.metadata)
         # Format versions 1 and 2 kept no store: every item's blocks are read back out of the graphs.
         shard._store = state.store or VectorStore.from_graphs(shard._graphs, shard._blocks, dtype)
         return shard

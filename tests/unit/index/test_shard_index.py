@@ -394,3 +394,26 @@ def test_bytes_stay_within_half_again_of_vectors_and_graphs():
     assert stats["vector_bytes"] == n * (image_dim + 50) * 4
     assert 0 < stats["graph_bytes"] < stats["vector_bytes"] / 10
     assert stats["bytes"] <= 1.5 * (stats["vector_bytes"] + stats["graph_bytes"])
+
+
+@pytest.mark.parametrize("exact_max", [shard_index.EXACT_FILTER_MAX, 0], ids=["exact", "hnswlib-filter"])
+def test_operator_filters_give_the_exact_top_k_after_writes_and_a_snapshot(monkeypatch, tmp_path, exact_max):
+    monkeypatch.setattr(shard_index, "EXACT_FILTER_MAX", exact_max)
+    index, ids, vectors = filled(n=400)
+    index.upsert(["item-5"], vectors[5:6], [ItemRecord("item-5", metadata={"parity": 0, "tens": 99})])  # moved
+    index.delete(["item-7", "item-12"])
+    live = {j: {"parity": j % 2, "tens": j // 10} for j in range(400) if j not in (7, 12)}
+    live[5] = {"parity": 0, "tens": 99}
+    filters = [{"tens": {"in": [0, 1, 99]}}, {"tens": {"gte": 3, "lt": 5}, "parity": 1},
+               {"tens": {"gt": 38.5}}, {"parity": {"in": [None]}}, {"parity": 1, "tens": {"lte": 0}}]
+    wanted = [lambda m: m["tens"] in (0, 1, 99), lambda m: 3 <= m["tens"] < 5 and m["parity"] == 1,
+              lambda m: m["tens"] > 38.5, lambda m: False, lambda m: m["parity"] == 1 and m["tens"] <= 0]
+    q = vectors[9]
+    path = tmp_path / "snapshot.bin"
+    index.save(path, "1-0", forked=False)
+    loaded, _ = shard_index.ShardIndex.load(path)
+    for shard in (index, loaded):
+        for conditions, keep in zip(filters, wanted):
+            matching = sorted(j for j, meta in live.items() if keep(meta))
+            exact = [f"item-{matching[i]}" for i in np.argsort(-(vectors[matching] @ q), kind="stable")[:10]]
+            assert [h.id for h in shard.search(q, 10, filter=conditions)] == exact, conditions
