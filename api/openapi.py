@@ -206,6 +206,9 @@ def _parameters() -> dict[str, Schema]:
                      "description": "Read-your-writes: each shard first applies (within the shard deadline) what "
                                     "this job of the collection logged; the answer's `consistency` says if it did.",
                      "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}},
+        "Wait": {"name": "wait", "in": "query", "required": False,
+                 "description": "Long-poll: answer as soon as the job is final, or after this many seconds.",
+                 "schema": {"type": "number", "minimum": 0, "maximum": 30, "default": 0}},
     }
 
 
@@ -292,7 +295,7 @@ def _operations(secured: bool, limited: bool = False) -> dict[str, dict[str, Sch
                 **errors(400, 404, 413, 415, 422)}, (*coll, "Async", "AfterJob"), search_body),
         },
         "/v1/jobs/{job_id}": {
-            "get": op("Job status", "jobs", {**ok("Job", "The job."), **errors(404)}, job),
+            "get": op("Job status", "jobs", {**ok("Job", "The job."), **errors(400, 404)}, (*job, "Wait")),
             "delete": op("Cancel what has not run yet", "jobs",
                          {**ok("CancelAccepted", "Cancel requested.", 202), **errors(404)}, job),
         },

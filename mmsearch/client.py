@@ -222,8 +222,11 @@ class Client:
 
     # Jobs --------------------------------------------------------------------------------
 
-    def job(self, job_id: str) -> dict[str, Any]:
-        return self._json("GET", f"/v1/jobs/{self._seg(job_id)}")
+    def job(self, job_id: str, wait: float | None = None) -> dict[str, Any]:
+        """The job's body; with `wait` (seconds, up to 30) the server answers as soon as the job
+        is final, or after that long."""
+        params = {"wait": f"{wait:g}"} if wait else None
+        return self._json("GET", f"/v1/jobs/{self._seg(job_id)}", params=params)
 
     def cancel_job(self, job_id: str) -> dict[str, Any]:
         return self._json("DELETE", f"/v1/jobs/{self._seg(job_id)}")
@@ -233,20 +236,23 @@ class Client:
         return self.wait_jobs([job_id], timeout=timeout, progress=progress)[0]
 
     def watch_jobs(self, job_ids: Sequence[str], timeout: float | None = None) -> Iterator[list[dict[str, Any]]]:
-        """Yield the bodies of all `job_ids` at each poll, the last time when all are final."""
+        """Yield the bodies of all `job_ids` about every `poll_s`, the last time when all are
+        final. Each unfinished job is long-polled (`job(wait=poll_s)`), so its end is seen as it
+        happens, not at the next poll."""
         deadline = None if timeout is None else time.monotonic() + timeout
         bodies: dict[str, dict[str, Any]] = {}
         while True:
+            started = time.monotonic()
             for job_id in job_ids:
                 if bodies.get(job_id, {}).get("state") not in FINAL_STATES:
-                    bodies[job_id] = self.job(job_id)
+                    bodies[job_id] = self.job(job_id, wait=self.poll_s)
             current = [bodies[j] for j in job_ids]
             yield current
             if all(b["state"] in FINAL_STATES for b in current):
                 return
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"job(s) not final after {timeout}s: {', '.join(job_ids)}")
-            time.sleep(self.poll_s)
+            time.sleep(max(0.0, self.poll_s - (time.monotonic() - started)))  # a server that cannot wait
 
     def wait_jobs(self, job_ids: Sequence[str], timeout: float | None = None, progress: bool = False,
                   bar: ProgressBar | None = None) -> list[dict[str, Any]]:

@@ -410,10 +410,12 @@
       for (;;) {
         const open = [...state.jobs.values()].filter((j) => !(j.body && FINAL_STATES.has(j.body.state)) && !j.gone);
         if (!open.length) break;
+        const started = Date.now();
         await Promise.all(open.map(async (job) => {
           try {
             const before = job.body && job.body.state;
-            job.body = await apiJson(`/v1/jobs/${encodeURIComponent(job.id)}`);
+            // Long-poll: the API answers as soon as the job is final, or after POLL_MS.
+            job.body = await apiJson(`/v1/jobs/${encodeURIComponent(job.id)}?wait=${POLL_MS / 1000}`);
             job.error = null;
             if (FINAL_STATES.has(job.body.state) && before !== job.body.state &&
                 job.body.collection === state.collection) {
@@ -425,7 +427,7 @@
           }
           renderJob(job);
         }));
-        await new Promise((resolve) => setTimeout(resolve, POLL_MS));
+        await new Promise((resolve) => setTimeout(resolve, Math.max(0, POLL_MS - (Date.now() - started))));
       }
     } finally {
       polling = false;

@@ -590,3 +590,20 @@ def test_openapi_describes_exactly_the_routes(make_app):
     error = spec["components"]["schemas"]["Error"]
     assert error["properties"]["error"]["required"] == ["code", "message", "details"]
     assert spec["components"]["schemas"]["ItemsRequest"]["properties"]["items"]["maxItems"] == 5
+
+
+def test_a_long_poll_answers_when_the_job_ends_or_the_wait_is_over(client, coll, redis_client):
+    from shared.store import jobs as job_store
+
+    job_id = client.post("/v1/collections/photos/items", json={"items": [ITEM]}).json["job_id"]
+    started = time.monotonic()
+    assert client.get(f"/v1/jobs/{job_id}?wait=0.3").json["state"] == "queued"  # not final: after the wait
+    assert time.monotonic() - started >= 0.3
+    for bad in ("31", "-1", "nan", "soon"):
+        assert_error(client.get(f"/v1/jobs/{job_id}?wait={bad}"), 400, "invalid_request")
+    assert_error(client.get("/v1/jobs/0123456789abcdef?wait=5"), 404, "not_found")
+    search_id = client.post("/v1/collections/photos/search?async=1", json={"text": "cat"}).json["job_id"]
+    # What the query worker does when the search is done, 0.2 s from now.
+    threading.Timer(0.2, job_store.set_search_result, args=(redis_client, search_id, {"hits": []}, None, 60)).start()
+    resp = client.get(f"/v1/jobs/{search_id}?wait=30")
+    assert resp.json["state"] == "succeeded" and time.monotonic() - started < 30
