@@ -13,6 +13,7 @@
   const UPLOAD_FILES_PER_REQUEST = 100;
   const UPLOAD_BYTES_PER_REQUEST = 48 * 1024 * 1024;
   const POLL_MS = 1000;
+  const LONG_POLLS_MAX = 4;
 
   const $ = (selector) => document.querySelector(selector);
   const state = {
@@ -411,11 +412,13 @@
         const open = [...state.jobs.values()].filter((j) => !(j.body && FINAL_STATES.has(j.body.state)) && !j.gone);
         if (!open.length) break;
         const started = Date.now();
+        // Long-poll (the API answers as soon as a job is final, or after POLL_MS), but never with
+        // more than a few requests held open: each holds one of the API's threads meanwhile.
+        const wait = open.length <= LONG_POLLS_MAX ? `?wait=${POLL_MS / 1000}` : "";
         await Promise.all(open.map(async (job) => {
           try {
             const before = job.body && job.body.state;
-            // Long-poll: the API answers as soon as the job is final, or after POLL_MS.
-            job.body = await apiJson(`/v1/jobs/${encodeURIComponent(job.id)}?wait=${POLL_MS / 1000}`);
+            job.body = await apiJson(`/v1/jobs/${encodeURIComponent(job.id)}${wait}`);
             job.error = null;
             if (FINAL_STATES.has(job.body.state) && before !== job.body.state &&
                 job.body.collection === state.collection) {
