@@ -10,11 +10,11 @@ ones). Exact top-k comes from a matmul over every live item's block vectors (cop
 the shard's vector store under the read lock, then computed outside it). `ef` is the smallest
 rung of EF_LADDER whose recall@k reaches the `recall_target` with a margin for the sample (it
 may miss only CALIBRATION_MARGIN of what the target allows: 99.5% for 99%), the last rung if none
-does; `far_below` is the median exact k-th score of the calibration queries per unit of query
-norm (FAR_QUANTILE; with the lowest one instead, real text queries only a little farther
-than the calibration ones stayed at ef, short of the recall target). A query farther from the
-items than that (its k-th score below far_below x its norm: e.g. a text whose words no caption has,
-or a photo unlike any stored one, whose top k are near-ties that a graph finds only with a
+does; `far_below` is the median exact k-th score of the calibration queries per unit of
+`scale` (the sum of their blocks' norms; FAR_QUANTILE; with the lowest one instead, real text
+queries only a little farther than the calibration ones stayed at ef, short of the recall
+target). A query farther from the items than that (its k-th score below far_below x its scale:
+e.g. a text whose words no caption has, or a photo unlike any stored one, whose top k are near-ties that a graph finds only with a
 longer list), or whose search went astray, is searched again with the kind's `far_ef`. That
 one is calibrated the same way on far queries: the same stored items turned towards random
 directions (cosine FAR_COSINES with the item), those of them whose exact k-th score is below
@@ -152,7 +152,7 @@ def measure(graphs: list[Graph], dumps: dict[str, Dump], dim: int, recall_target
     neighbours[np.searchsorted(universe, picks), np.arange(count)] = -np.inf
     queries = _off_node(stored, neighbours.max(axis=0), chosen[count:2 * count] - chosen[2 * count:])
     top, scores = _exact_top(graphs, dumps, universe, queries)
-    far_below = float(np.quantile(scores.min(axis=0) / np.linalg.norm(queries, axis=1), FAR_QUANTILE))
+    far_below = float(np.quantile(scores.min(axis=0) / scale(graphs, queries), FAR_QUANTILE))
     needed = (1.0 - (1.0 - recall_target) * CALIBRATION_MARGIN) * CALIBRATION_K
     ef = _smallest_ef(search, graphs, queries, universe[top], needed, EF_LADDER[0], EF_LADDER[-1])
     # Far queries: the same items turned towards random directions, those that end up far.
@@ -162,10 +162,18 @@ def measure(graphs: list[Graph], dumps: dict[str, Dump], dim: int, recall_target
     cosines = rng.uniform(*FAR_COSINES, count)
     far = _off_node(stored, cosines * np.einsum("ij,ij->i", stored, stored), directions)
     far_top, far_scores = _exact_top(graphs, dumps, universe, far)
-    beyond = far_scores.min(axis=0) / np.linalg.norm(far, axis=1) < far_below
+    beyond = far_scores.min(axis=0) / scale(graphs, far) < far_below
     far_ef = (_smallest_ef(search, graphs, far[beyond], universe[far_top[:, beyond]], needed, ef, EF_FAR)
               if beyond.any() else ef)
     return Tuning(ef, far_below, far_ef)
+
+
+def scale(graphs: list[Graph], queries: np.ndarray) -> np.ndarray:
+    """The sum of the norms of each query's blocks (a part per graph): what `far_below` is per
+    unit of. Unlike the whole norm it does not change with the weights of a query's blocks
+    (`build_query` gives them norms in proportion to weights that sum to one), so a query
+    weighted 1:0.25 is as near or as far as at 1:1."""
+    return sum(np.linalg.norm(graph.part(queries), axis=-1) for graph in graphs)
 
 
 def _off_node(stored: np.ndarray, nearest: np.ndarray, directions: np.ndarray) -> np.ndarray:

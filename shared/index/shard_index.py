@@ -180,7 +180,8 @@ class ShardIndex:
             return []
         graphs = self._graphs_for(query)
         tuning = self._calibration.tuning[self._kind(graphs)]
-        far_below = None if tuning.far_below is None else tuning.far_below * float(np.linalg.norm(query))
+        far_below = (None if tuning.far_below is None
+                     else tuning.far_below * float(calibration.scale(graphs, query)))
         with self._lock.read():
             allowed: set[int] | None = None
             if filter:

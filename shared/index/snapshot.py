@@ -17,8 +17,8 @@ Snapshot file layout (little-endian), format version 3:
              u64 n + n bytes of thumbnails, concatenated
 The SHA-256 covers every byte after the magic except the digest itself: the header fields,
 the position and the payload. Versions 2 (no vector store: it is rebuilt from the graphs on
-load) and 1 (one graph over the whole vectors; payload: graph, records without "blocks",
-thumbnails) still load.
+load; its tuning is measured again, `far_below` being per unit of another norm) and 1 (one
+graph over the whole vectors; payload: graph, records without "blocks", thumbnails) still load.
 """
 from __future__ import annotations
 
@@ -187,6 +187,8 @@ def load(path: Path) -> tuple[ShardState, str]:
                 meta: dict[str, Any] = {"image_dim": 0, "recall_target": 0.99, "calibrated_at": 0, "tuning": None}
             else:
                 meta = json.loads(_read_exact(f, _read_u64(f)))
+            if version < 3:  # far_below was per unit of the query's whole norm: measured again on load
+                meta["calibrated_at"] = 0
             image_dim = meta["image_dim"] if 0 < meta["image_dim"] < dim else 0
             spans = [(0, image_dim), (image_dim, dim)] if image_dim else [(0, dim)]
             graphs = [_load_graph(f, path, stop - start) for start, stop in spans]
