@@ -101,7 +101,7 @@ def neighbour_lists(vectors: np.ndarray, k: int, threads: int = -1, seed: int = 
 
 def derived_vectors(n: int, base: np.ndarray, image_dim: int, seed: int = 0, *,
                     neighbours: np.ndarray | None = None, k: int = 10, noise: float = 0.4,
-                    out: np.ndarray | None = None) -> np.ndarray:
+                    text_noise: float = 0.3, out: np.ndarray | None = None) -> np.ndarray:
     """`n` fused item vectors derived from `base`, fused vectors of real items (e.g.
     `bench.vectors.cache.real_set`). Each is a random point on the segment between a random
     base item `a` and one of its `k` nearest base items `b` (`neighbours`, m x k rows, computed
@@ -110,14 +110,15 @@ def derived_vectors(n: int, base: np.ndarray, image_dim: int, seed: int = 0, *,
 
         item = (1 - t) * a + t * b + noise * (c - d),   t uniform in [0, 1)
 
-    per block (image and text at the same t, a, b, c, d), each block then unit-normalised and
+    per block (image and text at the same t, a, b, c, d; the text block with `text_noise`
+    instead of `noise`), each block then unit-normalised and
     fused as `shared.encoding.fusion.fuse` does; written into `out` when given. Image blocks stay
     non-negative where the base's are (pooled CNN features after a ReLU): negative entries are
     clipped to 0.
 
     The items so fill in the real items' own neighbourhoods, and the noise, drawn from the real
     items' own spread rather than isotropic, keeps them from crowding onto the segments: with
-    `noise` 0.4 the recall-vs-ef curve of an hnswlib graph, the 10th neighbour's score and the
+    `noise` 0.4 and `text_noise` 0.3 the recall-vs-ef curve of an hnswlib graph, the 10th neighbour's score and the
     gap to the 11th match those of the real vectors (`python -m bench.vectors`, README,
     Benchmarks), where mixing a few random anchors plus isotropic noise (`synthetic_vectors`)
     gives clusters of equidistant items that are much easier to search.
@@ -143,8 +144,8 @@ def derived_vectors(n: int, base: np.ndarray, image_dim: int, seed: int = 0, *,
         b = neighbours[a, rng.integers(0, neighbours.shape[1], rows)]
         c, d = rng.integers(0, len(base), rows), rng.integers(0, len(base), rows)
         t = rng.random((rows, 1), np.float32)
-        for block, (lo, hi) in ((image, (0, image_dim)), (text, (image_dim, dim))):
-            mixed = (1 - t) * block[a] + t * block[b] + noise * (block[c] - block[d])
+        for block, (lo, hi), scale in ((image, (0, image_dim), noise), (text, (image_dim, dim), text_noise)):
+            mixed = (1 - t) * block[a] + t * block[b] + scale * (block[c] - block[d])
             if non_negative and lo == 0:
                 np.maximum(mixed, 0, out=mixed)
             out[start:start + rows, lo:hi] = _unit_rows(mixed) / SQRT2

@@ -8,8 +8,9 @@ the precision a new collection gets here. Then makes synthetic sets of the same 
   Dirichlet mix of 3 photos, plus noise), the generator `bench.search` used before;
 - `derived`: `bench.bulk.derived_vectors` from a random half of the real set (so the check
   covers drawing twice as many items as there are real ones, as `bench.search` does at 100k and
-  1M): points between a real item and one of its real neighbours, moved by `--noise` times the
-  difference of two other real items (one set per value given).
+  1M): points between a real item and one of its real neighbours, moved by `--noise` (image
+  block; one set per value given) or `--text-noise` (text block) times the difference of two
+  other real items.
 
 For each set and each block (image, text, fused), `--queries` items are held out as queries and
 the rest indexed in one hnswlib graph with the service's M and ef_construction; printed:
@@ -47,7 +48,8 @@ def service_graph_settings() -> tuple[int, int]:
     return params["M"].default, params["ef_construction"].default
 
 
-def synthetic_sets(real: RealSet, noises: list[float], derive_share: float, names: list[str]) -> dict[str, np.ndarray]:
+def synthetic_sets(real: RealSet, noises: list[float], text_noise: float, derive_share: float,
+                   names: list[str]) -> dict[str, np.ndarray]:
     """The synthetic sets, each as many items as the real set."""
     n, image_dim = len(real.vectors), real.image_dim
     text_dim = real.vectors.shape[1] - image_dim
@@ -63,8 +65,8 @@ def synthetic_sets(real: RealSet, noises: list[float], derive_share: float, name
         neighbours = neighbour_lists(base, K)
         print(f"neighbour lists of the {len(base)} base items: {time.monotonic() - t0:.1f} s", file=sys.stderr)
         for noise in noises:
-            out[f"derived noise={noise:g}"] = derived_vectors(n, base, image_dim, seed=SEED, neighbours=neighbours,
-                                                              noise=noise)
+            out[f"derived noise={noise:g}/{text_noise:g}"] = derived_vectors(
+                n, base, image_dim, seed=SEED, neighbours=neighbours, noise=noise, text_noise=text_noise)
     return out
 
 
@@ -99,7 +101,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--queries", type=int, default=1000, help="held-out query items per set")
     parser.add_argument("--efs", default="10,20,40,80,160,320", help="search list sizes")
     parser.add_argument("--sets", default="anchored,derived", help="synthetic sets: anchored, derived")
-    parser.add_argument("--noise", default="0.4", help="noise of the derived sets, comma-separated")
+    parser.add_argument("--noise", default="0.4", help="image-block noise of the derived sets, comma-separated")
+    parser.add_argument("--text-noise", type=float, default=0.3, help="text-block noise of the derived sets")
     parser.add_argument("--derive-share", type=float, default=0.5, help="share of the real set the derived sets draw from")
     parser.add_argument("--encode-only", action="store_true", help="fill the cache and stop")
     args = parser.parse_args(argv)
@@ -118,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     M, ef_construction = service_graph_settings()
     threads = os.cpu_count() or 1
     sets = {"real": real.vectors}
-    sets.update(synthetic_sets(real, [float(x) for x in args.noise.split(",")], args.derive_share,
+    sets.update(synthetic_sets(real, [float(x) for x in args.noise.split(",")], args.text_noise, args.derive_share,
                                [s for s in args.sets.split(",") if s]))
     results = {name: measure_set(name, vectors, real.image_dim, args.queries, efs, M, ef_construction, threads)
                for name, vectors in sets.items()}
@@ -139,6 +142,7 @@ def main(argv: list[str] | None = None) -> None:
                       "image_model": settings.image_model, "text_model": settings.text_model,
                       "precision": precision, "queries": args.queries, "k": K, "M": M,
                       "ef_construction": ef_construction, "efs": efs, "derive_share": args.derive_share,
+                      "text_noise": args.text_noise,
                       "sets": results}))
 
 
