@@ -111,17 +111,18 @@ def derived_vectors(n: int, base: np.ndarray, image_dim: int, seed: int = 0, *,
         item = (1 - t) * a + t * b + noise * (c - d),   t uniform in [0, 1)
 
     per block (image and text at the same t, a, b, c, d; the text block with `text_noise`
-    instead of `noise`), each block then unit-normalised and
-    fused as `shared.encoding.fusion.fuse` does; written into `out` when given. Image blocks stay
+    instead of `noise`), each block then unit-normalised and fused as
+    `shared.encoding.fusion.fuse` does; written into `out` when given. Image blocks stay
     non-negative where the base's are (pooled CNN features after a ReLU): negative entries are
     clipped to 0.
 
     The items so fill in the real items' own neighbourhoods, and the noise, drawn from the real
     items' own spread rather than isotropic, keeps them from crowding onto the segments: with
-    `noise` 0.4 and `text_noise` 0.3 the recall-vs-ef curve of an hnswlib graph, the 10th neighbour's score and the
-    gap to the 11th match those of the real vectors (`python -m bench.vectors`, README,
-    Benchmarks), where mixing a few random anchors plus isotropic noise (`synthetic_vectors`)
-    gives clusters of equidistant items that are much easier to search.
+    `noise` 0.4 and `text_noise` 0.3 the recall-vs-ef curve of an hnswlib graph, the 10th
+    neighbour's score and the gap to the 11th come close to those of the real vectors (`python
+    -m bench.vectors`, README, Benchmarks), where mixes of a few anchors plus isotropic noise
+    (`synthetic_vectors`) give image blocks much easier to search than real features and text
+    blocks harder.
     """
     base = np.asarray(base, dtype=np.float32)
     if base.ndim != 2 or not 0 < image_dim < base.shape[1]:
