@@ -15,14 +15,15 @@ from werkzeug.datastructures import FileStorage, MultiDict
 from api.bodies import loads_strict
 from api.validation.common import as_float, invalid, is_int_in, is_number, only_fields, only_parts, parse_text, single
 from api.validation.images import ImageInput, parse_image, read_upload
-from shared.index.filters import OPERATORS, RANGE_OPERATORS
+from shared.index.filters import LIST_OPERATORS, LOGICAL, OPERATORS, RANGE_OPERATORS
 from shared.runtime.config import Settings
 
 SEARCH_FIELDS = frozenset({"text", "image", "k", "weights", "filter"})
 BLOCKS = ("image", "text")
 DEFAULT_K = 10
 MAX_K = 1000
-MAX_IN = 1000  # values of one filter's `in` list
+MAX_IN = 1000  # values of one `$in` / `$nin` list, filters of one `$and` / `$or`
+MAX_FILTER_DEPTH = 4
 MAX_WEIGHT = 1e6  # large enough for any ratio; sums of larger ones could overflow in scoring
 _DIGITS = re.compile(r"^[0-9]{1,9}$")
 
@@ -66,32 +67,54 @@ def _check_scalar(value: Any, field: str) -> None:
 
 
 def _check_operators(condition: dict[str, Any], field: str) -> None:
-    """An operator object: `in` (a list of scalars) and/or range bounds (finite numbers)."""
+    """An operator object (shared.index.filters): every operator known, with its argument's type."""
     if not condition:
         raise invalid(f"a filter condition object needs an operator: {', '.join(OPERATORS)}", field=field)
     only_fields(condition, frozenset(OPERATORS), {}, prefix=f"{field}.")
-    if "in" in condition:
-        values = condition["in"]
-        if not isinstance(values, list) or len(values) > MAX_IN:
-            raise invalid(f"{field}.in must be a list of at most {MAX_IN} values", field=f"{field}.in")
-        for i, v in enumerate(values):
-            _check_scalar(v, f"{field}.in[{i}]")
-    for op in RANGE_OPERATORS:
-        if op in condition and (not is_number(condition[op]) or not math.isfinite(as_float(condition[op]))):
-            raise invalid(f"{field}.{op} must be a finite number", field=f"{field}.{op}")
+    for op, arg in condition.items():
+        where = f"{field}.{op}"
+        if op in LIST_OPERATORS:
+            if not isinstance(arg, list) or len(arg) > MAX_IN:
+                raise invalid(f"{where} must be a list of at most {MAX_IN} values", field=where)
+            for i, v in enumerate(arg):
+                _check_scalar(v, f"{where}[{i}]")
+        elif op in RANGE_OPERATORS:
+            if not is_number(arg) or not math.isfinite(as_float(arg)):
+                raise invalid(f"{where} must be a finite number", field=where)
+        elif op == "$exists":
+            if not isinstance(arg, bool):
+                raise invalid(f"{where} must be true or false", field=where)
+        else:
+            _check_scalar(arg, where)
+
+
+def _check_filter(value: Any, field: str, depth: int) -> None:
+    """A filter object: metadata keys to conditions, `$and` / `$or` lists of filters."""
+    if not isinstance(value, dict):
+        raise invalid("a filter must be a JSON object of metadata key -> value or condition", field=field)
+    if depth > MAX_FILTER_DEPTH:
+        raise invalid(f"filters nest at most {MAX_FILTER_DEPTH} levels of $and / $or", field=field)
+    for key, condition in value.items():
+        where = f"{field}.{key}"
+        if key in LOGICAL:
+            if not isinstance(condition, list) or not 1 <= len(condition) <= MAX_IN:
+                raise invalid(f"{where} must be a list of 1 to {MAX_IN} filters", field=where)
+            for i, sub in enumerate(condition):
+                _check_filter(sub, f"{where}[{i}]", depth + 1)
+        elif key.startswith("$"):
+            raise invalid(f"unknown filter operator {key!r} here: {', '.join(LOGICAL)} combine filters; "
+                          "other operators go inside a key's condition", field=where)
+        elif isinstance(condition, dict):
+            _check_operators(condition, where)
+        else:
+            _check_scalar(condition, where)
 
 
 def _parse_filter(value: Any) -> dict[str, Any] | None:
-    """Metadata key -> a value to equal, or an operator object (shared.index.filters)."""
+    """A search's metadata filter (shared.index.filters); `{}` is no filter."""
     if value is None:
         return None
-    if not isinstance(value, dict):
-        raise invalid("filter must be a JSON object of metadata key -> value or condition", field="filter")
-    for key, wanted in value.items():
-        if isinstance(wanted, dict):
-            _check_operators(wanted, f"filter.{key}")
-        else:
-            _check_scalar(wanted, f"filter.{key}")
+    _check_filter(value, "filter", 0)
     return value or None
 
 

@@ -254,15 +254,24 @@ BAD_SEARCHES = [
     ("text not a string", search_json(text=5), 400, "text"),
     ("unknown field", search_json(text="cat", limit=5), 400, "limit"),
     ("filter not an object", search_json(text="cat", filter="a=b"), 400, "filter"),
-    ("unknown filter operator", search_json(text="cat", filter={"a": {"$gt": 1}}), 400, "filter.a.$gt"),
+    ("unknown filter operator", search_json(text="cat", filter={"a": {"$regex": "x"}}), 400, "filter.a.$regex"),
+    ("operator without $", search_json(text="cat", filter={"a": {"gte": 1}}), 400, "filter.a.gte"),
     ("empty filter condition", search_json(text="cat", filter={"a": {}}), 400, "filter.a"),
     ("filter value a list", search_json(text="cat", filter={"a": [1, 2]}), 400, "filter.a"),
-    ("filter in not a list", search_json(text="cat", filter={"a": {"in": "x"}}), 400, "filter.a.in"),
-    ("filter in of objects", search_json(text="cat", filter={"a": {"in": [1, {"b": 2}]}}), 400, "filter.a.in[1]"),
-    ("filter in too long", search_json(text="cat", filter={"a": {"in": list(range(1001))}}), 400, "filter.a.in"),
-    ("filter bound a string", search_json(text="cat", filter={"a": {"gte": "2020"}}), 400, "filter.a.gte"),
-    ("filter bound a boolean", search_json(text="cat", filter={"a": {"lt": True}}), 400, "filter.a.lt"),
-    ("filter bound too large", raw('{"text": "cat", "filter": {"a": {"gt": 1e400}}}'), 400, "filter.a.gt"),
+    ("filter $in not a list", search_json(text="cat", filter={"a": {"$in": "x"}}), 400, "filter.a.$in"),
+    ("filter $nin of objects", search_json(text="cat", filter={"a": {"$nin": [1, {"b": 2}]}}), 400,
+     "filter.a.$nin[1]"),
+    ("filter $in too long", search_json(text="cat", filter={"a": {"$in": list(range(1001))}}), 400, "filter.a.$in"),
+    ("filter bound a string", search_json(text="cat", filter={"a": {"$gte": "2020"}}), 400, "filter.a.$gte"),
+    ("filter bound a boolean", search_json(text="cat", filter={"a": {"$lt": True}}), 400, "filter.a.$lt"),
+    ("filter bound too large", raw('{"text": "cat", "filter": {"a": {"$gt": 1e400}}}'), 400, "filter.a.$gt"),
+    ("filter $exists not a boolean", search_json(text="cat", filter={"a": {"$exists": 1}}), 400, "filter.a.$exists"),
+    ("filter $eq an object", search_json(text="cat", filter={"a": {"$eq": {"b": 1}}}), 400, "filter.a.$eq"),
+    ("filter $or empty", search_json(text="cat", filter={"$or": []}), 400, "filter.$or"),
+    ("filter $and of a value", search_json(text="cat", filter={"$and": [{"a": 1}, 3]}), 400, "filter.$and[1]"),
+    ("filter unknown top-level operator", search_json(text="cat", filter={"$not": {"a": 1}}), 400, "filter.$not"),
+    ("filter nested too deep", search_json(text="cat", filter={"$or": [{"$or": [{"$or": [{"$or": [{"$or": [
+        {"a": 1}]}]}]}]}]}), 400, "filter.$or[0].$or[0].$or[0].$or[0].$or[0]"),
     ("bad base64 image", search_json(image={"base64": "@@@"}), 400, "image.base64"),
     ("ftp URL image", search_json(image={"url": "ftp://x.org/a.jpg"}), 400, "image.url"),
     ("non-UTF-8 body", raw(b'{"text": "\xff"}'), 400, "body"),
@@ -433,7 +442,8 @@ def test_sync_search_without_workers_times_out(client, coll, redis_client):
 def test_async_search_creates_a_job_and_stages_the_query_image(client, coll, redis_client):
     resp = client.post("/v1/collections/photos/search?async=1", content_type="multipart/form-data", data={
         "image": (io.BytesIO(PNG), "q.png"), "text": "cat", "k": "7", "weights": '{"image": 2}',
-        "filter": '{"src": "web", "year": {"gte": 2020, "lt": 2024}, "tag": {"in": ["a", 1, null]}}'})
+        "filter": '{"src": "web", "year": {"$gte": 2020, "$lt": 2024}, "$or": [{"tag": {"$in": ["a", 1, null]}}, '
+                  '{"tag": {"$exists": false}}]}'})
     assert resp.status_code == 202, resp.json
     sid = resp.json["job_id"]
     assert resp.json["status_url"] == f"/v1/jobs/{sid}"
@@ -443,7 +453,8 @@ def test_async_search_creates_a_job_and_stages_the_query_image(client, coll, red
     staged_key = keys.staged(cid(redis_client), sid, 0)
     assert message["_id"] == sid and message["job_id"] == sid and message["image"] == {"staged": staged_key}
     assert (message["k"], message["weights"]) == (7, {"image": 2.0})
-    assert message["filter"] == {"src": "web", "year": {"gte": 2020, "lt": 2024}, "tag": {"in": ["a", 1, None]}}
+    assert message["filter"] == {"src": "web", "year": {"$gte": 2020, "$lt": 2024},
+                                 "$or": [{"tag": {"$in": ["a", 1, None]}}, {"tag": {"$exists": False}}]}
     assert redis_client.get(staged_key) == PNG
 
 

@@ -9,22 +9,45 @@ from shared.index.filters import MetadataIndex
 MISSING = object()
 
 
+def _elements(value):
+    if isinstance(value, list):
+        return [v for v in value if not isinstance(v, (list, dict))]
+    return [] if value is MISSING or isinstance(value, dict) else [value]
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def meets(value, condition) -> bool:
+    """What a condition means for one item's value (the definition the index must agree with)."""
+    if not isinstance(condition, dict):
+        return any(v == condition for v in _elements(value))
+    tests = {
+        "$eq": lambda a: any(v == a for v in _elements(value)),
+        "$ne": lambda a: not any(v == a for v in _elements(value)),
+        "$in": lambda a: any(v == x for v in _elements(value) for x in a),
+        "$nin": lambda a: not any(v == x for v in _elements(value) for x in a),
+        "$gt": lambda a: any(_number(v) and v > a for v in _elements(value)),
+        "$gte": lambda a: any(_number(v) and v >= a for v in _elements(value)),
+        "$lt": lambda a: any(_number(v) and v < a for v in _elements(value)),
+        "$lte": lambda a: any(_number(v) and v <= a for v in _elements(value)),
+        "$exists": lambda a: (value is not MISSING) == a,
+    }
+    return all(tests[op](arg) for op, arg in condition.items())
+
+
 def brute_force(items: dict[int, dict], conditions: dict) -> set[int]:
-    """What each condition means, item by item (the definition the index must agree with)."""
-    def meets(value, condition) -> bool:
-        if not isinstance(condition, dict):
-            return value is not MISSING and value == condition
-        ok = True
-        if "in" in condition:
-            ok &= value is not MISSING and any(value == v for v in condition["in"])
-        bounds = {op: condition[op] for op in ("gt", "gte", "lt", "lte") if op in condition}
-        if bounds:
-            number = isinstance(value, (int, float)) and not isinstance(value, bool)
-            ok &= number and all({"gt": value > b, "gte": value >= b, "lt": value < b, "lte": value <= b}[op]
-                                 for op, b in bounds.items())
-        return ok
-    return {label for label, meta in items.items()
-            if all(meets(meta.get(key, MISSING), c) for key, c in conditions.items())}
+    def holds(meta, f) -> bool:
+        for key, c in f.items():
+            if key == "$and" and not all(holds(meta, g) for g in c):
+                return False
+            if key == "$or" and not any(holds(meta, g) for g in c):
+                return False
+            if key not in ("$and", "$or") and not meets(meta.get(key, MISSING), c):
+                return False
+        return True
+    return {label for label, meta in items.items() if holds(meta, conditions)}
 
 
 def random_items(rng: random.Random, n: int) -> dict[int, dict]:
@@ -36,9 +59,9 @@ def random_items(rng: random.Random, n: int) -> dict[int, dict]:
         if rng.random() < 0.8:
             meta["year"] = rng.choice([rng.randint(1990, 2025), float(rng.randint(1990, 2025)) + 0.5])
         if rng.random() < 0.3:
-            meta["year"] = rng.choice(["1999", True, [2000]])  # not numbers: never in a range
+            meta["year"] = rng.choice(["1999", True, [2000, 2010], {"y": 2000}])
         if rng.random() < 0.5:
-            meta["tags"] = ["a", "b"]  # not a scalar: no scalar condition matches it
+            meta["tags"] = rng.sample(["red", "blue", "green", 3], rng.randint(0, 3))
         meta["odd"] = label % 2 == 1
         items[label] = meta
     return items
@@ -51,16 +74,28 @@ FILTERS = [
     {"odd": True},
     {"year": 2000},
     {"year": "1999"},
-    {"city": {"in": ["rome", "oslo"]}},
-    {"city": {"in": []}},
-    {"year": {"gte": 2000, "lt": 2010}},
-    {"year": {"gt": 2000.5}},
-    {"year": {"lte": 1995}},
-    {"year": {"gt": 2030}},
-    {"year": {"in": [2001, 2002, "1999"], "gte": 2002}},
-    {"city": "lima", "year": {"gte": 2010}, "odd": False},
-    {"tags": "a"},
+    {"tags": "red"},
+    {"tags": 3},
+    {"city": {"$in": ["rome", "oslo"]}},
+    {"city": {"$in": []}},
+    {"city": {"$nin": ["rome", None]}},
+    {"city": {"$ne": "paris"}},
+    {"city": {"$eq": "lima"}},
+    {"tags": {"$ne": "red"}},
+    {"tags": {"$nin": ["red", "blue"]}},
+    {"city": {"$exists": True}},
+    {"year": {"$exists": False}},
+    {"year": {"$gte": 2000, "$lt": 2010}},
+    {"year": {"$gt": 2000.5}},
+    {"year": {"$lte": 1995}},
+    {"year": {"$gt": 2030}},
+    {"year": {"$in": [2001, 2002, "1999"], "$gte": 2002}},
+    {"city": "lima", "year": {"$gte": 2010}, "odd": False},
+    {"$or": [{"city": "paris"}, {"year": {"$lt": 1995}}]},
+    {"$and": [{"tags": "red"}, {"$or": [{"odd": True}, {"city": {"$exists": False}}]}]},
+    {"$and": []},
     {"absent": 1},
+    {"absent": {"$ne": 1}},
 ]
 
 
@@ -100,7 +135,7 @@ def test_searches_building_the_sorted_arrays_at_once_agree():
     results, wanted = [], set(range(100, 200))
 
     def search():
-        results.append(index.matching({"n": {"gte": 100, "lt": 200}}))
+        results.append(index.matching({"n": {"$gte": 100, "$lt": 200}}))
     threads = [threading.Thread(target=search) for _ in range(8)]
     for t in threads:
         t.start()

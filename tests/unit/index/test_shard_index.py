@@ -404,10 +404,12 @@ def test_operator_filters_give_the_exact_top_k_after_writes_and_a_snapshot(monke
     index.delete(["item-7", "item-12"])
     live = {j: {"parity": j % 2, "tens": j // 10} for j in range(400) if j not in (7, 12)}
     live[5] = {"parity": 0, "tens": 99}
-    filters = [{"tens": {"in": [0, 1, 99]}}, {"tens": {"gte": 3, "lt": 5}, "parity": 1},
-               {"tens": {"gt": 38.5}}, {"parity": {"in": [None]}}, {"parity": 1, "tens": {"lte": 0}}]
+    filters = [{"tens": {"$in": [0, 1, 99]}}, {"tens": {"$gte": 3, "$lt": 5}, "parity": 1},
+               {"tens": {"$gt": 38.5}}, {"parity": {"$in": [None]}},
+               {"$or": [{"parity": 1, "tens": {"$lte": 0}}, {"tens": 97}]}]
     wanted = [lambda m: m["tens"] in (0, 1, 99), lambda m: 3 <= m["tens"] < 5 and m["parity"] == 1,
-              lambda m: m["tens"] > 38.5, lambda m: False, lambda m: m["parity"] == 1 and m["tens"] <= 0]
+              lambda m: m["tens"] > 38.5, lambda m: False,
+              lambda m: (m["parity"] == 1 and m["tens"] <= 0) or m["tens"] == 97]
     q = vectors[9]
     path = tmp_path / "snapshot.bin"
     index.save(path, "1-0", forked=False)
