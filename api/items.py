@@ -124,7 +124,7 @@ def delete(name: str, item_id: str) -> tuple[Response, int]:
         raise _item_not_found(name, item_id)
     r = services().redis
     job_id = jobs.create_job(r, "delete", name, coll.cid, 1)
-    entry = shardlog.LogEntry("delete", item_id)
+    entry = shardlog.LogEntry("delete", item_id, job=job_id)
     if shardlog.log_item(r, coll.cid, shard_for(item_id, coll.shards), job_id, 0, entry) == shardlog.COLLECTION_GONE:
         raise ApiError(404, "not_found", f"collection {name!r} was deleted", {"collection": name})
     return accepted(job_id)

@@ -149,6 +149,8 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
             "created_at": nullable({"type": "number"}), "started_at": nullable({"type": "number"}),
             "finished_at": nullable({"type": "number"}), "cancel_requested": {"type": "boolean"},
             "result": nullable(ref("SearchResult")),
+            "not_found": {"type": "array", "items": {"type": "string"},
+                          "description": "Ids a delete job found absent (the job still succeeds)."},
         }, ("id", "kind", "collection", "state", "total", "done", "failed", "errors", "created_at",
             "started_at", "finished_at", "result")),
         "Weights": weights,

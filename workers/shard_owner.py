@@ -23,7 +23,7 @@ import redis
 from shared.errors import SnapshotError
 from shared.index.shard_index import ShardIndex
 from shared.index.snapshot import fsync_dir
-from shared.store import keys, shardlog
+from shared.store import jobs, keys, shardlog
 from shared.store.catalog import Collection
 from workers.slot_follower import PENDING, PREVIOUS, SNAPSHOT, ShardKey, ShardState, SlotFollower
 
@@ -67,6 +67,15 @@ class ShardOwner(SlotFollower):
         return live
 
     # -- published positions -----------------------------------------------------------------
+    def _deleting_absent(self, key: ShardKey, entries: list[shardlog.LogEntry]) -> None:
+        """Name them in their delete jobs' `not_found`, before the position that finishes those
+        jobs is published."""
+        noted = [(e.job, e.item_id) for e in entries if e.job]
+        if noted and self.lease_held():
+            pipe = self.r.pipeline(transaction=False)
+            jobs.note_not_found(pipe, noted, self.settings.job_ttl_s)
+            pipe.execute()
+
     def _publish(self, key: ShardKey) -> None:
         if not self.lease_held():
             return

@@ -100,6 +100,9 @@ class SlotFollower(ABC):
     def _wind_down(self) -> None:
         """What the role leaves in order when it stops."""
 
+    def _deleting_absent(self, key: ShardKey, entries: list[shardlog.LogEntry]) -> None:
+        """Delete entries about to be applied whose item is not here (reported by the owner)."""
+
     def housekeeping(self) -> None:
         """Work between two reads of the logs, once caught up with them (none by default)."""
 
@@ -214,6 +217,7 @@ class SlotFollower(ABC):
                                            [ItemRecord(e.item_id, e.text, e.metadata, e.has_image, e.thumbnail)
                                             for e in run])
                     else:
+                        self._deleting_absent(key, [e for e in run if e.item_id not in state.index])
                         state.index.delete([e.item_id for e in run])
                     run = []
                 if entry is not None:

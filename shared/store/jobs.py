@@ -233,4 +233,12 @@ def job_view(r: redis.Redis, job_id: str, ttl_s: int) -> dict[str, Any] | None:
         "finished_at": _number(raw, "finished_at"),
         "cancel_requested": raw.get(b"cancel_requested") == b"1",
         "result": json.loads(result) if result else None,
+        "not_found": sorted(v.decode() for v in r.smembers(keys.job_not_found(job_id))),
     }
+
+
+def note_not_found(pipe: redis.client.Pipeline, entries: list[tuple[str, str]], ttl_s: int) -> None:
+    """Queue on `pipe`: each (job, item id) deleted while absent, for the job's `not_found`."""
+    for job_id, item_id in entries:
+        pipe.sadd(keys.job_not_found(job_id), item_id)
+        pipe.expire(keys.job_not_found(job_id), ttl_s)

@@ -52,11 +52,14 @@ job_errors = _job_part("errors")
 job_marks = _job_part("marks")
 # list: the item ids of an ingest job in request order (to name items that never ran)
 job_ids = _job_part("ids")
+# set: the ids a delete job's owner found absent when it applied the delete
+job_not_found = _job_part("not_found")
 
 
 def job_keys(job_id: str) -> list[str]:
     """Every key of a job's state."""
-    return [job(job_id), job_items(job_id), job_errors(job_id), job_marks(job_id), job_ids(job_id)]
+    return [job(job_id), job_items(job_id), job_errors(job_id), job_marks(job_id), job_ids(job_id),
+            job_not_found(job_id)]
 
 
 # Keys named by several ids -----------------------------------------------------------------

@@ -37,7 +37,8 @@ LOGGED, ALREADY_COUNTED, JOB_GONE, COLLECTION_GONE = "logged", "already_counted"
 
 @dataclass
 class LogEntry:
-    """One write: `op` is "upsert" (with vector and record) or "delete"."""
+    """One write: `op` is "upsert" (with vector and record) or "delete" (with the `job` that asked
+    for it, so the owner can report an id that was not there)."""
 
     op: str
     item_id: str
@@ -46,9 +47,12 @@ class LogEntry:
     metadata: dict[str, Any] = field(default_factory=dict)
     has_image: bool = False
     thumbnail: bytes | None = None
+    job: str | None = None
 
     def to_fields(self) -> dict[str, bytes]:
         fields = {"op": self.op.encode(), "id": self.item_id.encode()}
+        if self.op == "delete" and self.job:
+            fields["job"] = self.job.encode()
         if self.op == "upsert":
             assert self.vector is not None
             fields["vec"] = vector_to_bytes(self.vector)
@@ -63,7 +67,8 @@ class LogEntry:
         op = fields[b"op"].decode()
         item_id = fields[b"id"].decode()
         if op != "upsert":
-            return cls(op, item_id)
+            job = fields.get(b"job")
+            return cls(op, item_id, job=job.decode() if job else None)
         rec = json.loads(fields[b"rec"])
         return cls(op, item_id, vector_from_bytes(fields[b"vec"]), rec.get("text"),
                    rec.get("metadata") or {}, bool(rec.get("has_image")), fields.get(b"thumb"))

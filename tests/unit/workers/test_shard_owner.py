@@ -120,3 +120,20 @@ def test_on_stop_the_owner_snapshots_and_a_replica_only_removes_its_positions(se
     assert not r.hexists(keys.shard_state(*key), "replica.0.0")
     owner.stop()
     assert ShardIndex.read_position(owner.shard_dir(*key) / SNAPSHOT) == owner.shards[key].position
+
+
+def test_a_delete_of_an_absent_id_is_named_in_its_job_which_still_succeeds(setup):
+    r, settings, coll = setup
+    owner, replica = ShardOwner(0, settings, r), ShardReplica(0, settings, r)
+    log_items(r, coll, ["a", "b"])
+    deletes = {}
+    for item_id in ("a", "ghost"):
+        deletes[item_id] = jobs.create_job(r, "delete", coll.name, coll.cid, 1)
+        shardlog.log_item(r, coll.cid, 0, deletes[item_id], 0, LogEntry("delete", item_id, job=deletes[item_id]))
+    drain(replica)  # a replica applies the same deletes but reports nothing
+    assert not r.exists(keys.job_not_found(deletes["ghost"]))
+    drain(owner)
+    ghost, present = (jobs.job_view(r, deletes[i], 60) for i in ("ghost", "a"))
+    assert (ghost["state"], ghost["done"], ghost["failed"], ghost["not_found"]) == ("succeeded", 1, 0, ["ghost"])
+    assert (present["state"], present["not_found"]) == ("succeeded", [])
+    assert owner.get(coll.cid, 0).index.get("a") is None and len(owner.get(coll.cid, 0).index) == 1
