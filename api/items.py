@@ -34,6 +34,7 @@ from shared.store import catalog, jobs, keys, queues, replies, shardlog, slots, 
 from shared.index.labels import shard_for
 
 bp = Blueprint("items", __name__, url_prefix="/collections/<name>/items")
+MAX_EXISTS_IDS = 1000
 log = logging.getLogger(__name__)
 
 
@@ -70,20 +71,22 @@ def _item_not_found(name: str, item_id: str) -> ApiError:
                     {"collection": name, "id": item_id})
 
 
-def _ask_slot(slot: int, request: dict[str, Any], what: str) -> dict[str, Any]:
-    """The answer of the slot's owner or a replica to `request` (503 when none comes within
-    MMSEARCH_SHARD_TIMEOUT_S, 500 when it says the request failed there)."""
+def _ask_slots(requests: dict[int, dict[str, Any]], what: str) -> list[dict[str, Any]]:
+    """The answers of the slots' owners or replicas to one request each (slot -> request; 503
+    when not all come within MMSEARCH_SHARD_TIMEOUT_S, 500 when one says it failed there)."""
     svc = services()
     timeout = svc.settings.shard_timeout_s
     reply_to = keys.search_replies(jobs.new_job_id())
-    replies.send(svc.redis, {keys.slot_searches(slot): request}, reply_to, expires=time.time() + timeout)
-    answer = replies.wait_one(svc.redis, reply_to, timeout)
-    if answer is None:
+    replies.send(svc.redis, {keys.slot_searches(slot): body for slot, body in requests.items()}, reply_to,
+                 expires=time.time() + timeout)
+    answers = replies.gather(svc.redis, reply_to, len(requests), time.monotonic() + timeout)
+    if len(answers) < len(requests):
         raise ApiError(503, "unavailable", f"{what} timed out", {"timeout_s": timeout})
-    if answer.get("error"):
-        log.error("%s (slot %d) failed: %s", what, slot, answer["error"])
+    failed = [a["error"] for a in answers if a.get("error")]
+    if failed:
+        log.error("%s failed on a shard slot: %s", what, failed[0])
         raise ApiError(500, "internal", f"{what} failed")
-    return answer
+    return answers
 
 
 def _look_up(name: str, item_id: str, thumbnail: bool) -> dict[str, Any]:
@@ -96,11 +99,34 @@ def _look_up(name: str, item_id: str, thumbnail: bool) -> dict[str, Any]:
     slot = queues.slot_for_shard(shard, svc.settings.shard_slots)
     if not slots.live_slots(svc.redis, [slot]):
         raise ApiError(503, "unavailable", f"shard {shard} has no live owner or replica", {"shard": shard, "slot": slot})
-    answer = _ask_slot(slot, {"op": queues.SLOT_ITEM, "cid": coll.cid, "shard": shard, "item_id": item_id,
-                              "thumbnail": thumbnail}, f"look-up on shard {shard}")
+    answer = _ask_slots({slot: {"op": queues.SLOT_ITEM, "cid": coll.cid, "shard": shard, "item_id": item_id,
+                                "thumbnail": thumbnail}}, f"look-up on shard {shard}")[0]
     if answer["item"] is None:
         raise _item_not_found(name, item_id)
     return answer["item"]
+
+
+@bp.post("/exists")
+def exists(name: str) -> Response:
+    """Which of up to MAX_EXISTS_IDS ids the collection holds: one request per shard slot."""
+    coll = require_collection(name)
+    ids = read_json_object().get("ids")
+    if not isinstance(ids, list) or not 1 <= len(ids) <= MAX_EXISTS_IDS or not all(is_valid_id(i) for i in ids):
+        raise ApiError(400, "invalid_request", f"ids must be a list of 1 to {MAX_EXISTS_IDS} item ids",
+                       {"field": "ids"})
+    svc = services()
+    by_slot: dict[int, dict[str, list[str]]] = {}
+    for item_id in dict.fromkeys(ids):
+        shard = shard_for(item_id, coll.shards)
+        by_slot.setdefault(queues.slot_for_shard(shard, svc.settings.shard_slots), {}).setdefault(
+            str(shard), []).append(item_id)
+    dead = sorted(set(by_slot) - slots.live_slots(svc.redis, by_slot))
+    if dead:
+        raise ApiError(503, "unavailable", f"shard slot(s) {dead} have no live owner or replica", {"slots": dead})
+    answers = _ask_slots({slot: {"op": queues.SLOT_EXISTS, "cid": coll.cid, "ids": wanted}
+                          for slot, wanted in by_slot.items()}, "existence check")
+    held = {item_id for a in answers for item_id in a["present"]}
+    return jsonify({"present": [i for i in dict.fromkeys(ids) if i in held]})
 
 
 @bp.get("/<path:item_id>")

@@ -135,6 +135,11 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
                               ("job_id", "status_url", "ids")),
         "CancelAccepted": obj({"job_id": {"type": "string"}, "status_url": {"type": "string"},
                                "cancel_requested": {"type": "boolean"}}, ("job_id", "cancel_requested")),
+        "IdsRequest": obj({"ids": {"type": "array", "minItems": 1, "maxItems": 1000,
+                                   "items": {"type": "string", "maxLength": MAX_ID_CHARS}}}, ("ids",)),
+        "PresentIds": obj({"present": {"type": "array", "items": {"type": "string"},
+                                       "description": "The asked ids the collection holds, in request order."}},
+                          ("present",)),
         "ItemRecord": obj({"id": {"type": "string"}, "text": nullable({"type": "string"}),
                            "metadata": {"type": "object", "additionalProperties": True},
                            "has_image": {"type": "boolean"}, "shard": {"type": "integer"}},
@@ -278,6 +283,11 @@ def _operations(secured: bool, limited: bool = False) -> dict[str, dict[str, Sch
             "post": op("Ingest items (asynchronous)", "items",
                        {**ok("IngestAccepted", "Job created; poll status_url.", 202),
                         **errors(400, 404, 413, 415)}, coll, json_or_multipart),
+        },
+        "/v1/collections/{name}/items/exists": {
+            "post": op("Which of these ids the collection holds", "items",
+                       {**ok("PresentIds", "The ids held."), **errors(400, 404)}, coll,
+                       {"required": True, **json_body(ref("IdsRequest"), "Up to 1000 item ids.")}),
         },
         "/v1/collections/{name}/items/{item_id}": {
             "get": op("Show an item", "items", {**ok("ItemRecord", "The item."), **errors(404)}, item),

@@ -24,8 +24,8 @@ parallel (hnswlib releases the GIL while it searches) and answered with one push
 `{"answers": [one body per shard]}`. Each shard's body carries the log position the shard had
 applied when it searched (`position`), so the query worker knows which state of the collection
 its merged answer reflects. The answer is pushed and the search histogram recorded in one
-pipelined write. A look-up is answered `{"item": record or null}`, or `{"error"}` when it
-failed here.
+pipelined write. A look-up is answered `{"item": record or null}`, an existence check (ids by
+shard) `{"present": [the ids held]}`; either is `{"error"}` when it failed here.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Callable
 
 import redis
 
@@ -164,13 +164,24 @@ def look_up(own: SlotFollower, cid: str, shard: int, item_id: str, thumbnail: bo
             if thumbnail and record.thumbnail else None}
 
 
-def _answer_look_up(own: SlotFollower, request: replies.Request) -> None:
-    """Answer an item look-up with {"item": record or null}, or {"error"} when it failed."""
+def present(own: SlotFollower, cid: str, ids: dict[str, list[str]]) -> list[str]:
+    """Which of the ids (by shard) `own`'s shards hold."""
+    out = []
+    for shard, wanted in ids.items():
+        state = own.get(cid, int(shard))
+        if state is not None:
+            out += [item_id for item_id in wanted if item_id in state.index]
+    return out
+
+
+def _answer(own: SlotFollower, request: replies.Request, field: str, what: str,
+            compute: Callable[..., Any]) -> None:
+    """Answer a request with {field: compute(own, **its body)}, or {"error"} when that failed."""
     try:
-        body: dict[str, Any] = {"item": look_up(own, **request.body)}
+        body: dict[str, Any] = {field: compute(own, **request.body)}
     except Exception:
-        log.exception("slot %d: an item look-up failed", own.slot)
-        body = {"error": "look-up failed"}
+        log.exception("slot %d: %s failed", own.slot, what)
+        body = {"error": f"{what} failed"}
     replies.answer(redis_client(), request.reply_to, body)
 
 
@@ -180,7 +191,9 @@ def _serve(own: SlotFollower, request: replies.Request) -> None:
     if op == queues.SLOT_SEARCH:
         search_slot(own, reply_to=request.reply_to, **request.body)
     elif op == queues.SLOT_ITEM:
-        _answer_look_up(own, request)
+        _answer(own, request, "item", "look-up", look_up)
+    elif op == queues.SLOT_EXISTS:
+        _answer(own, request, "present", "existence check", present)
     else:
         log.warning("slot %d: dropped a request of unknown op %r", own.slot, op)
 

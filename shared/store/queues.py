@@ -11,6 +11,7 @@ SEARCH = "mmsearch.search"               # kwargs: collection, cid, text, image,
 # What a request on a slot's list (keys.slot_searches, shared.store.replies) asks, its "op".
 SLOT_SEARCH = "search"   # cid, shards, query, k, filter, wait_until, min_positions
 SLOT_ITEM = "item"       # cid, shard, item_id, thumbnail
+SLOT_EXISTS = "exists"   # cid, ids (shard -> item ids of the slot's shards)
 
 
 def slot_for_shard(shard: int, slots: int) -> int:

@@ -618,3 +618,12 @@ def test_a_long_poll_answers_when_the_job_ends_or_the_wait_is_over(client, coll,
     threading.Timer(0.2, job_store.set_search_result, args=(redis_client, search_id, {"hits": []}, None, 60)).start()
     resp = client.get(f"/v1/jobs/{search_id}?wait=30")
     assert resp.json["state"] == "succeeded" and time.monotonic() - started < 30
+
+
+def test_existence_checks_refuse_bad_ids_and_name_dead_slots(client, coll, redis_client):
+    url = "/v1/collections/photos/items/exists"
+    for body in ({}, {"ids": []}, {"ids": "a"}, {"ids": [1]}, {"ids": ["x"] * 1001}, {"ids": [""]}):
+        assert assert_error(client.post(url, json=body), 400, "invalid_request")["details"]["field"] == "ids"
+    assert_error(client.post("/v1/collections/nope/items/exists", json={"ids": ["a"]}), 404, "not_found")
+    error = assert_error(client.post(url, json={"ids": ["a", "b", "c", "d"]}), 503, "unavailable")
+    assert error["details"]["slots"] and redis_client.llen(keys.slot_searches(0)) == 0  # nothing asked
