@@ -12,6 +12,7 @@ reason names the slowest starter's stage and how long it has been at it.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import threading
@@ -21,6 +22,8 @@ from dataclasses import dataclass
 import redis
 
 from shared.store import keys
+
+log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 2.0
 EXPIRY_S = 10.0  # a process silent this long is gone
@@ -63,7 +66,8 @@ class RoleReporter:
         self._thread: threading.Thread | None = None
 
     def stage(self, stage: str) -> None:
-        """Report a new start-up stage (READY once it serves)."""
+        """Report a new start-up stage (READY once it serves). Never raises: while Redis is
+        away the report waits for the next heartbeat (and the old one lapses meanwhile)."""
         self.stage_name, self.since = stage, time.time()
         self._write()
 
@@ -71,7 +75,10 @@ class RoleReporter:
         now = time.time()
         body = {"role": self.role, "stage": self.stage_name, "since": self.since,
                 "ready": self.stage_name == READY, "expires": now + EXPIRY_S}
-        self.r.hset(keys.ROLES, self.process, json.dumps(body))
+        try:
+            self.r.hset(keys.ROLES, self.process, json.dumps(body))
+        except redis.exceptions.RedisError as exc:
+            log.warning("%s: start-up stage %r not reported (%s)", self.role, self.stage_name, exc)
 
     def start(self) -> None:
         """Write the current stage now and again every HEARTBEAT_S seconds, in a daemon thread."""
@@ -81,11 +88,11 @@ class RoleReporter:
 
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
+            self._write()
             try:
-                self._write()
                 drop_expired(self.r)
             except redis.exceptions.RedisError:
-                pass  # Redis away: the entry lapses, which is the truth until it is back
+                pass  # Redis away: dropped on a later beat
 
     def withdraw(self) -> None:
         """Stop the heartbeat and remove this process's entry (a clean stop)."""

@@ -41,3 +41,15 @@ def test_the_heartbeat_keeps_a_report_alive_and_withdraw_removes_it(redis_client
     assert roles.processes(redis_client) == []
     redis_client.hset(keys.ROLES, "junk", b"not json")  # a bad entry is skipped, not fatal
     assert roles.processes(redis_client) == []
+
+
+def test_reporting_never_raises_while_redis_is_away():
+    import redis
+
+    from shared.runtime.stack import free_port
+
+    away = redis.Redis(port=free_port(), socket_connect_timeout=0.2)
+    reporter = roles.RoleReporter(away, "query", process="q1")
+    reporter.stage("loading text model glove-6b-50d")  # a worker starting while Redis restarts goes on
+    reporter.stage(roles.READY)
+    assert reporter.stage_name == roles.READY
