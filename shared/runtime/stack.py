@@ -9,6 +9,7 @@ to start, kill and restart single processes.
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 import signal
@@ -17,12 +18,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
 import requests
 
 from shared.runtime.config import Settings
 from shared.runtime.logs import setup_logging
+
+if TYPE_CHECKING:
+    from redis import Redis
 
 ROOT = Path(__file__).resolve().parents[2]
 PROCFILE = ROOT / "Procfile"
@@ -83,6 +87,15 @@ class Stack:
         self.procs[name] = proc
         return proc
 
+    @functools.cached_property
+    def redis(self) -> Redis:
+        """A client of the stack's Redis, made once (readiness checks poll it)."""
+        from redis import Redis as RedisClient
+
+        from shared.runtime.redis_conn import redis_url
+
+        return RedisClient.from_url(redis_url(self.settings, self.env))
+
     def _forget(self, name: str) -> None:
         """Drop the start-up report of the dead process `name` replaces (shared.store.roles), so
         that readiness waits for the new one."""
@@ -90,14 +103,13 @@ class Stack:
         role = name.split(".")[0]
         if old is None or old.poll() is None or role not in ("encode", "query"):
             return
-        import redis as redis_lib
+        from redis.exceptions import RedisError
 
-        from shared.runtime.redis_conn import redis_url
         from shared.store import roles
 
         try:
-            roles.forget(redis_lib.Redis.from_url(redis_url(self.settings, self.env)), role, old.pid)
-        except redis_lib.exceptions.RedisError:
+            roles.forget(self.redis, role, old.pid)
+        except RedisError:
             pass  # the entry lapses within roles.EXPIRY_S
 
     def names(self) -> list[str]:
@@ -137,9 +149,8 @@ class Stack:
         """What the stack still waits for (None: ready): the API's /readyz answers 200 (Redis,
         an encode and a query worker whose models are loaded and whose consumers run, every
         slot of every collection served) and every shard slot has its owner."""
-        import redis as redis_lib
+        from redis.exceptions import RedisError
 
-        from shared.runtime.redis_conn import redis_url
         from shared.store import keys
 
         try:
@@ -152,9 +163,8 @@ class Stack:
             except (ValueError, KeyError, TypeError):
                 return f"the API's /readyz ({resp.status_code})"
         try:
-            client = redis_lib.Redis.from_url(redis_url(self.settings, self.env))
-            owned = [client.exists(keys.slot_owner(s)) for s in range(self.settings.shard_slots)]
-        except redis_lib.exceptions.RedisError:
+            owned = [self.redis.exists(keys.slot_owner(s)) for s in range(self.settings.shard_slots)]
+        except RedisError:
             return "Redis"
         unowned = [s for s, held in enumerate(owned) if not held]
         return f"owners of shard slot(s) {unowned}" if unowned else None
