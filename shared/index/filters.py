@@ -19,6 +19,7 @@ read lock; the sorted arrays have a lock of their own, since searches build them
 """
 from __future__ import annotations
 
+import operator
 import threading
 from typing import Any, Iterable, Iterator
 
@@ -30,6 +31,7 @@ LIST_OPERATORS = ("$in", "$nin")
 OPERATORS = (*VALUE_OPERATORS, *LIST_OPERATORS, *RANGE_OPERATORS, "$exists")
 LOGICAL = ("$and", "$or")
 SCALARS = (str, bool, int, float, type(None))
+_COMPARE = {"$gt": operator.gt, "$gte": operator.ge, "$lt": operator.lt, "$lte": operator.le}
 
 
 def is_number(value: Any) -> bool:
@@ -53,6 +55,7 @@ class _Sorted:
         labels = np.fromiter((label for _, label in pairs), np.int64, len(pairs))
         order = np.argsort(values, kind="stable")
         self.values, self.labels = values[order], labels[order]
+        self.lists = {label: values for label, values in numbers.items() if len(values) > 1}
 
     def within(self, bounds: dict[str, float]) -> set[int]:
         start, stop = 0, len(self.values)
@@ -64,7 +67,11 @@ class _Sorted:
             stop = min(stop, int(np.searchsorted(self.values, bounds["$lte"], "right")))
         if "$lt" in bounds:
             stop = min(stop, int(np.searchsorted(self.values, bounds["$lt"], "left")))
-        return set(self.labels[start:stop].tolist()) if start < stop else set()
+        found = set(self.labels[start:stop].tolist()) if start < stop else set()
+        if len(bounds) > 1:  # a list meets each bound by any of its numbers, not one number all
+            found.update(label for label, values in self.lists.items()
+                         if all(any(_COMPARE[op](v, b) for v in values) for op, b in bounds.items()))
+        return found
 
 
 class MetadataIndex:
@@ -114,7 +121,11 @@ class MetadataIndex:
             return _union(self.matching(f) for f in condition)
         if not isinstance(condition, dict):
             return self._equal(key, condition)
-        return _intersection(self._operator(key, op, arg) for op, arg in condition.items()) or set()
+        # Every range bound of a condition in one pass over the sorted numbers, not a set per bound.
+        bounds = {op: float(arg) for op, arg in condition.items() if op in RANGE_OPERATORS}
+        ranged = [self._sorted_numbers(key).within(bounds)] if bounds else []
+        others = (self._operator(key, op, arg) for op, arg in condition.items() if op not in RANGE_OPERATORS)
+        return _intersection([*ranged, *others]) or set()
 
     def _and(self, filters: list[dict[str, Any]]) -> set[int]:
         found = _intersection(self.matching(f) for f in filters)
@@ -129,10 +140,8 @@ class MetadataIndex:
             return _union(self._equal(key, v) for v in arg)
         if op == "$nin":
             return self._all - _union(self._equal(key, v) for v in arg)
-        if op == "$exists":
-            present = self._has_key.get(key, set())
-            return set(present) if arg else self._all - present
-        return self._sorted_numbers(key).within({op: float(arg)})
+        present = self._has_key.get(key, set())  # op is $exists
+        return set(present) if arg else self._all - present
 
     def _equal(self, key: str, value: Any) -> set[int]:
         return set(self._by_value.get(key, {}).get(value, ())) if isinstance(value, SCALARS) else set()

@@ -89,6 +89,7 @@ FILTERS = [
     {"year": {"$gt": 2000.5}},
     {"year": {"$lte": 1995}},
     {"year": {"$gt": 2030}},
+    {"year": {"$gt": 2005, "$lt": 2005.5}},  # no one number between: only lists like [2000, 2010]
     {"year": {"$in": [2001, 2002, "1999"], "$gte": 2002}},
     {"city": "lima", "year": {"$gte": 2010}, "odd": False},
     {"$or": [{"city": "paris"}, {"year": {"$lt": 1995}}]},
