@@ -177,6 +177,10 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
             "k": {"type": "integer"}, "took_ms": {"type": "number"},
             "cached": {"type": "boolean", "description": "Served from the query worker's result cache: the same "
                                                          "query, k and filter, and no write to the collection since."},
+            "timings": obj({"encode_ms": {"type": "number", "description": "Reading and encoding the query."},
+                            "search_ms": {"type": "number", "description": "The shards' searches and the merge "
+                                                                           "(or the cache look-up)."}},
+                           ("encode_ms", "search_ms")),
             "shards": obj({"total": {"type": "integer"}, "answered": {"type": "integer"},
                            "message": {"type": "string", "description": "Why some shards did not answer."}},
                           ("total", "answered")),

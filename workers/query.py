@@ -63,6 +63,13 @@ def search(self, collection: str, cid: str, text: str | None, image: dict[str, A
     return _finish(job_id, reply_to, body)
 
 
+def _timings(encoding: float, encoded: float) -> dict[str, float]:
+    """The answer's `timings`: the query's own decoding and encoding, and what followed it
+    (the shards' searches and the merge, or the cache look-up), in ms (perf_counter marks)."""
+    return {"encode_ms": round((encoded - encoding) * 1000, 2),
+            "search_ms": round((time.perf_counter() - encoded) * 1000, 2)}
+
+
 def _search(search_id: str, collection: str, cid: str, text: str | None, image: dict[str, Any] | None,
             k: int, weights: dict[str, float] | None, filter: dict[str, Any] | None,
             after_job: str | None) -> dict[str, Any]:
@@ -72,19 +79,23 @@ def _search(search_id: str, collection: str, cid: str, text: str | None, image: 
     try:
         coll = search_reads.known_collection(r, collection, cid)
         state = search_reads.read_state(r, coll, cfg.shard_slots, after_job)
+        encoding = time.perf_counter()
         rgb = query_message.decode_image(image, r, cfg) if image else None
         message = query_message.encode(coll, rgb, text, weights)
+        encoded = time.perf_counter()
     except SearchRefused as refused:
         return refused.body()
     cache_key = search_cache.entry_key(cid, message, k, filter) if state.ends is not None else None
     if cache_key is not None and state.all_live:
         cached = _cache.get(cache_key, state.ends)
         if cached is not None:
-            return {**cached, "took_ms": round((time.time() - started) * 1000, 2), "cached": True}
+            return {**cached, "took_ms": round((time.time() - started) * 1000, 2), "cached": True,
+                    "timings": _timings(encoding, encoded)}
 
     result = fanout.ask_slots(r, search_id, cid, state.targets(), message, k, filter, state.marks,
                               cfg.shard_timeout_s)
     body = fanout.merged_body(result, k, coll.shards, started, cfg.shard_timeout_s)
+    body["timings"] = _timings(encoding, encoded)
     complete = len(result.answered) == coll.shards
     if after_job:
         applied = all(a.get("applied", True) for a in result.answered)

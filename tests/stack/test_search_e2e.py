@@ -1,7 +1,8 @@
 """End to end on the real stack (embedded Redis, gunicorn API, encode, query and two shard
 workers as processes): a search of a 4-shard collection is answered by one message per shard
-slot, a repeated search comes from the query worker's result cache, and an ingest or a delete
-on the collection is seen by the next identical search."""
+slot and says where the query worker spent its time, a repeated search comes from the query
+worker's result cache, and an ingest or a delete on the collection is seen by the next
+identical search."""
 from __future__ import annotations
 
 import time
@@ -69,6 +70,9 @@ def test_a_repeated_search_is_served_from_the_cache_and_writes_are_seen(api):
     assert ids(first)[0] == "doc-0"
     again = api.search()
     assert again["cached"] is True and again["hits"] == first["hits"] and again["shards"] == first["shards"]
+    for body in (first, again):  # the query worker's own times lie within the API's
+        assert set(body["timings"]) == {"encode_ms", "search_ms"}
+        assert 0 < sum(body["timings"].values()) <= body["took_ms"]
 
     resp = api.post("/collections/docs/items", json={"items": [{"id": "new-car", "text": "a fast red car"}]})
     assert api.wait_job(resp.json()["job_id"])["state"] == "succeeded"
