@@ -4,8 +4,8 @@ With MMSEARCH_API_KEYS unset there is no auth (the API then listens on loopback 
 every /v1 call needs `Authorization: Bearer <key>`: 401 `unauthorized` without a known key,
 403 `forbidden` when the key lacks the scope the call needs:
 
-- `read`: every GET under /v1 and searches;
-- `write`: ingesting items, deleting an item, cancelling a job;
+- `read`: every GET under /v1, searches and existence checks;
+- `write`: ingesting items, deleting items (one, or many by ids or filter), cancelling a job;
 - `admin`: creating and deleting collections.
 
 A key configured without a scope list (`key`) has all three; `key:read+write` only those.
@@ -38,8 +38,10 @@ ENDPOINT_SCOPES = {
     "v1.collections.delete": ADMIN,
     "v1.items.ingest": WRITE,
     "v1.items.show": READ,
+    "v1.items.exists": READ,
     "v1.items.thumbnail": READ,
     "v1.items.delete": WRITE,
+    "v1.item_deletes.delete_many": WRITE,
     "v1.jobs.show": READ,
     "v1.jobs.cancel": WRITE,
     "v1.search.search": READ,

@@ -4,7 +4,7 @@ Ingest validates the whole request first (api.validation), then creates the job,
 uploaded bytes in Redis and enqueues one encode task per MMSEARCH_ENCODE_BATCH items; the
 encode workers do the rest and count each item in the job; while no encode worker is ready a
 valid ingest is refused with 503 naming its start-up stage (api.readiness). A look-up pushes a request onto the
-request list of the slot holding the item's shard (shared.store.replies, served by the slot's
+request list of the slot holding the item's shard (api.slot_requests; served by the slot's
 owner and replicas as its searches are; see workers.shard) and waits up to
 MMSEARCH_SHARD_TIMEOUT_S for the answer (503 when that slot has no live owner or replica or
 does not answer in time, 500 when the look-up failed there). A delete appends a delete entry to the shard's write log
@@ -16,8 +16,6 @@ id that itself ends in "/thumbnail" is then reached by GET as the thumbnail of t
 from __future__ import annotations
 
 import base64
-import logging
-import time
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
@@ -28,14 +26,14 @@ from api.context import services
 from api.errors import ApiError
 from api.jobs import accepted
 from api.readiness import require_role
+from api.slot_requests import ask_slots, require_live
 from api.validation import (ItemInput, image_source, is_valid_id, parse_items_json,
                             parse_items_multipart)
-from shared.store import catalog, jobs, keys, queues, replies, shardlog, slots, staging
+from shared.store import catalog, jobs, queues, shardlog, slots, staging
 from shared.index.labels import shard_for
 
 bp = Blueprint("items", __name__, url_prefix="/collections/<name>/items")
 MAX_EXISTS_IDS = 1000
-log = logging.getLogger(__name__)
 
 
 def _enqueue(coll: catalog.Collection, items: list[ItemInput]) -> str:
@@ -71,24 +69,6 @@ def _item_not_found(name: str, item_id: str) -> ApiError:
                     {"collection": name, "id": item_id})
 
 
-def _ask_slots(requests: dict[int, dict[str, Any]], what: str) -> list[dict[str, Any]]:
-    """The answers of the slots' owners or replicas to one request each (slot -> request; 503
-    when not all come within MMSEARCH_SHARD_TIMEOUT_S, 500 when one says it failed there)."""
-    svc = services()
-    timeout = svc.settings.shard_timeout_s
-    reply_to = keys.search_replies(jobs.new_job_id())
-    replies.send(svc.redis, {keys.slot_searches(slot): body for slot, body in requests.items()}, reply_to,
-                 expires=time.time() + timeout)
-    answers = replies.gather(svc.redis, reply_to, len(requests), time.monotonic() + timeout)
-    if len(answers) < len(requests):
-        raise ApiError(503, "unavailable", f"{what} timed out", {"timeout_s": timeout})
-    failed = [a["error"] for a in answers if a.get("error")]
-    if failed:
-        log.error("%s failed on a shard slot: %s", what, failed[0])
-        raise ApiError(500, "internal", f"{what} failed")
-    return answers
-
-
 def _look_up(name: str, item_id: str, thumbnail: bool) -> dict[str, Any]:
     """The shard owner's record of an item (404 when it has none)."""
     coll = require_collection(name)
@@ -99,7 +79,7 @@ def _look_up(name: str, item_id: str, thumbnail: bool) -> dict[str, Any]:
     slot = queues.slot_for_shard(shard, svc.settings.shard_slots)
     if not slots.live_slots(svc.redis, [slot]):
         raise ApiError(503, "unavailable", f"shard {shard} has no live owner or replica", {"shard": shard, "slot": slot})
-    answer = _ask_slots({slot: {"op": queues.SLOT_ITEM, "cid": coll.cid, "shard": shard, "item_id": item_id,
+    answer = ask_slots({slot: {"op": queues.SLOT_ITEM, "cid": coll.cid, "shard": shard, "item_id": item_id,
                                 "thumbnail": thumbnail}}, f"look-up on shard {shard}")[0]
     if answer["item"] is None:
         raise _item_not_found(name, item_id)
@@ -120,10 +100,8 @@ def exists(name: str) -> Response:
         shard = shard_for(item_id, coll.shards)
         by_slot.setdefault(queues.slot_for_shard(shard, svc.settings.shard_slots), {}).setdefault(
             str(shard), []).append(item_id)
-    dead = sorted(set(by_slot) - slots.live_slots(svc.redis, by_slot))
-    if dead:
-        raise ApiError(503, "unavailable", f"shard slot(s) {dead} have no live owner or replica", {"slots": dead})
-    answers = _ask_slots({slot: {"op": queues.SLOT_EXISTS, "cid": coll.cid, "ids": wanted}
+    require_live(by_slot)
+    answers = ask_slots({slot: {"op": queues.SLOT_EXISTS, "cid": coll.cid, "ids": wanted}
                           for slot, wanted in by_slot.items()}, "existence check")
     held = {item_id for a in answers for item_id in a["present"]}
     return jsonify({"present": [i for i in dict.fromkeys(ids) if i in held]})

@@ -14,6 +14,7 @@ from flask import Blueprint, Response, jsonify
 from api.context import services
 from api.errors import HTTP_CODES
 from api.validation import DEFAULT_K, MAX_ID_CHARS, MAX_K
+from api.validation.listing import DEFAULT_FIELDS, DEFAULT_PAGE, LIST_FIELDS, MAX_PAGE
 from shared.store import catalog
 from shared.runtime.config import Settings
 from shared.encoding.precision import PRECISIONS
@@ -83,9 +84,10 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
     weights = obj({b: {"type": "number", "minimum": 0, "default": 1} for b in ("image", "text")},
                   description="Block weights; score = sum(w * cos) / sum of the weights of the blocks the query "
                               "has. Those weights must not all be 0.")
-    search_filter = {"type": "object", "description": "Metadata equality: key -> value.",
-                     "additionalProperties": {"nullable": True, "oneOf": [
-                         {"type": "string"}, {"type": "number"}, {"type": "boolean"}]}}
+    search_filter = {"type": "object", "additionalProperties": True, "description":
+                     "Metadata conditions, all of which must hold: key -> value (equality), key -> {operator: "
+                     "argument} ($eq $ne $in $nin $gt $gte $lt $lte $exists), $and / $or -> [filters] (nested at "
+                     "most 4 deep). A list value in metadata matches by element. See docs/api.md, Search."}
     k = {"type": "integer", "minimum": 1, "maximum": MAX_K, "default": DEFAULT_K}
     error_code = {"type": "string", "description": "One of: " + ", ".join(sorted(set(HTTP_CODES.values())))}
     return {
@@ -144,6 +146,23 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
                            "metadata": {"type": "object", "additionalProperties": True},
                            "has_image": {"type": "boolean"}, "shard": {"type": "integer"}},
                           ("id", "text", "metadata", "has_image", "shard")),
+        "ListedItem": obj({"id": {"type": "string"}, "shard": {"type": "integer"}, "text": nullable({"type": "string"}),
+                           "metadata": {"type": "object", "additionalProperties": True},
+                           "has_image": {"type": "boolean"},
+                           "thumbnail": nullable({"type": "string", "format": "byte",
+                                                  "description": "The JPEG thumbnail, base64."})},
+                          ("id", "shard"), description="id and shard, and the fields asked for."),
+        "ItemPage": obj({"items": {"type": "array", "items": ref("ListedItem"), "description": "By id."},
+                         "next_cursor": nullable({"type": "string", "description":
+                                                  "Pass as cursor for the next page; null on the last one."})},
+                        ("items", "next_cursor")),
+        "DeleteRequest": obj({"ids": {"type": "array", "minItems": 1, "maxItems": 1000,
+                                      "items": {"type": "string", "maxLength": MAX_ID_CHARS}},
+                              "filter": ref("Filter")},
+                             description="Either ids or a (non-empty) filter."),
+        "DeleteAccepted": obj({"job_id": {"type": "string"}, "status_url": {"type": "string"},
+                               "total": {"type": "integer", "description": "Items the delete job names."}},
+                              ("job_id", "status_url", "total")),
         "JobError": obj({"index": {"type": "integer"}, "id": nullable({"type": "string"}),
                          "code": {"type": "string"}, "message": {"type": "string"}}, ("index", "code", "message")),
         "Job": obj({
@@ -217,6 +236,16 @@ def _parameters() -> dict[str, Schema]:
                      "description": "Read-your-writes: each shard first applies (within the shard deadline) what "
                                     "this job of the collection logged; the answer's `consistency` says if it did.",
                      "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}},
+        "Limit": {"name": "limit", "in": "query", "required": False, "description": "Items per page.",
+                  "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": DEFAULT_PAGE}},
+        "Cursor": {"name": "cursor", "in": "query", "required": False,
+                   "description": "The next_cursor of the page before (an item id: the page starts after it).",
+                   "schema": {"type": "string", "maxLength": MAX_ID_CHARS}},
+        "ListFilter": {"name": "filter", "in": "query", "required": False,
+                       "description": "A Filter as a JSON string.", "schema": {"type": "string"}},
+        "Fields": {"name": "fields", "in": "query", "required": False,
+                   "description": f"Comma-separated, of {', '.join(LIST_FIELDS)}; id and shard always come.",
+                   "schema": {"type": "string", "default": ",".join(DEFAULT_FIELDS)}},
         "Wait": {"name": "wait", "in": "query", "required": False,
                  "description": "Long-poll: answer as soon as the job is final, or after this many seconds.",
                  "schema": {"type": "number", "minimum": 0, "maximum": 30, "default": 0}},
@@ -284,6 +313,9 @@ def _operations(secured: bool, limited: bool = False) -> dict[str, dict[str, Sch
                           **errors(404)}, coll),
         },
         "/v1/collections/{name}/items": {
+            "get": op("List items by id, a page at a time", "items",
+                      {**ok("ItemPage", "The page."), **errors(400, 404)}, (*coll, "Limit", "Cursor", "ListFilter",
+                                                                           "Fields")),
             "post": op("Ingest items (asynchronous)", "items",
                        {**ok("IngestAccepted", "Job created; poll status_url.", 202),
                         **errors(400, 404, 413, 415)}, coll, json_or_multipart),
@@ -292,6 +324,11 @@ def _operations(secured: bool, limited: bool = False) -> dict[str, dict[str, Sch
             "post": op("Which of these ids the collection holds", "items",
                        {**ok("PresentIds", "The ids held."), **errors(400, 404)}, coll,
                        {"required": True, **json_body(ref("IdsRequest"), "Up to 1000 item ids.")}),
+        },
+        "/v1/collections/{name}/items/delete": {
+            "post": op("Delete items by ids or by filter (asynchronous)", "items",
+                       {**ok("DeleteAccepted", "Delete job created.", 202), **errors(400, 404, 415)}, coll,
+                       {"required": True, **json_body(ref("DeleteRequest"), "ids or filter.")}),
         },
         "/v1/collections/{name}/items/{item_id}": {
             "get": op("Show an item", "items", {**ok("ItemRecord", "The item."), **errors(404)}, item),
@@ -334,7 +371,7 @@ def build_spec(settings: Settings) -> Schema:
             "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer",
                                                "description": "Needed on /v1 when MMSEARCH_API_KEYS is set. A key "
                                                               "may be limited to scopes: read (GETs, search), "
-                                                              "write (ingest, item delete, job cancel), admin "
+                                                              "write (ingest, item deletes, job cancel), admin "
                                                               "(collection create/delete); 403 without it."}},
         },
     }

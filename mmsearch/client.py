@@ -215,6 +215,36 @@ class Client:
             present.update(body["present"])
         return present
 
+    def items(self, collection: str, limit: int = 100, cursor: str | None = None,
+              filter: Mapping[str, Any] | None = None, fields: Sequence[str] | None = None) -> dict[str, Any]:
+        """One page of the collection's items by id -> {items, next_cursor}; `fields` of text,
+        metadata, has_image, thumbnail (None: the server's default; [] ids alone)."""
+        params: dict[str, Any] = {"limit": limit}
+        if cursor is not None:
+            params["cursor"] = cursor
+        if filter is not None:
+            params["filter"] = json.dumps(dict(filter))
+        if fields is not None:
+            params["fields"] = ",".join(fields) or "id"
+        return self._json("GET", f"/v1/collections/{self._seg(collection)}/items", params=params)
+
+    def iter_items(self, collection: str, filter: Mapping[str, Any] | None = None,
+                   fields: Sequence[str] | None = None, page_size: int = 1000) -> Iterator[dict[str, Any]]:
+        """Every item of the collection (meeting `filter`) by id, page after page."""
+        cursor = None
+        while True:
+            page = self.items(collection, page_size, cursor, filter, fields)
+            yield from page["items"]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                return
+
+    def delete_items(self, collection: str, ids: Sequence[str] | None = None,
+                     filter: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Delete by `ids` (at most 1000) or by `filter` as one job -> {job_id, status_url, total}."""
+        body = {"ids": list(ids)} if ids is not None else {"filter": dict(filter or {})}
+        return self._json("POST", f"/v1/collections/{self._seg(collection)}/items/delete", json=body)
+
     # Jobs --------------------------------------------------------------------------------
 
     def job(self, job_id: str, wait: float | None = None) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Shard workers (the slot's request list): searches of the slot's shards and item look-ups.
+"""Shard workers (the slot's request list): searches of the slot's shards, item look-ups and pages.
 
 `python -m workers shard [--slot N]` takes the lease of a slot, loads its shards (snapshot +
 log replay) and then serves: `concurrency` request threads pop the slot's requests until
@@ -25,12 +25,16 @@ parallel (hnswlib releases the GIL while it searches) and answered with one push
 applied when it searched (`position`), so the query worker knows which state of the collection
 its merged answer reflects. The answer is pushed and the search histogram recorded in one
 pipelined write. A look-up is answered `{"item": record or null}`, an existence check (ids by
-shard) `{"present": [the ids held]}`; either is `{"error"}` when it failed here.
+shard) `{"present": [the ids held]}`, a page of items (workers.item_pages) `{"page": {"items":
+[the first `limit` of the slot's shards after the cursor, in id order], "unserved": [shards not
+loaded here]}}`; each is `{"error"}` when it failed here.
 """
 
 from __future__ import annotations
 
 import base64
+import heapq
+import itertools
 import logging
 import signal
 import threading
@@ -45,6 +49,7 @@ from shared.runtime import metrics
 from shared.encoding.fusion import FusedQuery, build_query
 from shared.store.serializers import vector_from_b64
 from shared.store.streamids import at_least
+from workers.item_pages import shard_page
 from workers.resources import redis_client, settings
 from workers.shard_owner import ShardOwner
 from workers.slot_follower import SlotFollower
@@ -174,6 +179,21 @@ def present(own: SlotFollower, cid: str, ids: dict[str, list[str]]) -> list[str]
     return out
 
 
+def list_page(own: SlotFollower, cid: str, shards: list[int], after: str | None, limit: int,
+              filter: dict[str, Any] | None, fields: list[str]) -> dict[str, Any]:
+    """The first `limit` items of `shards` (of `own`'s slot) with ids after `after`, in id
+    order, and the shards that are not loaded here (a page without them would skip items)."""
+    pages, unserved = [], []
+    for shard in shards:
+        state = own.get(cid, shard)
+        if state is None:
+            unserved.append(shard)
+            continue
+        pages.append(shard_page(state.index, state.position, shard, after, limit, filter, tuple(fields)))
+    merged = heapq.merge(*pages, key=lambda item: item["id"])
+    return {"items": list(itertools.islice(merged, limit)), "unserved": unserved}
+
+
 def _answer(own: SlotFollower, request: replies.Request, field: str, what: str,
             compute: Callable[..., Any]) -> None:
     """Answer a request with {field: compute(own, **its body)}, or {"error"} when that failed."""
@@ -194,6 +214,8 @@ def _serve(own: SlotFollower, request: replies.Request) -> None:
         _answer(own, request, "item", "look-up", look_up)
     elif op == queues.SLOT_EXISTS:
         _answer(own, request, "present", "existence check", present)
+    elif op == queues.SLOT_LIST:
+        _answer(own, request, "page", "listing", list_page)
     else:
         log.warning("slot %d: dropped a request of unknown op %r", own.slot, op)
 

@@ -110,8 +110,9 @@ def _check_filter(value: Any, field: str, depth: int) -> None:
             _check_scalar(condition, where)
 
 
-def _parse_filter(value: Any) -> dict[str, Any] | None:
-    """A search's metadata filter (shared.index.filters); `{}` is no filter."""
+def parse_filter(value: Any) -> dict[str, Any] | None:
+    """A metadata filter (shared.index.filters) of a search, a listing or a delete; `{}` is no
+    filter."""
     if value is None:
         return None
     _check_filter(value, "filter", 0)
@@ -124,7 +125,7 @@ def _search_input(text: Any, image: ImageInput | None, k: Any, weights: Any, fil
     present = [block for block, given in zip(BLOCKS, (image, parsed_text)) if given is not None]
     if not present:
         raise invalid("a search needs a text, an image or both", field="text")
-    return SearchInput(parsed_text, image, _parse_k(k), _parse_weights(weights, present), _parse_filter(filter_))
+    return SearchInput(parsed_text, image, _parse_k(k), _parse_weights(weights, present), parse_filter(filter_))
 
 
 def parse_search_json(body: dict[str, Any], settings: Settings) -> SearchInput:

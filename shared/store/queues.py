@@ -12,6 +12,7 @@ SEARCH = "mmsearch.search"               # kwargs: collection, cid, text, image,
 SLOT_SEARCH = "search"   # cid, shards, query, k, filter, wait_until, min_positions
 SLOT_ITEM = "item"       # cid, shard, item_id, thumbnail
 SLOT_EXISTS = "exists"   # cid, ids (shard -> item ids of the slot's shards)
+SLOT_LIST = "list"       # cid, shards, after, limit, filter, fields (a page of items in id order)
 
 
 def slot_for_shard(shard: int, slots: int) -> int:

@@ -74,13 +74,16 @@ class LogEntry:
                    rec.get("metadata") or {}, bool(rec.get("has_image")), fields.get(b"thumb"))
 
 
-def log_item(r: redis.Redis, cid: str, shard: int, job_id: str, index: int, entry: LogEntry) -> str:
-    """Append `entry` to the shard's log and count item `index` of the job done, atomically."""
+def _log_item_call(cid: str, shard: int, job_id: str, index: int, entry: LogEntry) -> list[Any]:
+    """The arguments of the _LOG_ITEM script for one entry."""
     args: list[Any] = [cid, shard, index, now()]
     for name, value in entry.to_fields().items():
         args += [name, value]
-    result = r.eval(_LOG_ITEM, 5, keys.LIVE_CIDS, keys.shard_log(cid, shard), keys.job(job_id),
-                    keys.job_items(job_id), keys.job_marks(job_id), *args)
+    return [_LOG_ITEM, 5, keys.LIVE_CIDS, keys.shard_log(cid, shard), keys.job(job_id),
+            keys.job_items(job_id), keys.job_marks(job_id), *args]
+
+
+def _outcome(result: Any) -> str:
     if result == 0:
         return ALREADY_COUNTED
     if result == -1:
@@ -88,6 +91,24 @@ def log_item(r: redis.Redis, cid: str, shard: int, job_id: str, index: int, entr
     if result == -2:
         return COLLECTION_GONE
     return LOGGED
+
+
+def log_item(r: redis.Redis, cid: str, shard: int, job_id: str, index: int, entry: LogEntry) -> str:
+    """Append `entry` to the shard's log and count item `index` of the job done, atomically."""
+    return _outcome(r.eval(*_log_item_call(cid, shard, job_id, index, entry)))
+
+
+def log_items(r: redis.Redis, cid: str, job_id: str, entries: list[tuple[int, LogEntry]],
+              batch: int = 1000) -> list[str]:
+    """`log_item` for item i of the job = entries[i] (shard, entry), `batch` per pipelined round
+    trip; the outcome of each, in order."""
+    outcomes: list[str] = []
+    for start in range(0, len(entries), batch):
+        pipe = r.pipeline(transaction=False)
+        for index, (shard, entry) in enumerate(entries[start:start + batch], start):
+            pipe.eval(*_log_item_call(cid, shard, job_id, index, entry))
+        outcomes += [_outcome(result) for result in pipe.execute()]
+    return outcomes
 
 
 def read_entries(r: redis.Redis, positions: dict[str, str], count: int, block_ms: int | None

@@ -175,6 +175,50 @@ def test_client_collections_items_jobs_search_and_errors(client):
         client.collection("clientcoll")
 
 
+def test_a_scan_while_writes_go_on_lists_every_stable_item_once_and_deletes_by_filter(client):
+    client.create_collection("pages", shards=2)
+    stable = {f"s{n:03d}" for n in range(150)}
+    doomed = [f"d{n:03d}" for n in range(100)]
+    client.ingest("pages", items=[{"id": i, "text": "a cat on a mat", "metadata": {"group": "stable", "n": n}}
+                                  for n, i in enumerate(sorted(stable))] +
+                  [{"id": i, "text": "a dog", "metadata": {"group": "doomed"}} for i in doomed], batch=100)
+    stop, writes = threading.Event(), []
+
+    def write_meanwhile() -> None:  # new ids all over the id order, deletes, upserts of stable ids
+        n = 0
+        while not stop.is_set():
+            fresh = [{"id": f"{'adsz'[n % 4]}{n:04d}x", "text": "a bird", "metadata": {"group": "new"}}]
+            writes.append(client.add_items("pages", fresh + [{"id": f"s{n % 150:03d}", "text": "a cat again",
+                                                               "metadata": {"group": "stable"}}])["job_id"])
+            if n < len(doomed):
+                writes.append(client.delete_item("pages", doomed[n])["job_id"])
+            n += 1
+
+    writer = threading.Thread(target=write_meanwhile, daemon=True)
+    writer.start()
+    seen, cursor = [], None
+    while True:
+        page = client.items("pages", limit=20, cursor=cursor, fields=["metadata"])
+        seen += [item["id"] for item in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    stop.set()
+    writer.join(timeout=60)
+    assert len(writes) > 10  # the scan did overlap writes
+    assert len(seen) == len(set(seen)) and seen == sorted(seen) and stable <= set(seen)
+    client.wait_jobs(writes, timeout=120)
+
+    listed = list(client.iter_items("pages", filter={"group": {"$in": ["stable"]}}, fields=[]))
+    assert {i["id"] for i in listed} == stable and set(listed[0]) == {"id", "shard"}
+    job = client.wait_job(client.delete_items("pages", filter={"group": {"$ne": "stable"}})["job_id"], timeout=60)
+    assert job["state"] == "succeeded" and job["total"] > 0
+    assert {i["id"] for i in client.iter_items("pages", page_size=1000)} == stable
+    job = client.wait_job(client.delete_items("pages", ids=["s000", "never-there"])["job_id"], timeout=60)
+    assert job["state"] == "succeeded" and job["not_found"] == ["never-there"]
+    client.delete_collection("pages")
+
+
 def _table_rows(stdout: str) -> list[list[str]]:
     lines = [line for line in stdout.splitlines() if line.strip()]
     assert lines[0].split()[:3] == ["RANK", "ID", "SCORE"], stdout
