@@ -1,4 +1,5 @@
-"""/v1/jobs/<job_id>: poll an ingest, delete or async search job; cancel what has not run.
+"""/v1/jobs: list jobs newest first (shared.store.job_listing); /v1/jobs/<job_id>: poll an
+ingest, delete or async search job; cancel what has not run.
 
 `?wait=S` (0 < S <= MAX_WAIT_S) long-polls: the answer comes as soon as the job is final, or
 after S seconds with its state then. The API re-reads the job every WAIT_POLL_S meanwhile (a
@@ -14,11 +15,13 @@ from flask import Blueprint, Response, jsonify, request
 
 from api.context import services
 from api.errors import ApiError
-from shared.store import jobs
+from api.validation.job_listing import parse_jobs_args
+from shared.store import job_listing, jobs
 
 bp = Blueprint("jobs", __name__, url_prefix="/jobs")
 MAX_WAIT_S = 30.0
 WAIT_POLL_S = 0.01
+SCAN_MIN = 1000  # jobs a listing page may look at, at least (more when its limit is higher)
 
 
 def status_url(job_id: str) -> str:
@@ -46,6 +49,15 @@ def _wait_s() -> float:
         raise ApiError(400, "invalid_request", f"wait must be a number of seconds in 0..{MAX_WAIT_S:g}",
                        {"field": "wait"})
     return wait
+
+
+@bp.get("")
+def list_all() -> Response:
+    query = parse_jobs_args(request.args)
+    svc = services()
+    found, after = job_listing.list_jobs(svc.redis, svc.settings.job_ttl_s, query.after, query.limit, query.wanted,
+                                         max(SCAN_MIN, query.limit))
+    return jsonify({"jobs": found, "next_cursor": None if after is None else str(after)})
 
 
 @bp.get("/<job_id>")

@@ -14,6 +14,7 @@ from flask import Blueprint, Response, jsonify
 from api.context import services
 from api.errors import HTTP_CODES
 from api.validation import DEFAULT_K, MAX_ID_CHARS, MAX_K
+from api.validation.job_listing import DEFAULT_JOBS_PAGE, JOB_KINDS, JOB_STATES, MAX_JOBS_PAGE
 from api.validation.listing import DEFAULT_FIELDS, DEFAULT_PAGE, LIST_FIELDS, MAX_PAGE
 from shared.store import catalog
 from shared.runtime.config import Settings
@@ -24,7 +25,6 @@ bp = Blueprint("openapi", __name__)
 Schema = dict[str, Any]
 JSON_TYPE = "application/json"
 MULTIPART_TYPE = "multipart/form-data"
-JOB_STATES = ["queued", "running", "succeeded", "completed_with_errors", "failed", "cancelled"]
 ERRORS = {400: ("invalid_request", "The request is malformed; nothing was stored or enqueued."),
           401: ("unauthorized", "Missing or unknown API key."),
           403: ("forbidden", "The API key lacks the scope this call needs (read, write or admin)."),
@@ -89,6 +89,17 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
                      "argument} ($eq $ne $in $nin $gt $gte $lt $lte $exists), $and / $or -> [filters] (nested at "
                      "most 4 deep). A list value in metadata matches by element. See docs/api.md, Search."}
     k = {"type": "integer", "minimum": 1, "maximum": MAX_K, "default": DEFAULT_K}
+    job_fields: dict[str, Schema] = {
+        "id": {"type": "string"}, "kind": {"type": "string", "enum": list(JOB_KINDS)},
+        "collection": {"type": "string"}, "state": {"type": "string", "enum": list(JOB_STATES)},
+        "total": {"type": "integer"}, "done": {"type": "integer"}, "failed": {"type": "integer"},
+        "errors": {"type": "array", "items": ref("JobError")},
+        "created_at": nullable({"type": "number"}), "started_at": nullable({"type": "number"}),
+        "finished_at": nullable({"type": "number"}), "cancel_requested": {"type": "boolean"},
+        "result": nullable(ref("SearchResult")),
+        "not_found": {"type": "array", "items": {"type": "string"},
+                      "description": "Ids a delete job found absent (the job still succeeds)."},
+    }
     error_code = {"type": "string", "description": "One of: " + ", ".join(sorted(set(HTTP_CODES.values())))}
     return {
         "Error": obj({"error": obj({"code": error_code, "message": {"type": "string"},
@@ -165,18 +176,15 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
                               ("job_id", "status_url", "total")),
         "JobError": obj({"index": {"type": "integer"}, "id": nullable({"type": "string"}),
                          "code": {"type": "string"}, "message": {"type": "string"}}, ("index", "code", "message")),
-        "Job": obj({
-            "id": {"type": "string"}, "kind": {"type": "string", "enum": ["ingest", "delete", "search"]},
-            "collection": {"type": "string"}, "state": {"type": "string", "enum": JOB_STATES},
-            "total": {"type": "integer"}, "done": {"type": "integer"}, "failed": {"type": "integer"},
-            "errors": {"type": "array", "items": ref("JobError")},
-            "created_at": nullable({"type": "number"}), "started_at": nullable({"type": "number"}),
-            "finished_at": nullable({"type": "number"}), "cancel_requested": {"type": "boolean"},
-            "result": nullable(ref("SearchResult")),
-            "not_found": {"type": "array", "items": {"type": "string"},
-                          "description": "Ids a delete job found absent (the job still succeeds)."},
-        }, ("id", "kind", "collection", "state", "total", "done", "failed", "errors", "created_at",
-            "started_at", "finished_at", "result")),
+        "Job": obj(job_fields, ("id", "kind", "collection", "state", "total", "done", "failed", "errors",
+                                "created_at", "started_at", "finished_at", "result")),
+        "JobSummary": obj({k: v for k, v in job_fields.items() if k not in ("errors", "result", "not_found")},
+                          ("id", "kind", "collection", "state", "total", "done", "failed", "created_at"),
+                          description="A job as GET /v1/jobs/{job_id} shows it, less errors, result and not_found."),
+        "JobPage": obj({"jobs": {"type": "array", "items": ref("JobSummary"), "description": "Newest first."},
+                        "next_cursor": nullable({"type": "string", "description":
+                                                 "Pass as cursor for the next page; null when no job is left."})},
+                       ("jobs", "next_cursor")),
         "Weights": weights,
         "Filter": search_filter,
         "SearchRequest": obj({"text": nullable(text), "image": nullable(ref("ImageSource")), "k": k,
@@ -246,6 +254,18 @@ def _parameters() -> dict[str, Schema]:
         "Fields": {"name": "fields", "in": "query", "required": False,
                    "description": f"Comma-separated, of {', '.join(LIST_FIELDS)}; id and shard always come.",
                    "schema": {"type": "string", "default": ",".join(DEFAULT_FIELDS)}},
+        "JobsCollection": {"name": "collection", "in": "query", "required": False,
+                           "description": "Only this collection's jobs.",
+                           "schema": {"type": "string", "pattern": catalog.NAME_RE.pattern}},
+        "JobsState": {"name": "state", "in": "query", "required": False, "description": "Only jobs in this state.",
+                      "schema": {"type": "string", "enum": list(JOB_STATES)}},
+        "JobsKind": {"name": "kind", "in": "query", "required": False, "description": "Only jobs of this kind.",
+                     "schema": {"type": "string", "enum": list(JOB_KINDS)}},
+        "JobsLimit": {"name": "limit", "in": "query", "required": False, "description": "Jobs per page.",
+                      "schema": {"type": "integer", "minimum": 1, "maximum": MAX_JOBS_PAGE,
+                                 "default": DEFAULT_JOBS_PAGE}},
+        "JobsCursor": {"name": "cursor", "in": "query", "required": False,
+                       "description": "The next_cursor of the page before.", "schema": {"type": "string"}},
         "Wait": {"name": "wait", "in": "query", "required": False,
                  "description": "Long-poll: answer as soon as the job is final, or after this many seconds.",
                  "schema": {"type": "number", "minimum": 0, "maximum": 30, "default": 0}},
@@ -346,6 +366,10 @@ def _operations(secured: bool, limited: bool = False) -> dict[str, dict[str, Sch
                 **ok("SearchResult", "The hits."),
                 **ok("Accepted", "With async=1: a search job whose result is the SearchResult.", 202),
                 **errors(400, 404, 413, 415, 422)}, (*coll, "Async", "AfterJob"), search_body),
+        },
+        "/v1/jobs": {
+            "get": op("List jobs, newest first", "jobs", {**ok("JobPage", "The page."), **errors(400)},
+                      ("JobsCollection", "JobsState", "JobsKind", "JobsLimit", "JobsCursor")),
         },
         "/v1/jobs/{job_id}": {
             "get": op("Job status", "jobs", {**ok("Job", "The job."), **errors(400, 404)}, (*job, "Wait")),

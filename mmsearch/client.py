@@ -253,6 +253,12 @@ class Client:
         params = {"wait": f"{wait:g}"} if wait else None
         return self._json("GET", f"/v1/jobs/{self._seg(job_id)}", params=params)
 
+    def jobs(self, collection: str | None = None, state: str | None = None, kind: str | None = None,
+             limit: int = 100, cursor: str | None = None) -> dict[str, Any]:
+        """One page of jobs, newest first -> {jobs, next_cursor}."""
+        params = {"collection": collection, "state": state, "kind": kind, "limit": limit, "cursor": cursor}
+        return self._json("GET", "/v1/jobs", params={k: v for k, v in params.items() if v is not None})
+
     def cancel_job(self, job_id: str) -> dict[str, Any]:
         return self._json("DELETE", f"/v1/jobs/{self._seg(job_id)}")
 

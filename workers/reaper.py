@@ -11,7 +11,8 @@ A job that still has a message somewhere is never reaped: it is waiting behind a
 for its dead worker's message to come back after the visibility timeout, or for the delivery
 limit of the encode task to fail it. A job whose items are all counted but not yet applied by
 a shard (its owner is down) is not stalled either: it becomes final when the owner is back.
-Jobs seen final leave the active set, which keeps it small.
+Jobs seen final leave the active set, which keeps it small. Each round also drops the oldest
+entries of the job listing's index whose record has expired (shared.store.job_listing).
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from typing import Any
 
 import redis
 
-from shared.store import jobs, keys, queues
+from shared.store import job_listing, jobs, keys, queues
 from shared.runtime.config import Settings
 
 log = logging.getLogger(__name__)
@@ -152,6 +153,7 @@ class Reaper:
         outcome = reap_once(self.r, self.settings)
         if outcome["reaped"]:
             log.warning("reaper: %s", outcome)
+        job_listing.prune_oldest(self.r)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):

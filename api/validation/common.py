@@ -1,5 +1,5 @@
-"""What every request check shares: the 400 and 413 errors, unknown-field and unknown-part
-refusals, number and text checks, single form fields."""
+"""What every request check shares: the 400 and 413 errors, unknown-field, unknown-part and
+unknown-parameter refusals, number and text checks, single form fields."""
 from __future__ import annotations
 
 import math
@@ -41,6 +41,14 @@ def only_parts(form: MultiDict[str, str], files: MultiDict[str, FileStorage],
     if unknown:
         raise invalid(f"unknown part(s): {', '.join(unknown)}; allowed: form fields "
                       f"{', '.join(sorted(fields)) or 'none'}, file parts {', '.join(sorted(file_parts))}",
+                      field=unknown[0], unknown=unknown)
+
+
+def only_params(args: MultiDict[str, str], allowed: frozenset[str]) -> None:
+    """Refuse the query parameters that are not `allowed`."""
+    unknown = _names(sorted(set(args) - allowed))
+    if unknown:
+        raise invalid(f"unknown query parameter(s): {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}",
                       field=unknown[0], unknown=unknown)
 
 

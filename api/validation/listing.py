@@ -14,7 +14,7 @@ from typing import Any
 from werkzeug.datastructures import MultiDict
 
 from api.bodies import loads_strict
-from api.validation.common import invalid, only_fields, single
+from api.validation.common import invalid, only_fields, only_params, single
 from api.validation.items import is_valid_id
 from api.validation.search import parse_filter
 
@@ -63,10 +63,7 @@ def _fields(raw: str | None) -> tuple[str, ...]:
 
 
 def parse_list_args(args: MultiDict[str, str]) -> ListInput:
-    unknown = sorted(set(args) - LIST_PARAMS)
-    if unknown:
-        raise invalid(f"unknown query parameter(s): {', '.join(unknown)[:200]}; allowed: "
-                      f"{', '.join(sorted(LIST_PARAMS))}", field=unknown[0][:64], unknown=unknown[:10])
+    only_params(args, LIST_PARAMS)
     cursor = single(args, "cursor")
     if cursor is not None and not is_valid_id(cursor):
         raise invalid("cursor must be the next_cursor of the page before (an item id)", field="cursor")

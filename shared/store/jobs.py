@@ -58,6 +58,7 @@ def create_job(r: redis.Redis, kind: str, collection: str, cid: str, total: int,
     if ids:
         pipe.rpush(keys.job_ids(job_id), *ids)
     pipe.zadd(keys.ACTIVE_JOBS, {job_id: created})
+    pipe.zadd(keys.JOBS_BY_TIME, {job_id: created})
     pipe.execute()
     return job_id
 
@@ -193,8 +194,9 @@ def _applied(r: redis.Redis, cid: str, job_id: str) -> bool:
     return not any(pipe.execute())
 
 
-def job_view(r: redis.Redis, job_id: str, ttl_s: int) -> dict[str, Any] | None:
-    """The docs/api.md job body, or None for an unknown (or expired) job."""
+def job_view(r: redis.Redis, job_id: str, ttl_s: int, details: bool = True) -> dict[str, Any] | None:
+    """The docs/api.md job body, or None for an unknown (or expired) job; without `details`,
+    the body less `errors`, `result` and `not_found` (a job listing's)."""
     raw = r.hgetall(keys.job(job_id))
     if not raw:
         return None
@@ -217,9 +219,7 @@ def job_view(r: redis.Redis, job_id: str, ttl_s: int) -> dict[str, Any] | None:
             pipe.zrem(keys.ACTIVE_JOBS, job_id)
             pipe.execute()
             raw = r.hgetall(keys.job(job_id))
-    errors = [json.loads(e) for e in r.lrange(keys.job_errors(job_id), 0, 999)]
-    result = _text(raw, "result")
-    return {
+    view: dict[str, Any] = {
         "id": job_id,
         "kind": _text(raw, "kind"),
         "collection": _text(raw, "collection"),
@@ -227,14 +227,17 @@ def job_view(r: redis.Redis, job_id: str, ttl_s: int) -> dict[str, Any] | None:
         "total": total,
         "done": done,
         "failed": failed,
-        "errors": errors,
         "created_at": _number(raw, "created_at"),
         "started_at": _number(raw, "started_at"),
         "finished_at": _number(raw, "finished_at"),
         "cancel_requested": raw.get(b"cancel_requested") == b"1",
-        "result": json.loads(result) if result else None,
-        "not_found": sorted(v.decode() for v in r.smembers(keys.job_not_found(job_id))),
     }
+    if not details:
+        return view
+    result = _text(raw, "result")
+    return {**view, "errors": [json.loads(e) for e in r.lrange(keys.job_errors(job_id), 0, 999)],
+            "result": json.loads(result) if result else None,
+            "not_found": sorted(v.decode() for v in r.smembers(keys.job_not_found(job_id)))}
 
 
 def note_not_found(pipe: redis.client.Pipeline, entries: list[tuple[str, str]], ttl_s: int) -> None:

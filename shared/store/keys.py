@@ -14,6 +14,7 @@ PREFIX = "mms"
 COLLECTIONS = f"{PREFIX}:collections"          # hash: name -> collection JSON
 LIVE_CIDS = f"{PREFIX}:cids"                   # set of live collection ids
 ACTIVE_JOBS = f"{PREFIX}:jobs:active"          # zset: job id -> created_at, until the reaper sees it final
+JOBS_BY_TIME = f"{PREFIX}:jobs:by_time"        # zset: job id -> created_at, while its record may exist
 REAPER_LOCK = f"{PREFIX}:reaper"               # one stuck-job reaper at a time
 
 
