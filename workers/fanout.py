@@ -7,7 +7,8 @@ shards and answers for all of them at once. The answers are gathered until every
 or the shard deadline (`MMSEARCH_SHARD_TIMEOUT_S`) passed. `merged_body` merges whatever
 answered by then: a shard that died, hangs or cannot serve counts as not answered
 (`shards.answered < total`, with a message saying why), so a search never waits longer than
-the shard deadline.
+the shard deadline. A page past the first (`offset`) asks every shard for `offset + k`, merges
+that deep and answers its slice (`page_of`).
 """
 from __future__ import annotations
 
@@ -68,6 +69,12 @@ def merged_body(result: SlotAnswers, k: int, total: int, started: float, timeout
     if len(answered) < total:
         body["shards"]["message"] = _not_searched(result, total, timeout_s)
     return body
+
+
+def page_of(body: dict[str, Any], offset: int, k: int) -> dict[str, Any]:
+    """Hits `offset`..`offset + k - 1` of a merged answer of depth `offset + k`: pages of one
+    ranking that neither overlap nor leave a hit out."""
+    return {**body, "hits": body["hits"][offset:offset + k], "k": k, "offset": offset}
 
 
 def _not_searched(result: SlotAnswers, total: int, timeout_s: float) -> str:

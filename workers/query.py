@@ -52,11 +52,12 @@ def _finish(job_id: str | None, reply_to: str | None, body: dict[str, Any]) -> d
 @app.task(name=queues.SEARCH, bind=True)
 def search(self, collection: str, cid: str, text: str | None, image: dict[str, Any] | None, k: int,
            weights: dict[str, float] | None, filter: dict[str, Any] | None, job_id: str | None = None,
-           after_job: str | None = None, reply_to: str | None = None):
+           after_job: str | None = None, reply_to: str | None = None, offset: int = 0):
     logs.bind(job_id=job_id)  # async searches have a job; sync ones unbind the previous task's
     try:
-        body = _search(self.request.id or jobs.new_job_id(), collection, cid, text, image, k, weights,
+        body = _search(self.request.id or jobs.new_job_id(), collection, cid, text, image, offset + k, weights,
                        filter, after_job)
+        body = body if body.get("error") else fanout.page_of(body, offset, k)
     except Exception:
         _finish(job_id, reply_to, SearchRefused("internal", "search failed").body())
         raise

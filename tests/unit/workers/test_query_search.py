@@ -251,6 +251,18 @@ def test_an_identical_search_is_served_from_the_cache_until_the_collection_chang
     assert hit_ids(after_delete) == hit_ids(first)
 
 
+def test_pages_of_one_ranking_neither_overlap_nor_leave_a_hit_out(setup):
+    def page(k: int, offset: int = 0) -> dict[str, Any]:  # the task as Celery runs it
+        return query_worker.search(setup.coll.name, setup.coll.cid, "a query", None, k, None, None, offset=offset)
+
+    whole = hit_ids(page(30))
+    pages = [page(7, offset) for offset in range(0, 35, 7)]
+    assert [p["offset"] for p in pages] == [0, 7, 14, 21, 28] and {p["k"] for p in pages} == {7}
+    assert [i for p in pages for i in hit_ids(p)] == whole and len(hit_ids(pages[-1])) == 2
+    assert setup.servers.sent[-1][1]["k"] == 35  # the shards were asked offset + k deep
+    assert page(7, 7)["cached"] is True and hit_ids(page(7, 7)) == hit_ids(pages[1])
+
+
 def test_an_answer_from_shards_behind_their_logs_is_not_kept(setup):
     setup.search(k=5)
     setup.write([("upsert", "late", 0.99)])  # logged, not applied yet
