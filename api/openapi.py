@@ -89,6 +89,8 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
                      "argument} ($eq $ne $in $nin $gt $gte $lt $lte $exists), $and / $or -> [filters] (nested at "
                      "most 4 deep). A list value in metadata matches by element. See docs/api.md, Search."}
     k = {"type": "integer", "minimum": 1, "maximum": MAX_K, "default": DEFAULT_K}
+    offset = {"type": "integer", "minimum": 0, "maximum": MAX_K - 1, "default": 0,
+              "description": f"Skip this many hits of the ranking (offset + k <= {MAX_K}): pages of one ranking."}
     job_fields: dict[str, Schema] = {
         "id": {"type": "string"}, "kind": {"type": "string", "enum": list(JOB_KINDS)},
         "collection": {"type": "string"}, "state": {"type": "string", "enum": list(JOB_STATES)},
@@ -187,11 +189,13 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
                        ("jobs", "next_cursor")),
         "Weights": weights,
         "Filter": search_filter,
-        "SearchRequest": obj({"text": nullable(text), "image": nullable(ref("ImageSource")), "k": k,
+        "SearchRequest": obj({"text": nullable(text), "image": nullable(ref("ImageSource")), "k": k, "offset": offset,
                               "weights": nullable(ref("Weights")), "filter": nullable(ref("Filter"))},
                              description="Needs a text, an image or both."),
         "SearchUpload": obj({"image": {"type": "string", "format": "binary"}, "text": text,
                              "k": {"type": "string", "pattern": "^[0-9]+$", "description": f"Integer in 1..{MAX_K}."},
+                             "offset": {"type": "string", "pattern": "^[0-9]+$",
+                                        "description": f"Integer; offset + k <= {MAX_K}."},
                              "weights": {"type": "string", "description": "JSON object, as in SearchRequest."},
                              "filter": {"type": "string", "description": "JSON object, as in SearchRequest."}}),
         "Hit": obj({"id": {"type": "string"}, "score": {"type": "number"},
@@ -201,7 +205,7 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
                    ("id", "score", "scores")),
         "SearchResult": obj({
             "hits": {"type": "array", "items": ref("Hit"), "description": "By score, descending; no id twice."},
-            "k": {"type": "integer"}, "took_ms": {"type": "number"},
+            "k": {"type": "integer"}, "offset": {"type": "integer"}, "took_ms": {"type": "number"},
             "cached": {"type": "boolean", "description": "Served from the query worker's result cache: the same "
                                                          "query, k and filter, and no write to the collection since."},
             "timings": obj({"encode_ms": {"type": "number", "description": "Reading and encoding the query."},

@@ -106,6 +106,8 @@ def search(name: str) -> Response | tuple[Response, int]:
               "k": query.k, "weights": query.weights, "filter": query.filter, "job_id": sid if is_async else None}
     if after_job:
         kwargs["after_job"] = after_job
+    if query.offset:
+        kwargs["offset"] = query.offset
     if is_async:
         jobs.create_job(svc.redis, "search", name, coll.cid, 1, job_id=sid)
     else:

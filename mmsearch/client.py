@@ -300,9 +300,12 @@ class Client:
 
     def search(self, collection: str, text: str | None = None, image: PathLike | bytes | None = None,
                k: int = 10, weights: Mapping[str, float] | None = None,
-               filter: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """Search by text, by an image (a file path or its bytes), or both -> {hits, k, took_ms, shards}."""
+               filter: Mapping[str, Any] | None = None, offset: int = 0) -> dict[str, Any]:
+        """Search by text, by an image (a file path or its bytes), or both -> {hits, k, took_ms,
+        shards}; `offset` skips that many hits of the ranking (offset + k <= 1000)."""
         body: dict[str, Any] = {"k": k}
+        if offset:
+            body["offset"] = offset
         if text is not None:
             body["text"] = text
         if image is not None:

@@ -1,7 +1,8 @@
 """Checking search requests: a JSON body, or a multipart body with an optional `image` file part.
 
-Multipart search: `text`, `k` (decimal digits), `weights` and `filter` (JSON objects) as form
-fields.
+Multipart search: `text`, `k` and `offset` (decimal digits), `weights` and `filter` (JSON
+objects) as form fields. `offset` pages one ranking: hits offset..offset+k-1 of it, with
+offset + k <= MAX_K.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from api.validation.images import ImageInput, parse_image, read_upload
 from shared.index.filters import LIST_OPERATORS, LOGICAL, OPERATORS, RANGE_OPERATORS
 from shared.runtime.config import Settings
 
-SEARCH_FIELDS = frozenset({"text", "image", "k", "weights", "filter"})
+SEARCH_FIELDS = frozenset({"text", "image", "k", "offset", "weights", "filter"})
 BLOCKS = ("image", "text")
 DEFAULT_K = 10
 MAX_K = 1000
@@ -35,6 +36,7 @@ class SearchInput:
     k: int
     weights: dict[str, float] | None
     filter: dict[str, Any] | None
+    offset: int = 0
 
 
 def _parse_k(value: Any) -> int:
@@ -42,6 +44,14 @@ def _parse_k(value: Any) -> int:
         return DEFAULT_K
     if not is_int_in(value, 1, MAX_K):
         raise invalid(f"k must be an integer in 1..{MAX_K}", field="k")
+    return value
+
+
+def _parse_offset(value: Any, k: int) -> int:
+    if value is None:
+        return 0
+    if not is_int_in(value, 0, MAX_K - k):
+        raise invalid(f"offset must be an integer in 0..{MAX_K - k} (offset + k <= {MAX_K})", field="offset")
     return value
 
 
@@ -119,19 +129,21 @@ def parse_filter(value: Any) -> dict[str, Any] | None:
     return value or None
 
 
-def _search_input(text: Any, image: ImageInput | None, k: Any, weights: Any, filter_: Any,
+def _search_input(text: Any, image: ImageInput | None, k: Any, offset: Any, weights: Any, filter_: Any,
                   settings: Settings) -> SearchInput:
     parsed_text = parse_text(text, settings, {})
     present = [block for block, given in zip(BLOCKS, (image, parsed_text)) if given is not None]
     if not present:
         raise invalid("a search needs a text, an image or both", field="text")
-    return SearchInput(parsed_text, image, _parse_k(k), _parse_weights(weights, present), parse_filter(filter_))
+    parsed_k = _parse_k(k)
+    return SearchInput(parsed_text, image, parsed_k, _parse_weights(weights, present), parse_filter(filter_),
+                       _parse_offset(offset, parsed_k))
 
 
 def parse_search_json(body: dict[str, Any], settings: Settings) -> SearchInput:
     only_fields(body, SEARCH_FIELDS, {})
     return _search_input(body.get("text"), parse_image(body.get("image"), settings, {}), body.get("k"),
-                         body.get("weights"), body.get("filter"), settings)
+                         body.get("offset"), body.get("weights"), body.get("filter"), settings)
 
 
 def _form_json(form: MultiDict[str, str], name: str) -> Any:
@@ -146,8 +158,11 @@ def parse_search_multipart(form: MultiDict[str, str], files: MultiDict[str, File
     if len(images) > 1:
         raise invalid("a search takes at most one image part", field="image")
     image = read_upload(images[0], settings, {}) if images else None
-    k = single(form, "k")
+    k, offset = single(form, "k"), single(form, "offset")
     if k is not None and not _DIGITS.match(k):
         raise invalid(f"k must be an integer in 1..{MAX_K}", field="k")
+    if offset is not None and not _DIGITS.match(offset):
+        raise invalid(f"offset must be an integer in 0..{MAX_K - 1}", field="offset")
     return _search_input(single(form, "text"), image, None if k is None else int(k),
-                         _form_json(form, "weights"), _form_json(form, "filter"), settings)
+                         None if offset is None else int(offset), _form_json(form, "weights"),
+                         _form_json(form, "filter"), settings)

@@ -242,6 +242,9 @@ BAD_SEARCHES = [
     ("k=true", search_json(text="cat", k=True), 400, "k"),
     ("k='5'", search_json(text="cat", k="5"), 400, "k"),
     ("k=2.5", search_json(text="cat", k=2.5), 400, "k"),
+    ("offset=-1", search_json(text="cat", offset=-1), 400, "offset"),
+    ("offset + k > 1000", search_json(text="cat", k=10, offset=991), 400, "offset"),
+    ("offset='5'", search_json(text="cat", offset="5"), 400, "offset"),
     ("NaN weight", raw('{"text": "cat", "weights": {"text": NaN}}'), 400, "body"),
     ("Infinity weight", raw('{"text": "cat", "weights": {"text": 1e400}}'), 400, "weights.text"),
     ("negative weight", search_json(text="cat", weights={"text": -1}), 400, "weights.text"),
@@ -277,6 +280,8 @@ BAD_SEARCHES = [
     ("non-UTF-8 body", raw(b'{"text": "\xff"}'), 400, "body"),
     ("multipart k not a number", search_form(text="cat", k="ten"), 400, "k"),
     ("multipart k=0", search_form(text="cat", k="0"), 400, "k"),
+    ("multipart offset not a number", search_form(text="cat", offset="-3"), 400, "offset"),
+    ("multipart offset + k > 1000", search_form(text="cat", k="500", offset="501"), 400, "offset"),
     ("multipart weights not JSON", search_form(text="cat", weights="{text: 1}"), 400, "weights"),
     ("multipart two images", search_form(image=[(io.BytesIO(PNG), "a.png"), (io.BytesIO(PNG), "b.png")]),
      400, "image"),
@@ -436,7 +441,9 @@ def test_sync_search_without_workers_times_out(client, coll, redis_client):
     assert "timed out" in error["message"]
     (message,) = queued(redis_client, queues.QUERY)
     assert message["_task"] == queues.SEARCH and message["text"] == "cat" and message["k"] == 3
-    assert message["job_id"] is None and message["cid"] == cid(redis_client)
+    assert message["job_id"] is None and message["cid"] == cid(redis_client) and "offset" not in message
+    client.post("/v1/collections/photos/search", json={"text": "cat", "k": 10, "offset": 990})
+    assert queued(redis_client, queues.QUERY)[-1]["offset"] == 990
 
 
 def test_async_search_creates_a_job_and_stages_the_query_image(client, coll, redis_client):
