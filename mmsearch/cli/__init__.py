@@ -1,4 +1,5 @@
-"""The `mmsearch` command: run the stack, manage collections, ingest folders, watch jobs, search.
+"""The `mmsearch` command: run the stack, manage collections, ingest folders, list and delete
+items, watch jobs, search.
 
 Built on `mmsearch.client.Client`. `--api` / `--key` (or `MMSEARCH_API` / `MMSEARCH_API_KEY`)
 choose the server; without them the API of `mmsearch up` on this machine is used
@@ -6,7 +7,7 @@ choose the server; without them the API of `mmsearch up` on this machine is used
 
 Exit codes: 0 success; 1 an API or operation error (one line on stderr, no traceback);
 2 a usage error (bad flag or argument, one line); 3 a job ended without succeeding
-(`completed_with_errors`, `failed` or `cancelled`; `ingest` and `jobs watch`).
+(`completed_with_errors`, `failed` or `cancelled`; `ingest`, `items delete` and `jobs watch`).
 
 This module is the root command (its options and its one-line errors); each command group
 lives in its own module of this package.
@@ -23,6 +24,7 @@ from mmsearch.cli.collections import collections
 from mmsearch.cli.common import EXIT_API_ERROR, EXIT_USAGE
 from mmsearch.cli.demo import demo
 from mmsearch.cli.ingest import ingest
+from mmsearch.cli.items import items
 from mmsearch.cli.jobs import jobs
 from mmsearch.cli.search import search
 from mmsearch.cli.status import status, up
@@ -90,7 +92,7 @@ def cli(ctx: click.Context, api: str, key: str | None, timeout: float) -> None:
     ctx.obj = Client(api, key=key, timeout=timeout)
 
 
-for command in (up, status, demo, collections, ingest, jobs, search):
+for command in (up, status, demo, collections, ingest, items, jobs, search):
     cli.add_command(command)
 
 

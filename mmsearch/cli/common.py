@@ -1,4 +1,5 @@
-"""What the CLI's commands share: exit codes, the invocation's client, and the ways they print.
+"""What the CLI's commands share: exit codes, the invocation's client, `--filter` values, and
+the ways they print.
 
 Printing: JSON (`--json`), aligned tables, shortened cells, local times, the errors of jobs.
 """
@@ -56,6 +57,34 @@ def scalar(text: str) -> Any:
         except ValueError:
             pass
     return text
+
+
+def filter_option(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, Any] | None:
+    """The metadata filter of repeated `--filter` options, their entries together: `KEY=VALUE`
+    (equality, VALUE typed by `scalar`) or a JSON object with operators
+    (`{"year": {"$gte": 2020}}`, docs/api.md)."""
+    out: dict[str, Any] = {}
+    for value in values:
+        if value.lstrip().startswith("{"):
+            try:
+                entries = json.loads(value)  # an object: JSON text that starts with "{"
+            except ValueError as exc:
+                raise click.BadParameter(f"not a JSON object: {exc}", ctx, param) from None
+        else:
+            key, sep, raw = value.partition("=")
+            if not sep or not key:
+                raise click.BadParameter(f"{value!r} is not KEY=VALUE or a JSON object", ctx, param)
+            entries = {key: scalar(raw)}
+        twice = sorted(set(entries) & set(out))
+        if twice:
+            raise click.BadParameter(f"{twice[0]!r} is filtered twice; combine its conditions in one object",
+                                     ctx, param)
+        out.update(entries)
+    return out or None
+
+
+FILTER_HELP = 'Metadata filter: KEY=VALUE or a JSON object with operators, e.g. \'{"year": {"$gte": 2020}}\' ' \
+              '(repeatable; all must hold).'
 
 
 def print_job_errors(bodies: list[dict[str, Any]], limit: int = 20) -> None:

@@ -1,4 +1,4 @@
-"""`mmsearch jobs show|watch|cancel`."""
+"""`mmsearch jobs list|show|watch|cancel`."""
 from __future__ import annotations
 
 import sys
@@ -6,14 +6,39 @@ from typing import Any
 
 import click
 
-from mmsearch.cli.common import EXIT_JOB_NOT_SUCCEEDED, client_of, dump, local_time, print_job_errors
+from mmsearch.cli.common import EXIT_JOB_NOT_SUCCEEDED, client_of, dump, local_time, print_job_errors, table
 from mmsearch.job_states import overall_state
 from mmsearch.progress import ProgressBar
 
 
+JOB_STATES = ("queued", "running", "succeeded", "completed_with_errors", "failed", "cancelled")
+
+
 @click.group()
 def jobs() -> None:
-    """Show, watch and cancel jobs."""
+    """List, show, watch and cancel jobs."""
+
+
+@jobs.command("list")
+@click.option("-c", "--collection", help="Only this collection's jobs.")
+@click.option("--state", type=click.Choice(JOB_STATES), help="Only jobs in this state.")
+@click.option("--kind", type=click.Choice(["ingest", "delete", "search"]), help="Only jobs of this kind.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True, help="Jobs per page.")
+@click.option("--cursor", help="Go on after the page that printed this cursor.")
+@click.option("--json", "as_json", is_flag=True, help="Print the API's JSON page.")
+@click.pass_context
+def jobs_list(ctx: click.Context, collection: str | None, state: str | None, kind: str | None, limit: int,
+              cursor: str | None, as_json: bool) -> None:
+    """List jobs whose records still exist, newest first."""
+    page = client_of(ctx).jobs(collection=collection, state=state, kind=kind, limit=limit, cursor=cursor)
+    if as_json:
+        dump(page)
+        return
+    table([[j["id"], j["kind"], j["collection"], j["state"], f"{j['done']}/{j['failed']}/{j['total']}",
+            local_time(j.get("created_at"))] for j in page["jobs"]],
+          ["JOB", "KIND", "COLLECTION", "STATE", "DONE/FAILED/TOTAL", "CREATED"])
+    more = f"; next page: --cursor {page['next_cursor']}" if page["next_cursor"] else ""
+    click.echo(f"{len(page['jobs'])} jobs{more}", err=True)
 
 
 def _show_job(body: dict[str, Any]) -> None:

@@ -5,7 +5,7 @@ from typing import Any
 
 import click
 
-from mmsearch.cli.common import client_of, dump, scalar, short, table
+from mmsearch.cli.common import FILTER_HELP, client_of, dump, filter_option, short, table
 
 
 def _weights(ctx: click.Context, param: click.Parameter, value: str | None) -> dict[str, float] | None:
@@ -20,16 +20,6 @@ def _weights(ctx: click.Context, param: click.Parameter, value: str | None) -> d
     return {"image": parts[0], "text": parts[1]}
 
 
-def _filters(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, Any] | None:
-    out = {}
-    for value in values:
-        key, sep, raw = value.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"{value!r} is not KEY=VALUE", ctx, param)
-        out[key] = scalar(raw)
-    return out or None
-
-
 def _score(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
@@ -39,24 +29,28 @@ def _score(value: float | None) -> str:
 @click.option("-t", "--text", help="Text query.")
 @click.option("-i", "--image", type=click.Path(exists=True, dir_okay=False), help="Image file query.")
 @click.option("-k", type=click.IntRange(1, 1000), default=10, show_default=True, help="Number of hits.")
+@click.option("--offset", type=click.IntRange(0, 999), default=0, show_default=True,
+              help="Skip this many hits of the ranking (offset + k <= 1000): the next page.")
 @click.option("--weights", callback=_weights, metavar="I,T", help="Weights of the image and text blocks.")
-@click.option("--filter", "filters", multiple=True, callback=_filters, metavar="KEY=VALUE",
-              help="Metadata filter (repeatable).")
+@click.option("--filter", "filters", multiple=True, callback=filter_option, metavar="FILTER", help=FILTER_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the API's JSON answer.")
 @click.pass_context
-def search(ctx: click.Context, collection: str, text: str | None, image: str | None, k: int,
+def search(ctx: click.Context, collection: str, text: str | None, image: str | None, k: int, offset: int,
            weights: dict[str, float] | None, filters: dict[str, Any] | None, as_json: bool) -> None:
     """Search a collection by text, by an example image, or both."""
     if not text and not image:
         raise click.UsageError("give --text, --image or both")
-    body = client_of(ctx).search(collection, text=text, image=image, k=k, weights=weights, filter=filters)
+    if offset + k > 1000:
+        raise click.UsageError("--offset plus -k must be at most 1000")
+    body = client_of(ctx).search(collection, text=text, image=image, k=k, weights=weights, filter=filters,
+                                 offset=offset)
     if as_json:
         dump(body)
         return
     hits = body.get("hits", [])
     table([[rank, short(h["id"], 40), f"{h['score']:.4f}", _score((h.get("scores") or {}).get("image")),
             _score((h.get("scores") or {}).get("text")), short(h.get("text"), 50)]
-           for rank, h in enumerate(hits, 1)], ["RANK", "ID", "SCORE", "IMAGE", "TEXT", "CAPTION"])
+           for rank, h in enumerate(hits, offset + 1)], ["RANK", "ID", "SCORE", "IMAGE", "TEXT", "CAPTION"])
     shards = body.get("shards", {})
     note = "" if shards.get("answered") == shards.get("total") else \
         f"  WARNING: only {shards.get('answered')} of {shards.get('total')} shards answered"

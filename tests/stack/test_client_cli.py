@@ -281,6 +281,60 @@ def test_cli_ingest_search_jobs_end_to_end(run, client, folder, tmp_path):
     assert "slots in use [0, 1]" in out and "queues       encode=" in out, out
 
 
+def test_cli_items_jobs_paging_and_operator_filters(run, client, tmp_path):
+    client.create_collection("cliitems", shards=2, store_thumbnails=True)
+    client.ingest("cliitems", items=[{"id": f"note{n}", "text": f"a cat number {n}", "metadata": {"year": 2015 + n}}
+                                     for n in range(6)],
+                  files=[mc.FileItem(PHOTOS["chelsea"].path, id="cat.png", metadata={"year": 2030})])
+    code, out, err = run("items", "list", "-c", "cliitems", "--limit", "4")
+    assert code == 0 and [r.split()[0] for r in out.splitlines()[1:]] == ["cat.png", "note0", "note1", "note2"]
+    assert "4 items; next page: --cursor 'note2'" in err
+    code, out, err = run("items", "list", "-c", "cliitems", "--cursor", "note2", "--json")
+    assert code == 0 and [i["id"] for i in json.loads(out)["items"]] == ["note3", "note4", "note5"]
+    code, out, err = run("items", "list", "-c", "cliitems", "--all", "--limit", "2", "--fields", "id", "--json",
+                         "--filter", '{"year": {"$gte": 2018, "$lt": 2031}}')
+    assert code == 0 and json.loads(out) == {"items": [{"id": i, "shard": client.item("cliitems", i)["shard"]}
+                                                       for i in ("cat.png", "note3", "note4", "note5")],
+                                             "next_cursor": None}
+    code, out, err = run("items", "get", "-c", "cliitems", "note1")
+    assert code == 0 and "a cat number 1" in out and '{"year": 2016}' in out
+    code, out, err = run("items", "get", "-c", "cliitems", "nope")
+    assert code == 1 and "404 not_found" in err
+    code, out, err = run("items", "thumbnail", "-c", "cliitems", "cat.png", "-o", str(tmp_path / "t.jpg"))
+    assert code == 0 and cv2.imread(str(tmp_path / "t.jpg")) is not None
+
+    code, out, err = run("search", "-c", "cliitems", "-t", "cat", "-k", "3", "--json")
+    ranking = [h["id"] for h in json.loads(out)["hits"]]
+    code, out, err = run("search", "-c", "cliitems", "-t", "cat", "-k", "2", "--offset", "1")
+    assert code == 0 and [r[:2] for r in _table_rows(out)] == [["2", ranking[1]], ["3", ranking[2]]]
+    code, out, err = run("search", "-c", "cliitems", "-t", "cat", "--filter", '{"year": {"$in": [2015, 2030]}}',
+                         "--filter", "nothing=else", "--json")
+    assert code == 0 and json.loads(out)["hits"] == []
+    code, out, err = run("search", "-c", "cliitems", "-t", "cat", "--filter", '{"year": {"$lte": 2016}}', "--json")
+    assert code == 0 and {h["id"] for h in json.loads(out)["hits"]} == {"note0", "note1"}
+    code, out, err = run("search", "-c", "cliitems", "-t", "cat", "-k", "10", "--offset", "995")
+    assert code == 2 and "at most 1000" in err
+
+    code, out, err = run("items", "delete", "-c", "cliitems", "note0", "never-there")
+    assert code == 0 and "succeeded: 1 deleted, 1 not found of 2 from cliitems" in out
+    code, out, err = run("items", "delete", "-c", "cliitems", "--filter", '{"year": {"$gt": 2019}}', "--json")
+    assert code == 0 and json.loads(out)["total"] == 2  # note5 and cat.png
+    code, out, err = run("items", "list", "-c", "cliitems", "--json")
+    assert [i["id"] for i in json.loads(out)["items"]] == ["note1", "note2", "note3", "note4"]
+
+    code, out, err = run("jobs", "list", "-c", "cliitems", "--kind", "delete")
+    rows = [r.split() for r in out.splitlines()[1:]]
+    assert code == 0 and len(rows) == 2 and all(r[1:4] == ["delete", "cliitems", "succeeded"] for r in rows)
+    code, out, err = run("jobs", "list", "--limit", "1", "--json")
+    page = json.loads(out)
+    assert code == 0 and len(page["jobs"]) == 1 and page["next_cursor"]
+    code, out, err = run("jobs", "list", "--cursor", page["next_cursor"], "--limit", "1", "--json")
+    assert code == 0 and json.loads(out)["jobs"][0]["id"] != page["jobs"][0]["id"]
+    code, out, err = run("jobs", "list", "--state", "done")
+    assert code == 2
+    client.delete_collection("cliitems")
+
+
 def test_cli_errors_are_one_line_with_scriptable_exit_codes(run):
     for args in (["search", "-c", "x", "--bogus"], ["search", "-c", "x"], ["search", "-c", "x", "-t", "a", "-k", "0"],
                  ["search", "-c", "x", "-t", "a", "--weights", "1"], ["ingest", "/no/such/dir", "-c", "x"],
