@@ -240,7 +240,7 @@ def _parameters() -> dict[str, Schema]:
         "CollectionName": path("name", "Collection name.", {"type": "string", "pattern": catalog.NAME_RE.pattern}),
         "ItemId": path("item_id", "Item id (may contain '/').", {"type": "string", "maxLength": MAX_ID_CHARS}),
         "JobId": path("job_id", "Job id."),
-        "StaticFile": path("filename", "A file of the web page (app.js, app.css)."),
+        "StaticFile": path("filename", "A file of the web page or the docs page (app.js, app.css, docs.js, ...)."),
         "Async": {"name": "async", "in": "query", "required": False,
                   "description": "1: answer 202 with a search job whose result is the response body.",
                   "schema": {"type": "string", "enum": ["0", "1", "true", "false"], "default": "0"}},
@@ -300,6 +300,8 @@ def _operations(secured: bool, limited: bool = False) -> dict[str, dict[str, Sch
     coll, item, job = ("CollectionName",), ("CollectionName", "ItemId"), ("JobId",)
     return {
         "/": {"get": op("The web page", "operations", {"200": {
+            "description": "HTML page.", "content": {"text/html": {"schema": {"type": "string"}}}}})},
+        "/docs": {"get": op("This document, rendered for reading (no key needed)", "operations", {"200": {
             "description": "HTML page.", "content": {"text/html": {"schema": {"type": "string"}}}}})},
         "/healthz": {"get": op("Liveness", "operations", ok("Health", "The API process lives."))},
         "/readyz": {"get": op("Readiness", "operations", {

@@ -1,5 +1,7 @@
 """GET /: the web page (api/static/index.html + app.css + app.js: no framework, no build step,
-nothing fetched from elsewhere) and GET /static/<file> for its assets.
+nothing fetched from elsewhere), GET /docs: the API reference rendered in the browser from
+/openapi.json (docs.html + docs.css + docs.js, likewise), and GET /static/<file> for their
+assets.
 
 The page talks to the /v1 API like any client (with the API key the user types, kept in
 sessionStorage, when keys are configured). Every answer carries a strict Content-Security-Policy:
@@ -29,11 +31,20 @@ def _secured(response: Response) -> Response:
     return response
 
 
-@bp.get("/")
-def index() -> Response:
-    response = send_from_directory(STATIC_DIR, "index.html", mimetype="text/html", max_age=0)
+def _page(filename: str) -> Response:
+    response = send_from_directory(STATIC_DIR, filename, mimetype="text/html", max_age=0)
     response.headers["Cache-Control"] = "no-cache"
     return _secured(response)
+
+
+@bp.get("/")
+def index() -> Response:
+    return _page("index.html")
+
+
+@bp.get("/docs")
+def docs() -> Response:
+    return _page("docs.html")
 
 
 @bp.get("/static/<path:filename>")

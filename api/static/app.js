@@ -29,20 +29,7 @@
     detailHit: null,
   };
 
-  // DOM helper: properties become attributes/text, children become nodes (strings -> text nodes).
-  function el(tag, props = {}, ...children) {
-    const node = document.createElement(tag);
-    for (const [key, value] of Object.entries(props)) {
-      if (value === undefined || value === null) continue;
-      if (key === "class") node.className = value;
-      else if (key === "text") node.textContent = value;
-      else if (key === "dataset") Object.assign(node.dataset, value);
-      else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
-      else node.setAttribute(key, String(value));
-    }
-    for (const child of children) if (child !== null && child !== undefined) node.append(child);
-    return node;
-  }
+  const { el } = window.mmsearchDom;  // dom.js
 
   // ---- messages --------------------------------------------------------------------------
   function showMessage(text, kind = "error") {

@@ -77,9 +77,10 @@ def test_page_sources_load_nothing_from_elsewhere_and_never_write_html():
         source = path.read_text()
         assert not re.search(r"(?:src|href)=\"(?:https?:)?//", source), path.name
         assert "@import" not in source and "url(http" not in source, path.name
-    script = (static / "app.js").read_text()
-    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function"):
-        assert sink not in script, sink
+    for path in static.glob("*.js"):
+        script = path.read_text()
+        for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function"):
+            assert sink not in script, (path.name, sink)
 
 
 # The page in Chromium against the real stack ------------------------------------------------
@@ -180,6 +181,19 @@ def search_results(driver, first: str | None = None) -> list[str]:
     if first is not None:
         wait_for(driver, f"{RESULT_IDS}[0] === {json.dumps(first)}", timeout_s=30, what=f"{first} first")
     return driver.execute_script(f"return {RESULT_IDS};")
+
+
+def test_docs_page_renders_every_operation_and_schema_of_the_openapi_document(stack, browser):
+    spec = requests.get(f"{stack.api_url}/openapi.json", timeout=30).json()
+    browser.get(f"{stack.api_url}/docs")  # no key: the page and its document are public
+    operations = "document.querySelectorAll('#operations details.op').length"
+    wait_for(browser, f"{operations} > 0", what="the operations")
+    assert browser.execute_script(f"return {operations};") == sum(len(ops) for ops in spec["paths"].values())
+    assert browser.execute_script("return document.querySelectorAll('#schemas .schema').length;") == \
+        len(spec["components"]["schemas"])
+    paths = browser.execute_script("return [...document.querySelectorAll('.op .path')].map(p => p.textContent);")
+    assert "/v1/collections/{name}/items" in paths and "/v1/jobs" in paths
+    assert "Cannot show" not in browser.find_element("id", "description").text
 
 
 def test_web_page_end_to_end(stack, ingested, browser, tmp_path):

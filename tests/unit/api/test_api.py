@@ -551,6 +551,18 @@ def test_index_page(client):
     assert b"<title>mmsearch</title>" in resp.data and b"/openapi.json" in resp.data
 
 
+def test_docs_page_is_served_with_its_assets_under_the_pages_csp(make_app):
+    client = make_app(api_keys=("k",)).test_client()  # the page and its document need no key
+    page, index = client.get("/docs"), client.get("/")
+    assert page.status_code == 200 and page.mimetype == "text/html" and b"/static/docs.js" in page.data
+    assert page.headers["Content-Security-Policy"] == index.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in page.headers["Content-Security-Policy"]
+    for asset in ("/static/docs.js", "/static/docs.css"):
+        resp = client.get(asset)
+        assert resp.status_code == 200 and resp.headers["X-Content-Type-Options"] == "nosniff"
+    assert client.get("/openapi.json").status_code == 200
+
+
 def test_the_api_loads_no_model(redis_server, redis_client, ready_workers):
     code = ("import sys; from api.wsgi import app; c = app.test_client(); "
             "assert c.post('/v1/collections', json={'name': 'p'}).status_code == 201; "
