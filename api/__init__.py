@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 from flask import Blueprint, Flask
 
-from api import collections, item_deletes, item_pages, items, jobs, metrics, ops, openapi, search, web
+from api import collections, exports, item_deletes, item_pages, items, jobs, metrics, ops, openapi, search, web
 from api.auth import require_api_key
 from shared.runtime.celery_config import make_celery
 from api.context import EXTENSION, Services
@@ -28,7 +28,7 @@ FORM_FIELD_PARTS = 8
 def _v1() -> Blueprint:
     v1 = Blueprint("v1", __name__, url_prefix="/v1")
     v1.before_request(require_api_key)
-    for area in (collections, items, item_pages, item_deletes, jobs, search):
+    for area in (collections, items, item_pages, item_deletes, jobs, search, exports):
         v1.register_blueprint(area.bp)
     return v1
 

@@ -4,9 +4,9 @@ With MMSEARCH_API_KEYS unset there is no auth (the API then listens on loopback 
 every /v1 call needs `Authorization: Bearer <key>`: 401 `unauthorized` without a known key,
 403 `forbidden` when the key lacks the scope the call needs:
 
-- `read`: every GET under /v1, searches and existence checks;
+- `read`: every GET under /v1, searches, existence checks and exports;
 - `write`: ingesting items, deleting items (one, or many by ids or filter), cancelling a job;
-- `admin`: creating and deleting collections.
+- `admin`: creating (importing too) and deleting collections.
 
 A key configured without a scope list (`key`) has all three; `key:read+write` only those.
 Scopes do not imply each other. Any /v1 route not listed below needs `read` when it is a GET
@@ -45,6 +45,9 @@ ENDPOINT_SCOPES = {
     "v1.jobs.show": READ,
     "v1.jobs.cancel": WRITE,
     "v1.search.search": READ,
+    "v1.exports.export": READ,
+    "v1.exports.download": READ,
+    "v1.exports.import_collection": ADMIN,
 }
 
 

@@ -1,8 +1,8 @@
 """GET /v1/collections/<name>/items: a collection's items in id order, a page at a time.
 
-Every shard slot of the collection is asked (api.slot_requests, op `list`; see
-workers.item_pages) for the first `limit + 1` items of its shards with an id after the cursor;
-the API merges them by id and answers the first `limit`, with `next_cursor` (the last id
+Every shard slot of the collection is asked (shared.store.item_pages over api.slot_requests;
+served by workers.item_pages) for the first `limit + 1` items of its shards with an id after the
+cursor; the API merges them by id and answers the first `limit`, with `next_cursor` (the last id
 answered) when there are more. Each page starts after the last id of the one before, so a
 scan returns no item twice and never skips an item that is in the collection for the whole
 scan, whatever is written meanwhile. A shard that is not loaded where the slot answered makes
@@ -10,8 +10,6 @@ the page 503, as a missing slot does: a page without it would skip its items.
 """
 from __future__ import annotations
 
-import heapq
-import itertools
 from typing import Any, Iterator
 
 from flask import Blueprint, Response, jsonify, request
@@ -21,7 +19,7 @@ from api.context import services
 from api.errors import ApiError
 from api.slot_requests import ask_slots, require_live
 from api.validation.listing import MAX_PAGE, parse_list_args
-from shared.store import catalog, queues
+from shared.store import catalog, item_pages
 
 bp = Blueprint("item_pages", __name__, url_prefix="/collections/<name>/items")
 
@@ -30,20 +28,13 @@ def page(coll: catalog.Collection, after: str | None, limit: int, filter: dict[s
          fields: tuple[str, ...]) -> tuple[list[dict[str, Any]], str | None]:
     """The first `limit` items of the collection after `after` meeting `filter`, and the cursor
     of the next page (None when this one is the last)."""
-    by_slot: dict[int, list[int]] = {}
-    for shard in range(coll.shards):
-        by_slot.setdefault(queues.slot_for_shard(shard, services().settings.shard_slots), []).append(shard)
-    require_live(by_slot)
-    answers = ask_slots({slot: {"op": queues.SLOT_LIST, "cid": coll.cid, "shards": shards, "after": after,
-                                "limit": limit + 1, "filter": filter, "fields": list(fields)}
-                         for slot, shards in by_slot.items()}, "listing")
-    unserved = sorted(shard for answer in answers for shard in answer["page"]["unserved"])
-    if unserved:
-        raise ApiError(503, "unavailable", f"shard(s) {unserved} of {coll.name!r} are not served now",
-                       {"shards": unserved})
-    merged = list(itertools.islice(heapq.merge(*(a["page"]["items"] for a in answers), key=lambda i: i["id"]),
-                                   limit + 1))
-    return merged[:limit], merged[limit - 1]["id"] if len(merged) > limit else None
+    requests = item_pages.slot_requests(coll, services().settings.shard_slots, after, limit, filter, list(fields))
+    require_live(requests)
+    found = item_pages.merged(ask_slots(requests, "listing"), limit)
+    if found.unserved:
+        raise ApiError(503, "unavailable", f"shard(s) {found.unserved} of {coll.name!r} are not served now",
+                       {"shards": found.unserved})
+    return found.items, found.next_cursor
 
 
 def matching_ids(coll: catalog.Collection, filter: dict[str, Any]) -> Iterator[str]:

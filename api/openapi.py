@@ -98,7 +98,7 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
         "errors": {"type": "array", "items": ref("JobError")},
         "created_at": nullable({"type": "number"}), "started_at": nullable({"type": "number"}),
         "finished_at": nullable({"type": "number"}), "cancel_requested": {"type": "boolean"},
-        "result": nullable(ref("SearchResult")),
+        "result": nullable({"oneOf": [ref("SearchResult"), ref("ExportResult")]}),
         "not_found": {"type": "array", "items": {"type": "string"},
                       "description": "Ids a delete job found absent (the job still succeeds)."},
     }
@@ -176,6 +176,13 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
         "DeleteAccepted": obj({"job_id": {"type": "string"}, "status_url": {"type": "string"},
                                "total": {"type": "integer", "description": "Items the delete job names."}},
                               ("job_id", "status_url", "total")),
+        "ImportAccepted": obj({"job_id": {"type": "string"}, "status_url": {"type": "string"},
+                               "collection": ref("Collection")}, ("job_id", "status_url", "collection")),
+        "ExportResult": obj({"archive": {"type": "string", "description": "Where to download it (an hour)."},
+                             "items": {"type": "integer"}, "bytes": {"type": "integer"},
+                             "sha256": {"type": "string", "description": "Of the archive file."}},
+                            ("archive", "items", "bytes", "sha256"),
+                            description="The result of a succeeded export job."),
         "JobError": obj({"index": {"type": "integer"}, "id": nullable({"type": "string"}),
                          "code": {"type": "string"}, "message": {"type": "string"}}, ("index", "code", "message")),
         "Job": obj(job_fields, ("id", "kind", "collection", "state", "total", "done", "failed", "errors",
@@ -258,6 +265,9 @@ def _parameters() -> dict[str, Schema]:
         "Fields": {"name": "fields", "in": "query", "required": False,
                    "description": f"Comma-separated, of {', '.join(LIST_FIELDS)}; id and shard always come.",
                    "schema": {"type": "string", "default": ",".join(DEFAULT_FIELDS)}},
+        "ImportName": {"name": "name", "in": "query", "required": False,
+                       "description": "The new collection's name (default: the archive's).",
+                       "schema": {"type": "string", "pattern": catalog.NAME_RE.pattern}},
         "JobsCollection": {"name": "collection", "in": "query", "required": False,
                            "description": "Only this collection's jobs.",
                            "schema": {"type": "string", "pattern": catalog.NAME_RE.pattern}},
@@ -366,6 +376,24 @@ def _operations(secured: bool, limited: bool = False) -> dict[str, dict[str, Sch
                 "200": {"description": "JPEG thumbnail.",
                         "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}}},
                 **errors(404)}, item),
+        },
+        "/v1/collections/{name}/export": {
+            "post": op("Export the collection into one archive (a job)", "collections",
+                       {**ok("Accepted", "Export job created; its result names the archive.", 202), **errors(404)},
+                       coll),
+        },
+        "/v1/collections/import": {
+            "post": op("Create a collection from an export archive, without encoding again", "collections",
+                       {**ok("ImportAccepted", "Collection created; the import job logs its items.", 202),
+                        **errors(400, 409, 413, 415)}, ("ImportName",),
+                       {"required": True, "content": {t: {"schema": {"type": "string", "format": "binary"}}
+                                                      for t in ("application/zip", "application/octet-stream")}}),
+        },
+        "/v1/jobs/{job_id}/archive": {
+            "get": op("The archive of a succeeded export job", "jobs", {
+                "200": {"description": "The zip archive (manifest.json, items.jsonl).",
+                        "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}}},
+                **errors(404)}, job),
         },
         "/v1/collections/{name}/search": {
             "post": op("Search by text, image or both", "search", {

@@ -5,7 +5,6 @@ MMSEARCH_SHARD_TIMEOUT_S."""
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any, Iterable
 
 from api.context import services
@@ -28,10 +27,8 @@ def ask_slots(requests: dict[int, dict[str, Any]], what: str) -> list[dict[str, 
     when not all come within MMSEARCH_SHARD_TIMEOUT_S, 500 when one says it failed there)."""
     svc = services()
     timeout = svc.settings.shard_timeout_s
-    reply_to = keys.search_replies(jobs.new_job_id())
-    replies.send(svc.redis, {keys.slot_searches(slot): body for slot, body in requests.items()}, reply_to,
-                 expires=time.time() + timeout)
-    answers = replies.gather(svc.redis, reply_to, len(requests), time.monotonic() + timeout)
+    answers = replies.ask(svc.redis, {keys.slot_searches(slot): body for slot, body in requests.items()},
+                          keys.search_replies(jobs.new_job_id()), timeout)
     if len(answers) < len(requests):
         raise ApiError(503, "unavailable", f"{what} timed out", {"timeout_s": timeout})
     failed = [a["error"] for a in answers if a.get("error")]

@@ -15,6 +15,7 @@ The package imports only `requests`, never the service's heavy dependencies.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -137,6 +138,34 @@ class Client:
 
     def delete_collection(self, name: str) -> dict[str, Any]:
         return self._json("DELETE", f"/v1/collections/{self._seg(name)}")
+
+    def export_collection(self, name: str, path: PathLike, timeout: float | None = None) -> dict[str, Any]:
+        """Export the collection into an archive file at `path` (written only when the export job
+        succeeded, and checked against its sha256); the job's final body."""
+        job = self.wait_job(self._json("POST", f"/v1/collections/{self._seg(name)}/export")["job_id"], timeout=timeout)
+        if job["state"] != "succeeded":
+            return job
+        resp = self.request("GET", job["result"]["archive"], stream=True)
+        digest, part = hashlib.sha256(), Path(f"{path}.part")
+        with open(part, "wb") as out:
+            for chunk in resp.iter_content(2**20):
+                out.write(chunk)
+                digest.update(chunk)
+        if digest.hexdigest() != job["result"]["sha256"]:
+            part.unlink()
+            raise ValueError(f"the archive of job {job['id']} came incomplete or altered; export again")
+        part.replace(path)
+        return job
+
+    def import_collection(self, path: PathLike, name: str | None = None, wait: bool = True,
+                          timeout: float | None = None) -> dict[str, Any]:
+        """Create a collection from an export archive (named `name`, default the archive's) ->
+        the import job's final body (wait=True) or the 202 body, with `collection`."""
+        answer = self._json("POST", "/v1/collections/import", params={"name": name} if name else None,
+                            data=Path(path).read_bytes(), headers={"Content-Type": "application/zip"})
+        if not wait:
+            return answer
+        return {**self.wait_job(answer["job_id"], timeout=timeout), "collection": answer["collection"]}
 
     # Items -------------------------------------------------------------------------------
 

@@ -10,4 +10,4 @@ from shared.runtime.celery_config import make_celery
 from shared.runtime.config import get_settings
 
 app = make_celery(get_settings(), name="mmsearch",
-                  include=["workers.encode", "workers.query"])
+                  include=["workers.encode", "workers.query", "workers.export"])

@@ -8,6 +8,8 @@ as searches answer them). Since every page starts after the last id of the one b
 returns no item twice, and an item that is live for the whole scan is in the shard whenever
 its turn comes, so it is never skipped.
 
+`vector` (base64 float32, the fused vector as the shard stores it) is asked by exports only.
+
 The shard's ids are sorted once and kept, with the log position the shard had applied when they
 were read, until the shard applies more (its position moves); a scan over a collection that
 nobody writes to sorts each shard once. Read while the applier writes: the copy of the index's
@@ -22,9 +24,11 @@ from bisect import bisect_right
 from typing import Any
 
 from shared.index.filters import MetadataIndex
+from shared.index.labels import label_for
 from shared.index.shard_index import ItemRecord, ShardIndex
+from shared.store.serializers import vector_to_b64
 
-FIELDS = ("text", "metadata", "has_image", "thumbnail")  # what a listed item may carry besides id, shard
+FIELDS = ("text", "metadata", "has_image", "thumbnail", "vector")  # what an item may carry besides id, shard
 FILTER_CHUNK = 1024  # candidates whose metadata is matched at once
 
 _sorted: weakref.WeakKeyDictionary[ShardIndex, tuple[str, list[str]]] = weakref.WeakKeyDictionary()
@@ -34,6 +38,16 @@ def _ids_of(index: ShardIndex) -> list[str]:
     """Every id the index holds. ShardIndex has no public listing of its ids; its records dict
     is copied whole in one step, as `get` and `len` read it without the lock."""
     return [record.id for record in index._records.copy().values()]
+
+
+def _with_vectors(index: ShardIndex, records: list[ItemRecord]) -> list[tuple[ItemRecord, str]]:
+    """The records as they are now (one deleted since is left out, one replaced is the new one)
+    with their stored vectors, base64. ShardIndex has no public read of its vectors; its vector
+    store is read under the index's read lock, as its searches read it."""
+    with index._lock.read():
+        current = [r for r in map(index.get, (r.id for r in records)) if r is not None]
+        vectors = index._store.vectors([label_for(r.id) for r in current], index.dim)
+    return [(record, vector_to_b64(vector)) for record, vector in zip(current, vectors)]
 
 
 def sorted_ids(index: ShardIndex, position: str) -> list[str]:
@@ -55,11 +69,13 @@ def _matching(records: list[ItemRecord], filter: dict[str, Any]) -> list[ItemRec
     return [record for label, record in enumerate(records) if label in held]
 
 
-def _view(record: ItemRecord, shard: int, fields: tuple[str, ...]) -> dict[str, Any]:
+def _view(record: ItemRecord, shard: int, fields: tuple[str, ...], vector: str | None) -> dict[str, Any]:
     view: dict[str, Any] = {"id": record.id, "shard": shard}
     for field in fields:
         if field == "thumbnail":
             view["thumbnail"] = base64.b64encode(record.thumbnail).decode() if record.thumbnail else None
+        elif field == "vector":
+            view["vector"] = vector
         else:
             view[field] = getattr(record, field)
     return view
@@ -77,4 +93,5 @@ def shard_page(index: ShardIndex, position: str, shard: int, after: str | None, 
         records = [r for r in map(index.get, ids[start:start + size]) if r is not None]
         start += size
         page += (_matching(records, filter) if filter else records)[:limit - len(page)]
-    return [_view(record, shard, fields) for record in page]
+    with_vectors = _with_vectors(index, page) if "vector" in fields else [(record, None) for record in page]
+    return [_view(record, shard, fields, vector) for record, vector in with_vectors]

@@ -14,7 +14,7 @@ from shared.store.job_listing import Cursor, JobFilter
 
 MAX_JOBS_PAGE = 1000
 DEFAULT_JOBS_PAGE = 100
-JOB_KINDS = ("ingest", "delete", "search")
+JOB_KINDS = ("ingest", "delete", "search", "export", "import")
 JOB_STATES = ("queued", "running", *jobs.FINAL_STATES)
 JOBS_PARAMS = frozenset({"collection", "state", "kind", "limit", "cursor"})
 _DIGITS = re.compile(r"^[0-9]{1,9}$")

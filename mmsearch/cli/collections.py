@@ -1,16 +1,16 @@
-"""`mmsearch collections create|list|show|delete`."""
+"""`mmsearch collections create|list|show|delete|export|import`."""
 from __future__ import annotations
 
 from typing import Any
 
 import click
 
-from mmsearch.cli.common import client_of, dump, local_time, table
+from mmsearch.cli.common import EXIT_JOB_NOT_SUCCEEDED, client_of, dump, local_time, print_job_errors, table
 
 
 @click.group()
 def collections() -> None:
-    """Create, list, show and delete collections."""
+    """Create, list, show, delete, export and import collections."""
 
 
 def collections_table(colls: list[dict[str, Any]]) -> None:
@@ -81,3 +81,43 @@ def collections_delete(ctx: click.Context, name: str) -> None:
     """Delete the collection NAME with all its items."""
     client_of(ctx).delete_collection(name)
     click.echo(f"deleted collection {name}")
+
+
+@collections.command("export")
+@click.argument("name")
+@click.argument("file", type=click.Path(dir_okay=False, writable=True))
+@click.option("--timeout", type=click.FloatRange(min=0), default=None, help="Give up after this many seconds.")
+@click.option("--json", "as_json", is_flag=True, help="Print the export job's final body as JSON.")
+@click.pass_context
+def collections_export(ctx: click.Context, name: str, file: str, timeout: float | None, as_json: bool) -> None:
+    """Export the collection NAME (records, vectors, thumbnails, settings) into the archive FILE."""
+    job = client_of(ctx).export_collection(name, file, timeout=timeout)
+    if as_json:
+        dump(job)
+    elif job["state"] == "succeeded":
+        click.echo(f"exported {job['result']['items']} items of {name} to {file} ({job['result']['bytes']} bytes)")
+    else:
+        click.echo(f"export of {name} {job['state']}", err=True)
+        print_job_errors([job])
+    ctx.exit(0 if job["state"] == "succeeded" else EXIT_JOB_NOT_SUCCEEDED)
+
+
+@collections.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--name", help="Name of the new collection (default: the archive's).")
+@click.option("--no-wait", is_flag=True, help="Print the import job's id and return at once.")
+@click.option("--json", "as_json", is_flag=True, help="Print the import job's final body as JSON.")
+@click.pass_context
+def collections_import(ctx: click.Context, file: str, name: str | None, no_wait: bool, as_json: bool) -> None:
+    """Create a collection from the export archive FILE, without encoding anything again."""
+    body = client_of(ctx).import_collection(file, name=name, wait=not no_wait)
+    if no_wait:
+        click.echo(body["job_id"])
+        return
+    if as_json:
+        dump(body)
+    else:
+        click.echo(f"{body['state']}: imported {body['done']} items of {body['total']} into "
+                   f"{body['collection']['name']}")
+        print_job_errors([body])
+    ctx.exit(0 if body["state"] == "succeeded" else EXIT_JOB_NOT_SUCCEEDED)

@@ -22,7 +22,8 @@ def jobs() -> None:
 @jobs.command("list")
 @click.option("-c", "--collection", help="Only this collection's jobs.")
 @click.option("--state", type=click.Choice(JOB_STATES), help="Only jobs in this state.")
-@click.option("--kind", type=click.Choice(["ingest", "delete", "search"]), help="Only jobs of this kind.")
+@click.option("--kind", type=click.Choice(["ingest", "delete", "search", "export", "import"]),
+              help="Only jobs of this kind.")
 @click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True, help="Jobs per page.")
 @click.option("--cursor", help="Go on after the page that printed this cursor.")
 @click.option("--json", "as_json", is_flag=True, help="Print the API's JSON page.")

@@ -51,7 +51,7 @@ class CeleryConfig:
     worker_hijack_root_logger = False
     task_default_queue = queues.ENCODE
     task_routes = {queues.ENCODE_ITEMS: {"queue": queues.ENCODE},
-                   queues.SEARCH: {"queue": queues.QUERY}}
+                   queues.SEARCH: {"queue": queues.QUERY}, queues.EXPORT: {"queue": queues.QUERY}}
 
     def __init__(self, settings: Settings) -> None:
         url = redis_url(settings)

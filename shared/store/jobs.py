@@ -5,7 +5,7 @@ one Lua script, so a redelivered task never double-counts). Its state is derived
 `queued` until a worker starts it, `running` until every item is counted *and* every shard it
 wrote to has applied its entries, on its owner and on every live read replica (so a
 `succeeded` job's items are searchable whichever process answers), then final.
-Search jobs (`?async=1`) are written by the query worker with their result.
+Search jobs (`?async=1`) and export jobs are finished by the query worker with their result.
 
 Every job is also in `mms:jobs:active` until it is seen final, and records `updated_at` at each
 counted item, so the stuck-job reaper (workers.reaper) can find jobs that stopped moving and
@@ -129,7 +129,7 @@ def is_cancelled(r: redis.Redis, job_id: str) -> bool:
 
 def set_search_result(r: redis.Redis, job_id: str, result: dict[str, Any] | None,
                       error: dict[str, Any] | None, ttl_s: int) -> None:
-    """Finish a search job with its response body or an error."""
+    """Finish a one-result job (an async search, an export) with its result or an error."""
     t = now()
     fields: dict[str, Any] = {"finished_at": t, "done": 1 if result else 0, "failed": 0 if result else 1}
     fields["state"] = "succeeded" if result is not None else "failed"

@@ -7,6 +7,7 @@ QUERY = "query"
 
 ENCODE_ITEMS = "mmsearch.encode_items"   # kwargs: job_id, collection, cid, items
 SEARCH = "mmsearch.search"               # kwargs: collection, cid, text, image, k, weights, filter, job_id
+EXPORT = "mmsearch.export"               # kwargs: job_id, collection, cid
 
 # What a request on a slot's list (keys.slot_searches, shared.store.replies) asks, its "op".
 SLOT_SEARCH = "search"   # cid, shards, query, k, filter, wait_until, min_positions

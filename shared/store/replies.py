@@ -96,6 +96,13 @@ def gather(r: redis.Redis, key: str, expected: int, deadline: float) -> list[Any
     return answers
 
 
+def ask(r: redis.Redis, requests: Mapping[str, dict[str, Any]], reply_to: str, timeout_s: float) -> list[Any]:
+    """`send` the requests (list key -> request) and `gather` their answers on `reply_to` for up
+    to `timeout_s`: the answers that came (fewer than the requests when some did not)."""
+    send(r, requests, reply_to, expires=time.time() + timeout_s)
+    return gather(r, reply_to, len(requests), time.monotonic() + timeout_s)
+
+
 def wait_one(r: redis.Redis, key: str, timeout_s: float) -> Any | None:
     """The one answer pushed onto `key` within `timeout_s`; None when none came (so an answer
     is never JSON null)."""

@@ -335,6 +335,56 @@ def test_cli_items_jobs_paging_and_operator_filters(run, client, tmp_path):
     client.delete_collection("cliitems")
 
 
+def test_an_exported_collection_imports_with_the_same_items_and_top_10_and_a_spoiled_archive_is_refused(
+        run, client, tmp_path):
+    client.create_collection("backup", shards=2, store_thumbnails=True)
+    words = ["cat", "dog", "beach", "mountain", "coffee", "rocket", "fruit", "city", "snow", "river"]
+    client.ingest("backup", items=[{"id": f"t{n:02d}", "text": f"a {words[n % 10]} near a {words[n // 10 + 5]}",
+                                    "metadata": {"n": n, "tags": [words[n % 10]]}} for n in range(40)],
+                  files=[mc.FileItem(PHOTOS[p].path, id=p, text=None if p == "coffee" else p)
+                         for p in ("chelsea", "coffee", "rocket")])
+    queries = [{"text": w} for w in words[:5]] + [{"image": PHOTOS["astronaut"].path},
+                                                  {"text": "cat", "image": PHOTOS["chelsea"].path}]
+    before = [client.search("backup", k=10, **q)["hits"] for q in queries]
+    archive = tmp_path / "backup.zip"
+    code, out, err = run("collections", "export", "backup", str(archive))
+    assert code == 0 and "exported 43 items of backup" in out, out + err
+
+    code, out, err = run("collections", "import", str(archive), "--name", "restored")
+    assert code == 0 and "succeeded: imported 43 items of 43 into restored" in out, out + err
+    original, restored = client.collection("backup"), client.collection("restored")
+    assert {k: v for k, v in restored.items() if k not in ("name", "created_at")} == \
+        {k: v for k, v in original.items() if k not in ("name", "created_at")}
+    fields = ["text", "metadata", "has_image", "thumbnail"]
+    assert list(client.iter_items("restored", fields=fields)) == list(client.iter_items("backup", fields=fields))
+    after = [client.search("restored", k=10, **q)["hits"] for q in queries]
+    for hits, again in zip(before, after):
+        # Every text differs, so no two items tie but those an image query scores 0 (no image).
+        assert [h["id"] for h in again if h["score"] > 0] == [h["id"] for h in hits if h["score"] > 0]
+        # The archive holds the vectors as the shards store them (float16): scores agree to ~1e-4.
+        assert [h["score"] for h in again] == pytest.approx([h["score"] for h in hits], abs=1e-3)
+
+    # Truncated, altered (the manifest's digest no longer matches) or foreign: refused, nothing created.
+    data = archive.read_bytes()
+    truncated, altered, foreign = tmp_path / "cut.zip", tmp_path / "altered.zip", tmp_path / "foreign.zip"
+    truncated.write_bytes(data[:len(data) // 2])
+    import zipfile
+    with zipfile.ZipFile(archive) as src, zipfile.ZipFile(altered, "w") as out_zip:
+        for name in src.namelist():
+            member = src.read(name)
+            out_zip.writestr(name, member.replace(b"a cat near", b"a dog near") if name == "items.jsonl" else member)
+    with zipfile.ZipFile(foreign, "w") as out_zip:
+        out_zip.writestr("photo.jpg", b"not an export")
+    for spoiled, reason in ((truncated, "not a zip archive"), (altered, "checksum"), (foreign, "no manifest.json")):
+        code, out, err = run("collections", "import", str(spoiled), "--name", "spoiled")
+        assert code == 1 and "archive refused" in err and reason in err, (spoiled, err)
+    assert "spoiled" not in [c["name"] for c in client.collections()]
+    code, out, err = run("collections", "import", str(archive))
+    assert code == 1 and "409 conflict" in err  # the archive's own name is taken
+    for name in ("backup", "restored"):
+        client.delete_collection(name)
+
+
 def test_cli_errors_are_one_line_with_scriptable_exit_codes(run):
     for args in (["search", "-c", "x", "--bogus"], ["search", "-c", "x"], ["search", "-c", "x", "-t", "a", "-k", "0"],
                  ["search", "-c", "x", "-t", "a", "--weights", "1"], ["ingest", "/no/such/dir", "-c", "x"],

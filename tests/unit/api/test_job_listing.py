@@ -9,7 +9,7 @@ URL = "/v1/jobs"
 
 
 @pytest.mark.parametrize("query, field", [
-    ("limit=0", "limit"), ("limit=1001", "limit"), ("state=done", "state"), ("kind=export", "kind"),
+    ("limit=0", "limit"), ("limit=1001", "limit"), ("state=done", "state"), ("kind=backup", "kind"),
     ("collection=Bad Name", "collection"), ("cursor=yesterday", "cursor"), ("state=queued&state=running", "state"),
     ("offset=1", "offset"),
 ])

@@ -1,0 +1,85 @@
+"""Export and import at the API (no workers): an export is a job for the query workers whose
+archive is served from Redis once it succeeded; an import checks the whole archive, creates the
+collection with its settings and logs every item, or refuses it whole."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+from shared.index.labels import shard_for
+from shared.store import archive, catalog, jobs, keys, queues, shardlog
+from shared.store.serializers import vector_to_b64
+from tests.unit.api import test_api
+from tests.unit.api.test_api import assert_error, queued
+
+APP_SETTINGS = test_api.APP_SETTINGS
+ZIP = {"Content-Type": "application/zip"}
+
+
+def made_archive(name: str = "photos", n: int = 4, dims=None) -> bytes:
+    dims = dims or {"image": 1280, "text": 50}
+    settings = {"name": name, "shards": 3, "image_model": "efficientnet_lite0", "text_model": "glove-6b-50d",
+                "dims": dims, "precision": "fp32", "store_thumbnails": True}
+    rng = np.random.default_rng(0)
+    out = io.BytesIO()
+    archive.write_archive(out, settings, [archive.item_line(
+        f"item-{i}", f"caption {i}", {"n": i}, True, "anBlZw==", vector_to_b64(rng.normal(size=sum(dims.values()))))
+        for i in range(n)])
+    return out.getvalue()
+
+
+def test_an_import_creates_the_collection_and_logs_every_item(client, redis_client):
+    resp = client.post("/v1/collections/import?name=restored", data=made_archive(), headers=ZIP)
+    assert resp.status_code == 202, resp.json
+    assert resp.json["collection"]["name"] == "restored" and resp.json["collection"]["shards"] == 3
+    coll = catalog.get_collection(redis_client, "restored")
+    assert coll.precision == "fp32" and coll.store_thumbnails is True
+    job = client.get(resp.json["status_url"]).json
+    assert job["kind"] == "import" and job["total"] == job["done"] == 4
+    entries = {}
+    for shard in range(3):
+        for _, fields in redis_client.xrange(keys.shard_log(coll.cid, shard)):
+            entry = shardlog.LogEntry.from_fields(fields)
+            assert shard_for(entry.item_id, 3) == shard
+            entries[entry.item_id] = entry
+    assert sorted(entries) == [f"item-{i}" for i in range(4)]
+    assert entries["item-2"].metadata == {"n": 2} and entries["item-2"].thumbnail == b"jpeg"
+    assert entries["item-2"].vector.shape == (1330,)
+    assert client.post("/v1/collections/import", data=made_archive(), headers=ZIP).status_code == 202  # its name
+    assert_error(client.post("/v1/collections/import", data=made_archive(), headers=ZIP), 409, "conflict")
+
+
+def test_a_bad_archive_or_request_creates_nothing(client, redis_client):
+    url = "/v1/collections/import"
+    data = made_archive()
+    cases = [(data[:-100], "archive"), (b"not a zip", "archive"), (made_archive(dims={"image": 1000, "text": 50}),
+                                                                   "archive"),
+             (made_archive(name="Bad Name"), "name")]
+    for body, field in cases:
+        assert assert_error(client.post(url, data=body, headers=ZIP), 400, "invalid_request")["details"]["field"] == field
+    assert assert_error(client.post(f"{url}?name=Bad!", data=data, headers=ZIP), 400,
+                        "invalid_request")["details"]["field"] == "name"
+    assert_error(client.post(url, data=data, headers={"Content-Type": "text/plain"}), 415, "unsupported_media_type")
+    assert catalog.list_collections(redis_client) == [] and not redis_client.keys("mms:log:*")
+    assert_error(client.get("/v1/collections/import"), 404, "not_found")  # a collection's name, not a route
+
+
+def test_an_export_is_a_query_worker_job_and_its_archive_is_served_once_done(client, redis_client):
+    assert client.post("/v1/collections", json={"name": "photos"}).status_code == 201
+    assert_error(client.post("/v1/collections/nope/export"), 404, "not_found")
+    resp = client.post("/v1/collections/photos/export")
+    assert resp.status_code == 202
+    job_id = resp.json["job_id"]
+    (message,) = queued(redis_client, queues.QUERY)
+    assert message["_task"] == queues.EXPORT and message["job_id"] == job_id and message["collection"] == "photos"
+    url = f"/v1/jobs/{job_id}/archive"
+    assert_error(client.get(url), 404, "not_found")  # not done yet
+    data = made_archive()
+    redis_client.rpush(keys.export_chunks(job_id), data[:1000], data[1000:])  # what the worker leaves
+    jobs.set_search_result(redis_client, job_id, {"archive": url, "items": 4, "bytes": len(data), "sha256": "x"},
+                           None, 60)
+    resp = client.get(url)
+    assert resp.status_code == 200 and resp.data == data and resp.mimetype == "application/zip"
+    assert resp.headers["Content-Disposition"] == 'attachment; filename="photos.mmsearch.zip"'
+    assert_error(client.get("/v1/jobs/0123456789abcdef/archive"), 404, "not_found")
