@@ -129,14 +129,17 @@ class Service:
                 raise RuntimeError(f"ingest into {name} ended {timing.body['state']}: {timing.body['errors'][:3]}")
 
     def search(self, session: requests.Session, name: str, *, text: str | None = None,
-               image: bytes | None = None, k: int = 10) -> tuple[float, dict[str, Any]]:
+               image: bytes | None = None, k: int = 10, weights: dict[str, float] | None = None,
+               filter: dict[str, Any] | None = None) -> tuple[float, dict[str, Any]]:
         """One synchronous search (multipart when it has an image); (seconds, response body)."""
         url = f"{self.url}/collections/{name}/search"
+        options = {name: value for name, value in (("weights", weights), ("filter", filter)) if value}
         t0 = time.perf_counter()
         if image is None:
-            resp = session.post(url, json={"text": text, "k": k}, timeout=60)
+            resp = session.post(url, json={"text": text, "k": k, **options}, timeout=60)
         else:
-            form = {"k": str(k), **({"text": text} if text else {})}
+            form = {"k": str(k), **({"text": text} if text else {}),
+                    **{name: json.dumps(value) for name, value in options.items()}}
             resp = session.post(url, files=[("image", ("query.jpg", image, "application/octet-stream"))],
                                 data=form, timeout=60)
         elapsed = time.perf_counter() - t0

@@ -3,30 +3,34 @@
 Starts the whole stack (`bench.service.running_stack`, 2 shard workers by default) and, for each
 size N and shard count, creates a collection holding N items: N - 26 synthetic fused vectors
 (`bench.bulk.derived_vectors`, appended with `bench.bulk.bulk_insert`) plus the 26 photos of
-foolbox and scikit-image ingested through the API without captions, so that image queries are
-real: a recompressed crop of each photo should find the photo first ("top-1"). The synthetic
-vectors are derived from real ones (`bench.vectors.cache`: Fashion-MNIST's 70,000 images and
-the other benchmark photos, encoded once into bench/data/vectors; the first run encodes them):
-points between a real item and one of its real neighbours plus noise drawn from the real items'
-spread, whose recall-vs-ef curves and neighbour score gaps match the real vectors' (`python -m
-bench.vectors`, README). Without Fashion-MNIST (`make bench-data`) it falls back, with a note,
-to `bench.bulk.synthetic_vectors` around mixes of the other photos, the generator used before
-(`"generator"` in the JSON says which ran).
+foolbox and scikit-image ingested through the API without captions. The synthetic vectors are
+derived from real ones (`bench.vectors.cache`: Fashion-MNIST's 70,000 images and the other
+benchmark photos, encoded once into bench/data/vectors; the first run encodes them; `make
+bench-data` fetches Fashion-MNIST): points between a real item and one of its real neighbours
+plus noise drawn from the real items' spread, whose recall-vs-ef curves and neighbour score
+gaps match the real vectors' (`python -m bench.vectors`, README). The last 400 Fashion-MNIST
+test images are left out of that base: they are the near queries.
 
 Once filled, the bench waits until every shard has snapshotted all it applied (the shard workers
 write those snapshots when the writes stop; "snapshots s" in the fill table, write_results), so the searches
 measure the service at rest, not sharing the disk and cores with the snapshot writers.
 
 Queries, k=10, through HTTP by 1, 8 (and 32 in the full run) client threads, each with its own
-`requests.Session`: text only (16 phrases, JSON), image (a crop, multipart) and fused (the crop
-and a word for what it shows, multipart). Each (kind, clients) run of a collection sends its own
-variant of the queries (the phrases after another prefix, other crop boxes), so its first pass
-is searched whatever ran before; each query is sent more than once: repeats are answered from
-the query workers' result cache (`"cached": true`), so p50/p95/p99 are of the searches that
-ran and the cache hits are counted apart with their p50. Per row also: queries/s, recall@10
-against exact search over the same vectors (query vectors computed here with
-`shared.encoding.encoders.collection_encoder` in the precision the service gives the collections, whose
-models are deterministic), and the top-1 rate.
+`requests.Session` (`bench.search.queries`). Near kinds (the headline), from the held-out
+Fashion-MNIST images and their class names: text only (JSON), image (PNG upload, multipart),
+fused 1:1, the weighted mixes image 1 : text 0.25 and 0.25 : 1, and fused 1:1 with a metadata
+filter that 1% or 0.01% of the items meet (the synthetic items carry a `bucket`). Far kinds,
+unlike every item: phrases about other things, and crops of the 26 photos alone and with a word
+(the photo should come first: top-1). Every query of a run is distinct (other images, crops,
+phrasings), so none is answered from the query workers' result cache (a hit would be counted
+apart). Per row: p50/p95/p99 of the search without the query's own encoding (the round trip
+less the `timings.encode_ms` the query worker reports), the round trip itself, the query worker's encode p50, queries/s,
+recall@10 against exact search over the same vectors and filter (query vectors computed here
+with `shared.encoding.encoders.collection_encoder` in the precision the service gives the
+collections, whose models are deterministic), the top-1 rate, and the CPU milliseconds each
+role's processes spent per search (/proc, over the run). From the 1-client rows of the largest
+size, a capacity table: searches/s per core for each role, and the cores 1,000 searches/s over
+10M items would take.
 
 The floor: the same vectors in one in-process `ShardIndex` (the collection's image dim, so one
 graph per block as the shard workers build them), searched with the same query vectors one at a
@@ -45,13 +49,15 @@ runtime of the search task (from the query worker's log) and the mean index sear
 (from the shard workers' search histogram), next to the query encoding and the index search timed
 here.
 
-Defaults: --quick: N = 10k; 1 and 4 shards; 1 and 8 clients (a few minutes). Full: N = 10k,
+Defaults: --quick: N = 10k; 1 and 4 shards; 1 and 8 clients. Full: N = 10k,
 100k and 1M; 1, 2 and 4 shards; 1, 8 and 32 clients. A size is skipped with a note when its
 copies would not fit in memory, or when filling its collections and building its floor would
 take longer than --max-minutes at the previous size's rates (a lower bound: graph inserts slow
 down as the graph grows). The last line of output is one JSON object: the headline row (text
 queries, 1 client, the largest size, 4 shards) with that collection's memory figures
-(`bytes_per_item`, `index_bytes_per_item`, `memory_ratio`), and every row; the same object is
+(`bytes_per_item`, `index_bytes_per_item`, `memory_ratio`), `per_kind` (per size, each kind's
+recall@10, p50 and p95 at the fewest clients and the headline shard count), `capacity`, and
+every row; the same object is
 written to --json (default bench/results/search-<UTC time>.json), which `bench.report` plots.
 """
 from __future__ import annotations
@@ -81,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     plan = Plan(sizes=args.sizes or ([10_000] if args.quick else [10_000, 100_000, 1_000_000]),
                 shard_counts=args.shards or ([1, 4] if args.quick else [1, 2, 4]),
                 client_counts=args.clients or ([1, 8] if args.quick else [1, 8, 32]),
-                passes=2 if args.quick else 4, per_client=8 if args.quick else 16, repeats=3 if args.quick else 5,
+                min_queries=32 if args.quick else 64, per_client=8, repeats=3 if args.quick else 5,
                 max_minutes=args.max_minutes)
     with running_stack(slots=args.slots) as svc:
         results = run(svc, plan)
@@ -102,7 +108,13 @@ def main(argv: list[str] | None = None) -> None:
                "memory_ratio": memory["ratio"],
                "quick": args.quick, "slots": args.slots, "cores": os.cpu_count(), "load_average": load,
                "rows": rows, "floor": results.floors, "fill": results.fills, "breakdown": results.breakdown,
-               "memory": results.memory, "skipped": results.skipped, "generator": results.generator}
+               "memory": results.memory, "skipped": results.skipped,
+               "capacity": results.capacity,
+               "per_kind": {str(r["items"]): {} for r in rows}}
+    for r in rows:
+        if r["shards"] == headline_shards and r["clients"] == min(plan.client_counts):
+            summary["per_kind"][str(r["items"])][r["kind"]] = {
+                "recall_at_10": r["recall_at_10"], "p50_ms": r["p50_ms"], "p95_ms": r["p95_ms"]}
     write_results(summary, "search", args.json)
 
 

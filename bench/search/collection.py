@@ -14,12 +14,13 @@ from shared.store import keys
 from shared.store.catalog import Collection, get_collection
 
 
-def fill(svc: Service, name: str, vectors: np.ndarray, ids: list[str], photos: list[Photo]) -> float:
-    """Bulk-insert the synthetic items into the (empty) collection, ingest the photos; seconds
-    until both jobs were final."""
+def fill(svc: Service, name: str, vectors: np.ndarray, ids: list[str], metadata: list[dict[str, Any]],
+         photos: list[Photo]) -> float:
+    """Bulk-insert the synthetic items (with their metadata) into the (empty) collection, ingest
+    the photos; seconds until both jobs were final."""
     coll: Collection = get_collection(svc.redis, name)
     t0 = time.perf_counter()
-    bulk_job = bulk_insert(svc.redis, coll, vectors, ids)
+    bulk_job = bulk_insert(svc.redis, coll, vectors, ids, metadata=metadata)
     photo_job = svc.post_items(name, [Upload(p.name, p.read_bytes()) for p in photos])
     timings = svc.wait_jobs([bulk_job, photo_job], timeout_s=3600, poll_s=0.5)
     seconds = max(t.final_s for t in timings.values()) - t0

@@ -3,7 +3,7 @@ size would take at the rates found so far."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 
 def parse_ints(text: str) -> list[int]:
@@ -17,10 +17,25 @@ class Plan:
     sizes: list[int]
     shard_counts: list[int]
     client_counts: list[int]
-    passes: int      # a run sends max(passes x the kind's queries, clients x per_client) queries
+    min_queries: int  # a run sends max(min_queries, clients x per_client) distinct queries
     per_client: int
-    repeats: int     # passes over the queries when timing the floor
+    repeats: int      # passes over the queries when timing the floor
     max_minutes: float  # a size whose fills and floor would take longer at the previous rates is skipped
+    warm_up: int = 2  # queries sent before each kind's runs
+
+    def run_size(self, clients: int) -> int:
+        return max(self.min_queries, clients * self.per_client)
+
+    def per_kind(self) -> int:
+        """Distinct queries each kind needs: the warm-up and every run."""
+        return self.warm_up + sum(self.run_size(c) for c in self.client_counts)
+
+    def slices(self) -> Iterator[slice]:
+        """Where in a kind's queries the warm-up lies, then each client count's run."""
+        start = 0
+        for size in [self.warm_up] + [self.run_size(c) for c in self.client_counts]:
+            yield slice(start, start + size)
+            start += size
 
 
 @dataclass
@@ -33,7 +48,7 @@ class Results:
     floors: dict[int, dict[str, Any]] = field(default_factory=dict)
     memory: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[dict[str, Any]] = field(default_factory=list)
-    generator: str = "derived"  # of the synthetic vectors: derived (from real ones) or anchored
+    capacity: list[dict[str, Any]] = field(default_factory=list)  # filled by tables.report
 
 
 def estimated_minutes(n: int, collections: int, results: Results) -> float | None:

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import numpy as np
 
-from bench.bulk import derived_vectors, neighbour_lists, synthetic_vectors
-from bench.datasets import cifar_photos, note, opencv_photos, wallpapers
+from bench.bulk import derived_vectors, neighbour_lists
+from bench.datasets import note
 from bench.photos import foolbox_photos, skimage_photos
 from bench.search.collection import fill, fits_in_memory, memory_row, settle
 from bench.search.floor import floor
 from bench.search.plan import Plan, Results, estimated_minutes
-from bench.search.queries import K, TEXT_QUERIES, build_queries, encode_photos, exact_top
+from bench.search.queries import (CLASS_WORDS, K, KIND_SPECS, HeldOut, bucket_metadata, build_queries, encode_photos,
+                                  exact_top, filter_rows)
 from bench.search.timing import measure_collection
 from bench.service import Service
+from bench.vectors import fashion
 from bench.vectors.cache import real_base
 
 SEED = 20240611
+HELD_OUT = 400  # the last Fashion-MNIST test images: the near queries, left out of the synthetic items' base
 
 
 def run(svc: Service, plan: Plan) -> Results:
@@ -30,17 +33,15 @@ def run(svc: Service, plan: Plan) -> Results:
     precision = resolve_precision(None, settings.precision)
     encoder = collection_encoder(settings.image_model, settings.text_model, precision)
     photos = foolbox_photos() + skimage_photos()
-    queries, encode_ms = build_queries(encoder, photos)
+    base = real_base(settings.image_model, settings.text_model, precision, {p.name for p in photos}, HELD_OUT)
+    if base is None:
+        raise SystemExit("bench.search derives its items and near queries from Fashion-MNIST: run `make bench-data`")
+    uploads, labels = fashion.held_out(HELD_OUT)
+    queries, encode_ms = build_queries(encoder, photos, HeldOut(uploads, [CLASS_WORDS[i] for i in labels]),
+                                       plan.per_kind())
     photo_vectors = encode_photos(encoder, photos)
-    base = real_base(settings.image_model, settings.text_model, precision, {p.name for p in photos})
-    if base is not None:
-        results = Results(generator="derived")
-        neighbours = neighbour_lists(base, 10)
-    else:
-        note("synthetic vectors from the anchored generator (mixes of photos plus noise), whose "
-             "neighbourhoods are unlike real features' (README, Benchmarks)")
-        results = Results(generator="anchored")
-        anchors = encode_photos(encoder, cifar_photos() + opencv_photos() + wallpapers())
+    neighbours = neighbour_lists(base, 10)
+    results = Results()
     for n in plan.sizes:
         if not fits_in_memory(n, dims["image"] + dims["text"]):
             note(f"N={n}: a collection of {n} vectors would not fit in memory; skipped")
@@ -56,25 +57,23 @@ def run(svc: Service, plan: Plan) -> Results:
         vectors_file = svc.data_dir / f"vectors-{n}.npy"
         vectors = np.lib.format.open_memmap(vectors_file, mode="w+", dtype=np.float32,
                                             shape=(n, dims["image"] + dims["text"]))
-        if base is not None:
-            synthetic = derived_vectors(n - len(photos), base, dims["image"], seed=SEED, neighbours=neighbours,
-                                        out=vectors[:n - len(photos)])
-        else:
-            synthetic = synthetic_vectors(n - len(photos), dims["image"], dims["text"], seed=SEED,
-                                          anchors=anchors, out=vectors[:n - len(photos)])
+        synthetic = derived_vectors(n - len(photos), base, dims["image"], seed=SEED, neighbours=neighbours,
+                                    out=vectors[:n - len(photos)])
         vectors[n - len(photos):] = photo_vectors
         syn_ids = [f"syn-{i}" for i in range(len(synthetic))]
         ids = syn_ids + [p.name for p in photos]
-        exact = {kind: [exact_top(vectors, ids, qs) for qs in variants] for kind, variants in queries.items()}
+        metadata = bucket_metadata(len(synthetic))
+        exact = {kind.name: exact_top(vectors, ids, queries[kind.name], filter_rows(kind.filter, len(synthetic)))
+                 for kind in KIND_SPECS}
         for shards in plan.shard_counts:
             name = f"n{n}-s{shards}"
             svc.restart_shard_workers()
             created = svc.create_collection(name, shards)
             if created.get("precision") != precision:
                 raise RuntimeError(f"{name} got precision {created.get('precision')}, the queries here use {precision}")
-            svc.search(svc.session, name, text=TEXT_QUERIES[0], k=K)
+            svc.search(svc.session, name, text=CLASS_WORDS[0], k=K)
             rss_before = svc.shard_rss()
-            fill_s = fill(svc, name, synthetic, syn_ids, photos)
+            fill_s = fill(svc, name, synthetic, syn_ids, metadata, photos)
             settle_s = settle(svc, name)
             results.fills.append({"items": n, "shards": shards, "fill_s": round(fill_s, 1),
                                   "items_per_s": round(n / fill_s, 1), "snapshots_s": round(settle_s, 1)})
@@ -82,8 +81,10 @@ def run(svc: Service, plan: Plan) -> Results:
             results.memory.append(memory_row(n, shards, rss_before, svc.shard_rss()))
             svc.session.delete(f"{svc.url}/collections/{name}", timeout=60)
         svc.restart_shard_workers()  # the deleted collections' memory back before the floor's
-        results.floors[n] = floor(vectors, ids, dims["image"], {kind: v[0] for kind, v in queries.items()},
-                                  {kind: e[0] for kind, e in exact.items()}, plan.repeats)
+        first_run = list(plan.slices())[1]
+        results.floors[n] = floor(vectors, ids, metadata, dims["image"],
+                                  {kind: qs[first_run] for kind, qs in queries.items()},
+                                  {kind: e[first_run] for kind, e in exact.items()}, plan.repeats)
         del synthetic, vectors
         vectors_file.unlink()
     return results

@@ -152,13 +152,15 @@ def real_set(image_model: str, text_model: str, precision: str, limit: int | Non
                    names, encoder.image_dim)
 
 
-def real_base(image_model: str, text_model: str, precision: str, leave_out: set[str]) -> np.ndarray | None:
-    """The real set's vectors less the photos named in `leave_out` (a benchmark's own items),
-    for `bench.bulk.derived_vectors`; None, with a note, when Fashion-MNIST is not extracted."""
+def real_base(image_model: str, text_model: str, precision: str, leave_out: set[str],
+              held_out: int = 0) -> np.ndarray | None:
+    """The real set's vectors less the photos named in `leave_out` (a benchmark's own items)
+    and the last `held_out` Fashion-MNIST items (its queries, `fashion.held_out`), for
+    `bench.bulk.derived_vectors`; None, with a note, when Fashion-MNIST is not extracted."""
     if not fashion.folder().is_dir():
         note(f"no Fashion-MNIST at {fashion.folder()} (run `make bench-data`)")
         return None
     real = real_set(image_model, text_model, precision)
     start = len(real.vectors) - real.photos
     keep = [start + i for i, name in enumerate(real.names) if name not in leave_out]
-    return np.concatenate([real.vectors[:start], real.vectors[keep]])
+    return np.concatenate([real.vectors[:start - held_out], real.vectors[keep]])

@@ -60,3 +60,10 @@ def as_upload(image: np.ndarray) -> bytes:
     if not ok:
         raise ValueError("OpenCV could not encode the PNG")
     return buf.tobytes()
+
+
+def held_out(count: int) -> tuple[list[bytes], np.ndarray]:
+    """The last `count` items (test images) as uploads, with their labels: queries that a base
+    without them (`cache.real_base(..., held_out=count)`) has never seen."""
+    images, labels = load()
+    return [as_upload(image) for image in images[-count:]], labels[-count:]

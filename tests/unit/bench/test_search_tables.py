@@ -15,9 +15,11 @@ def measured(items: int) -> Results:
     return Results(
         rows=[{"items": items, "shards": 1, "kind": "text", "clients": 1, "queries": 32, "p50_ms": 10.0,
                "p95_ms": 12.0, "p99_ms": 13.0, "mean_ms": 10.5, "qps": 90.0, "cache_hits": 0,
-               "cached_p50_ms": None, "recall_at_10": 0.99, "top1": None}],
+               "cached_p50_ms": None, "recall_at_10": 0.99, "top1": None, "client_p50_ms": 11.0,
+               "client_p95_ms": 13.0, "encode_p50_ms": 1.0,
+               "cpu_ms": {"api": 2.0, "query": 4.0, "shard": 5.0, "redis": 0.5, "bench": 1.0}}],
         breakdown=[{"items": items, "shards": 1, "kind": "text", "client_ms": 10.5, "api_took_ms": 9.0,
-                    "encode_here_ms": 1.0, "search_task_ms": 7.5, "shard_search_ms": 2.0}],
+                    "encode_ms": 1.0, "encode_here_ms": 1.0, "search_task_ms": 7.5, "shard_search_ms": 2.0}],
         fills=[{"items": items, "shards": 1, "fill_s": 50.0, "items_per_s": items / 50, "snapshots_s": 1.0}],
         floors={items: {"build_s": 20.0, "vector_bytes": 3000 * items, "graph_bytes": 1000 * items,
                         "bytes": 4200 * items, **floor}},
@@ -35,8 +37,13 @@ def test_report_compares_with_the_floor(capsys: pytest.CaptureFixture[str]) -> N
     assert results.breakdown[0]["api_hops_ms"] == 1.5
     assert results.memory[0]["index_bytes_per_item"] == 4000.0
     assert results.memory[0]["ratio"] == 1.5
+    # 1000 searches/s over 10M items: api 2 ms -> 2 cores; shard 5 ms at 10k items -> 5000 ms at 10M
+    by_role = {c["role"]: c for c in results.capacity}
+    assert by_role["api"]["per_core_qps"] == 500.0 and by_role["api"]["cores"] == 2.0
+    assert by_role["shard"]["cpu_ms"] == 5000.0 and by_role["shard"]["cores"] == 5000.0
     printed = capsys.readouterr().out
-    for heading in ("== fill", "== searches", "== floor", "== memory", "== where a 1-client query's time goes"):
+    for heading in ("== fill", "== searches", "== CPU ms per search", "== capacity", "== floor", "== memory",
+                    "== where a 1-client query's time goes"):
         assert heading in printed
 
 
