@@ -1,11 +1,11 @@
 """Exact scores for a search over a shard's per-block graphs (`shared.index.graph`).
 
-A query with both blocks searches the image and the text graph with the same list size (also
-when weighted: a longer list for the heavier block's graph bought no recall in
-`bench.shard_store`); `join` scores the union of their candidates exactly: the block scores
-hnswlib returned, plus, for a candidate found in one list only, its other block read from the
-shard's vector store (`shared.index.vector_store`: a numpy row, not hnswlib's slow
-`get_items`, so every candidate is scored). Items in no searched graph score exactly 0 and
+A query with both blocks searches the image and the text graph, each with a list
+`FUSED_DEPTH` times as long as its own block's queries need (`ShardIndex._list_sizes`); `join`
+scores the union of their candidates exactly: the block scores hnswlib returned, plus, for a
+candidate found in one list only, its other block read from the shard's vector store
+(`shared.index.vector_store`: a numpy row, not hnswlib's slow `get_items`, so every candidate
+is scored). Items in no searched graph score exactly 0 and
 come after the positive scores (`with_zeros`); `by_block` splits a hit's score into the inner
 products of the query's blocks with the item's.
 

@@ -14,7 +14,8 @@ Every search ranks by the inner product of the query with the fused stored vecto
 block counts 0). A query with one non-zero block searches only that block's graph, whose metric
 is then the query's own; items without that block score exactly 0 and come after the positive
 scores. A query with both blocks (or none) searches both graphs, joins the candidates and
-scores them exactly from the store (`shared.index.join`).
+scores them exactly from the store (`shared.index.join`), each graph's list FUSED_DEPTH times
+its own block's calibrated one.
 
 The list size (ef) of a search is calibrated per query kind ("image", "text", "fused"; "vector"
 for a one-graph shard) by the shard itself (`shared.index.calibration`), and a query far from
@@ -53,6 +54,7 @@ from shared.runtime.allocator import release_free_memory
 __all__ = ["EXACT_FILTER_MAX", "ItemRecord", "SearchHit", "ShardIndex"]
 
 EXACT_FILTER_MAX = 4096  # a filter that matches at most this many items is answered exactly
+FUSED_DEPTH = 4          # a fused search's list in each block's graph, times the block's own calibrated one
 REBUILD_BATCH = 10_000    # items per upsert when rebuilding a snapshot in another layout
 KINDS_BLOCKS = ("image", "text", "fused")
 KINDS_WHOLE = ("vector",)
@@ -233,14 +235,24 @@ class ShardIndex:
 
     def _approximate(self, query: np.ndarray, graphs: list[Graph], k: int, ef: int,
                      allowed: set[int] | None) -> list[tuple[int, float]]:
-        """Best k (label, score) by hnswlib with list size ef; caller holds the read lock."""
-        size = max(k, ef)
-        found = [graph.knn(query, size, allowed, self._blocks) for graph in graphs]
-        if len(found) == 1:
-            ranked = list(zip(*found[0]))
+        """Best k (label, score) by hnswlib with list size ef (`_list_sizes` in a fused search);
+        caller holds the read lock."""
+        if len(graphs) == 1:
+            ranked = list(zip(*graphs[0].knn(query, max(k, ef), allowed, self._blocks)))
         else:
+            found = [graph.knn(query, size, allowed, self._blocks)
+                     for graph, size in zip(graphs, self._list_sizes(graphs, k, ef))]
             ranked = join(query, k, self._graphs, self._blocks, self._store, found)
         return with_zeros(ranked, k, graphs, self._blocks, self._records if allowed is None else allowed)
+
+    def _list_sizes(self, graphs: list[Graph], k: int, ef: int) -> list[int]:
+        """The list size of each block's graph in a fused search with list size `ef`: at least
+        FUSED_DEPTH times the list that block's own queries are calibrated to. The top items of
+        an image-and-words query rank deeper in each block's list than that block's own top
+        (they match neither the image nor the words best, but both well), deeper than the
+        calibration's queries (stored items, whose blocks agree) show (README, Figures)."""
+        tuning = self._calibration.tuning
+        return [max(k, ef, FUSED_DEPTH * calibration.ef_for(k, tuning[graph.name].ef)) for graph in graphs]
 
     def get(self, item_id: str) -> ItemRecord | None:
         """The item's record, or None if it is not (or no longer) here."""
