@@ -81,6 +81,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--slots", type=int, default=2, help="shard worker processes (MMSEARCH_SHARDS)")
     parser.add_argument("--max-minutes", type=float, default=20.0,
                         help="skip a size whose fills and floor would take longer (estimated from the previous size)")
+    parser.add_argument("--no-floor", action="store_true",
+                        help="skip the in-process floor (at 1M it takes as long as the fills here)")
     parser.add_argument("--json", type=Path, help="where to write the result JSON "
                         "(default: bench/results/search-<UTC time>.json)")
     args = parser.parse_args(argv)
@@ -88,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
                 shard_counts=args.shards or ([1, 4] if args.quick else [1, 2, 4]),
                 client_counts=args.clients or ([1, 8] if args.quick else [1, 8, 32]),
                 min_queries=32 if args.quick else 64, per_client=8, repeats=3 if args.quick else 5,
-                max_minutes=args.max_minutes)
+                max_minutes=args.max_minutes, floor=not args.no_floor)
     with running_stack(slots=args.slots) as svc:
         results = run(svc, plan)
         load = [round(x, 2) for x in os.getloadavg()]

@@ -22,6 +22,7 @@ class Plan:
     repeats: int      # passes over the queries when timing the floor
     max_minutes: float  # a size whose fills and floor would take longer at the previous rates is skipped
     warm_up: int = 2  # queries sent before each kind's runs
+    floor: bool = True  # build and search the in-process floor of each size
 
     def run_size(self, clients: int) -> int:
         return max(self.min_queries, clients * self.per_client)
@@ -49,14 +50,16 @@ class Results:
     memory: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[dict[str, Any]] = field(default_factory=list)
     capacity: list[dict[str, Any]] = field(default_factory=list)  # filled by tables.report
+    index_bytes: dict[int, float] = field(default_factory=dict)  # vector + graph bytes per item, by size
 
 
 def estimated_minutes(n: int, collections: int, results: Results) -> float | None:
-    """Minutes to fill `collections` collections of `n` items and build the floor at the slowest
-    fill rate and the floor build rate of the largest size measured so far (None: nothing yet)."""
-    if not results.floors:
+    """Minutes to fill `collections` collections of `n` items and build the floor (when one was
+    built) at the slowest fill rate and the floor build rate of the largest size measured so far
+    (None: nothing yet)."""
+    if not results.fills:
         return None
-    last = max(results.floors)
+    last = max(f["items"] for f in results.fills)
     fill_rate = min(f["items_per_s"] for f in results.fills if f["items"] == last)
-    floor_rate = last / max(results.floors[last]["build_s"], 0.1)
-    return (collections * n / fill_rate + n / floor_rate) / 60
+    floor_s = n / (last / max(results.floors[last]["build_s"], 0.1)) if last in results.floors else 0.0
+    return (collections * n / fill_rate + floor_s) / 60

@@ -44,12 +44,13 @@ def report(results: Results, slots: int, load: list[float]) -> None:
     """The tables (the JSON line is printed by main)."""
     floors = results.floors
     for row in results.rows:
-        row["x_floor"] = None if row["p50_ms"] is None else round(row["p50_ms"] / floors[row["items"]][row["kind"]]["p50_ms"], 1)
+        floor = floors.get(row["items"])
+        row["x_floor"] = None if row["p50_ms"] is None or floor is None else \
+            round(row["p50_ms"] / floor[row["kind"]]["p50_ms"], 1)
     for b in results.breakdown:
-        b["index_here_ms"] = floors[b["items"]][b["kind"]]["mean_ms"]
+        b["index_here_ms"] = floors[b["items"]][b["kind"]]["mean_ms"] if b["items"] in floors else None
     for m in results.memory:
-        f = floors[m["items"]]
-        m["index_bytes_per_item"] = round((f["vector_bytes"] + f["graph_bytes"]) / m["items"], 1)
+        m["index_bytes_per_item"] = round(results.index_bytes[m["items"]], 1)
         m["ratio"] = round(m["bytes_per_item"] / m["index_bytes_per_item"], 2)
     print(f"\n== fill: bulk vectors + 26 photos through the API, until both jobs are final ({slots} shard workers)")
     print(table(["items", "shards", "seconds", "items/s", "snapshots s"],
@@ -83,7 +84,7 @@ def report(results: Results, slots: int, load: list[float]) -> None:
                   f[kind]["top1"], f[kind]["exact_top1"]] for n, f in floors.items() for kind in KINDS]))
     print("\n== memory: shard workers' resident memory (VmRSS, all workers; restarted before each collection)\n"
           "   with the collection empty and once filled and searched; bytes/item = growth / items;\n"
-          "   index = vector + graph bytes per item by ShardIndex.stats() of the floor;\n"
+          "   index = vector + graph bytes per item by ShardIndex.stats() of the floor (or its formula);\n"
           "   ratio = bytes/item / index (target <= 1.5)")
     print(table(["items", "shards", "RSS before MB", "RSS after MB", "bytes/item", "index bytes/item", "ratio"],
                 [[m["items"], m["shards"], m["rss_before_mb"], m["rss_after_mb"], m["bytes_per_item"],

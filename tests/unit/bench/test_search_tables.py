@@ -2,11 +2,14 @@
 and prints every table; a size's duration is estimated from the largest size measured."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from bench.search.plan import Results, estimated_minutes, parse_ints
 from bench.search.queries import KINDS
+from bench.search.run import index_bytes_per_item
 from bench.search.tables import report
+from shared.index.shard_index import ItemRecord, ShardIndex
 
 
 def measured(items: int) -> Results:
@@ -24,7 +27,8 @@ def measured(items: int) -> Results:
         floors={items: {"build_s": 20.0, "vector_bytes": 3000 * items, "graph_bytes": 1000 * items,
                         "bytes": 4200 * items, **floor}},
         memory=[{"items": items, "shards": 1, "rss_before_mb": 100.0, "rss_after_mb": 150.0,
-                 "bytes_per_item": 6000.0, "workers": {}}])
+                 "bytes_per_item": 6000.0, "workers": {}}],
+        index_bytes={items: 4000.0})
 
 
 def test_report_compares_with_the_floor(capsys: pytest.CaptureFixture[str]) -> None:
@@ -55,3 +59,24 @@ def test_estimated_minutes_from_the_largest_size() -> None:
 
 def test_parse_ints() -> None:
     assert parse_ints("1,8, 32,") == [1, 8, 32]
+
+
+def test_report_without_a_floor(capsys: pytest.CaptureFixture[str]) -> None:
+    results = measured(10_000)
+    results.floors = {}
+
+    report(results, slots=2, load=[1.0, 1.0, 1.0])
+
+    assert results.rows[0]["x_floor"] is None and results.breakdown[0]["index_here_ms"] is None
+    assert results.memory[0]["ratio"] == 1.5
+    assert "== memory" in capsys.readouterr().out
+
+
+def test_index_bytes_without_a_floor_are_what_stats_counts() -> None:
+    rng = np.random.default_rng(1)
+    vectors = rng.random((300, 40), dtype=np.float32)
+    ids = [f"i{j}" for j in range(len(vectors))]
+    index = ShardIndex(40, image_dim=32)
+    index.upsert(ids, vectors, [ItemRecord(i) for i in ids])
+    stats = index.stats()
+    assert index_bytes_per_item(32, 8) == pytest.approx((stats["vector_bytes"] + stats["graph_bytes"]) / 300, rel=1e-3)
