@@ -250,7 +250,7 @@ class ShardIndex:
         FUSED_DEPTH times the list that block's own queries are calibrated to. The top items of
         an image-and-words query rank deeper in each block's list than that block's own top
         (they match neither the image nor the words best, but both well), deeper than the
-        calibration's queries (stored items, whose blocks agree) show (README, Figures)."""
+        calibration's queries (stored items, whose blocks agree) show (docs/design.md, 1. The method)."""
         tuning = self._calibration.tuning
         return [max(k, ef, FUSED_DEPTH * calibration.ef_for(k, tuning[graph.name].ef)) for graph in graphs]
 
