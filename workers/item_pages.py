@@ -24,7 +24,6 @@ from bisect import bisect_right
 from typing import Any
 
 from shared.index.filters import MetadataIndex
-from shared.index.labels import label_for
 from shared.index.shard_index import ItemRecord, ShardIndex
 from shared.store.serializers import vector_to_b64
 
@@ -34,28 +33,12 @@ FILTER_CHUNK = 1024  # candidates whose metadata is matched at once
 _sorted: weakref.WeakKeyDictionary[ShardIndex, tuple[str, list[str]]] = weakref.WeakKeyDictionary()
 
 
-def _ids_of(index: ShardIndex) -> list[str]:
-    """Every id the index holds. ShardIndex has no public listing of its ids; its records dict
-    is copied whole in one step, as `get` and `len` read it without the lock."""
-    return [record.id for record in index._records.copy().values()]
-
-
-def _with_vectors(index: ShardIndex, records: list[ItemRecord]) -> list[tuple[ItemRecord, str]]:
-    """The records as they are now (one deleted since is left out, one replaced is the new one)
-    with their stored vectors, base64. ShardIndex has no public read of its vectors; its vector
-    store is read under the index's read lock, as its searches read it."""
-    with index._lock.read():
-        current = [r for r in map(index.get, (r.id for r in records)) if r is not None]
-        vectors = index._store.vectors([label_for(r.id) for r in current], index.dim)
-    return [(record, vector_to_b64(vector)) for record, vector in zip(current, vectors)]
-
-
 def sorted_ids(index: ShardIndex, position: str) -> list[str]:
     """The index's ids in order, as of log position `position` (read before this is called)."""
     cached = _sorted.get(index)
     if cached is not None and cached[0] == position:
         return cached[1]
-    ids = sorted(_ids_of(index))
+    ids = sorted(index.ids())
     _sorted[index] = (position, ids)
     return ids
 
@@ -93,5 +76,8 @@ def shard_page(index: ShardIndex, position: str, shard: int, after: str | None, 
         records = [r for r in map(index.get, ids[start:start + size]) if r is not None]
         start += size
         page += (_matching(records, filter) if filter else records)[:limit - len(page)]
-    with_vectors = _with_vectors(index, page) if "vector" in fields else [(record, None) for record in page]
+    if "vector" in fields:
+        with_vectors = [(record, vector_to_b64(vector)) for record, vector in index.with_vectors([r.id for r in page])]
+    else:
+        with_vectors = [(record, None) for record in page]
     return [_view(record, shard, fields, vector) for record, vector in with_vectors]

@@ -259,6 +259,18 @@ class ShardIndex:
         record = self._records.get(label_for(item_id))
         return record if record is not None and record.id == item_id else None
 
+    def ids(self) -> list[str]:
+        """Every id the index holds, in no order: a copy of the records taken in one step."""
+        return [record.id for record in self._records.copy().values()]
+
+    def with_vectors(self, ids: list[str]) -> list[tuple[ItemRecord, np.ndarray]]:
+        """The records of those of `ids` still here (a replaced one as it is now) with their stored
+        whole vectors (float32, at the store's precision), read under the read lock as searches are."""
+        with self._lock.read():
+            current = [record for record in map(self.get, ids) if record is not None]
+            vectors = self._store.vectors([label_for(record.id) for record in current], self.dim)
+        return list(zip(current, vectors))
+
     def __contains__(self, item_id: object) -> bool:
         return isinstance(item_id, str) and self.get(item_id) is not None
 

@@ -39,6 +39,19 @@ def test_upsert_get_search_delete():
     assert index.stats()["deleted"] == 2
 
 
+def test_ids_and_with_vectors_read_what_the_index_holds_now():
+    index, ids, vectors = filled()
+    index.delete(["item-4"])
+    index.upsert(["item-5"], vectors[6:7], records_for(["item-5"], text="replaced"))
+    assert sorted(index.ids()) == sorted(set(ids) - {"item-4"})
+    read = index.with_vectors(["item-5", "item-4", "unknown", "item-9"])
+    assert [record.id for record, _ in read] == ["item-5", "item-9"]
+    assert read[0][0].text == "replaced"
+    np.testing.assert_array_equal(read[0][1], as_stored(vectors[6]))
+    np.testing.assert_array_equal(read[1][1], as_stored(vectors[9]))
+    assert index.with_vectors([]) == []
+
+
 def test_upsert_validates_its_input():
     index = ShardIndex(4)
     with pytest.raises(ValueError):
