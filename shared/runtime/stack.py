@@ -127,7 +127,7 @@ class Stack:
             from shared.runtime.embedded_redis import wait_until_up
             from shared.runtime.redis_conn import embedded_port
 
-            wait_until_up(embedded_port(self.env), proc=self.start_process("redis"))
+            wait_until_up(embedded_port(self.env), proc=self.start_process("redis"), data_dir=self.settings.data_dir)
         for name in self.names():
             self.start_process(name)
 
