@@ -5,6 +5,7 @@ import argparse
 import logging
 import os
 import time
+import warnings
 
 from shared.store import queues
 from shared.store.roles import READY, RoleReporter
@@ -63,6 +64,17 @@ def report_start_up(role: str) -> RoleReporter:
     return reporter
 
 
+def root_warning_in_one_line(role: str) -> None:
+    """Celery warns in a block of text, on every worker start, that it runs as root: say it in one
+    line instead (mmsearch needs no privileges; it accepts JSON only, never pickle)."""
+    from celery.exceptions import SecurityWarning
+
+    warnings.filterwarnings("ignore", category=SecurityWarning)
+    if os.geteuid() == 0:
+        log.warning("%s: running as root; mmsearch needs no privileges, so run it as an ordinary user "
+                    "where you can", role)
+
+
 def encode_concurrency(cfg: Settings) -> int:
     """Tasks in flight: two model batches' worth of tasks, so one decodes while another's images
     are in the model (at least 4)."""
@@ -105,6 +117,8 @@ def main(argv: list[str] | None = None) -> None:
     from workers.celery_app import app
 
     common = ["--without-gossip", "--without-mingle", "-l", cfg.log_level]
+    if args.role in ("encode", "query"):
+        root_warning_in_one_line(args.role)
     if args.role == "encode":
         warm_up_default_models(report_start_up("encode"))  # the model and task threads live here
         app.worker_main(["worker", "-Q", queues.ENCODE, "-P", "threads",

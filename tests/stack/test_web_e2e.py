@@ -320,3 +320,6 @@ def test_metrics_and_json_logs_of_the_stack(stack, ingested):
     api_lines = json_lines("api")
     assert any(l.get("request_id") == "e2e-ingest" and l.get("job_id") == job_id for l in api_lines)
     assert any(l.get("job_id") == job_id for l in json_lines("encode")), "the encode worker logs its job id"
+    for name in ("encode", "query"):  # Celery's block about root, if any, is one line of ours
+        assert "superuser privileges" not in (stack.log_dir / f"{name}.log").read_text(errors="replace")
+    assert (stack.log_dir / "redis.log").read_text() == "", "redis-server writes its own log in the data dir"
