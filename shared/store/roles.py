@@ -5,7 +5,9 @@ stage, since, ready, expires) at each start-up stage ("loading image model effic
 "compiling image model for batch 8", ...) and once ready, and renews it every
 `HEARTBEAT_S` seconds; a field past its expiry belongs to a process that died and is ignored
 (and dropped by the next writer). A supervisor that sees a process die removes its entry at once
-(`forget`). The API's /readyz and its gate on searches and ingests read
+(`forget`); and a reader that shares the process's machine and process-id namespace (the
+entry's `machine`) sees a killed process gone at once, without waiting for its expiry: its `pid`
+no longer exists. The API's /readyz and its gate on searches and ingests read
 the hash in one round trip: a role counts when one of its processes is ready; otherwise the
 reason names the slowest starter's stage and how long it has been at it.
 """
@@ -29,6 +31,28 @@ HEARTBEAT_S = 2.0
 EXPIRY_S = 10.0  # a process silent this long is gone
 READY = "ready"
 ROLE_NAMES = {"encode": "encode worker", "query": "query worker"}
+
+
+def this_machine() -> str:
+    """Where a process id means the same process: host name and pid namespace ("" where that
+    cannot be told, and then no reader checks a pid)."""
+    try:
+        return f"{socket.gethostname()}/{os.readlink('/proc/self/ns/pid')}"
+    except OSError:
+        return ""
+
+
+def _gone(machine: str, pid: int) -> bool:
+    """Whether the process `pid` of `machine` is known to have exited (False when not this machine's)."""
+    if not machine or machine != this_machine():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # someone else's process: it exists
+        pass
+    return False
 
 
 @dataclass(frozen=True)
@@ -56,10 +80,12 @@ def forget(r: redis.Redis, role: str, pid: int) -> None:
 class RoleReporter:
     """The reports of this process, playing `role`; `start` begins the heartbeat."""
 
-    def __init__(self, r: redis.Redis, role: str, process: str | None = None) -> None:
+    def __init__(self, r: redis.Redis, role: str, process: str | None = None, pid: int | None = None) -> None:
         self.r = r
         self.role = role
-        self.process = process or process_id(role, os.getpid())
+        self.pid = os.getpid() if pid is None else pid
+        self.machine = this_machine()
+        self.process = process or process_id(role, self.pid)
         self.stage_name = "starting"
         self.since = time.time()
         self._stop = threading.Event()
@@ -74,7 +100,8 @@ class RoleReporter:
     def _write(self) -> None:
         now = time.time()
         body = {"role": self.role, "stage": self.stage_name, "since": self.since,
-                "ready": self.stage_name == READY, "expires": now + EXPIRY_S}
+                "ready": self.stage_name == READY, "expires": now + EXPIRY_S, "machine": self.machine,
+                "pid": self.pid}
         try:
             self.r.hset(keys.ROLES, self.process, json.dumps(body))
         except redis.exceptions.RedisError as exc:
@@ -103,7 +130,7 @@ class RoleReporter:
 
 
 def processes(r: redis.Redis, now: float | None = None) -> list[RoleProcess]:
-    """The live processes' latest reports (expired ones left out)."""
+    """The live processes' latest reports (expired ones and those of exited processes left out)."""
     now = time.time() if now is None else now
     out = []
     for process, raw in r.hgetall(keys.ROLES).items():
@@ -111,9 +138,10 @@ def processes(r: redis.Redis, now: float | None = None) -> list[RoleProcess]:
             body = json.loads(raw)
             entry = RoleProcess(process.decode(), str(body["role"]), str(body["stage"]),
                                 float(body["since"]), bool(body["ready"]), float(body["expires"]))
+            gone = _gone(str(body.get("machine", "")), int(body.get("pid", 0)))
         except (ValueError, KeyError, TypeError):
             continue
-        if entry.expires > now:
+        if entry.expires > now and not gone:
             out.append(entry)
     return out
 

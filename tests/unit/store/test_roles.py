@@ -53,3 +53,27 @@ def test_reporting_never_raises_while_redis_is_away():
     reporter.stage("loading text model glove-6b-50d")  # a worker starting while Redis restarts goes on
     reporter.stage(roles.READY)
     assert reporter.stage_name == roles.READY
+
+
+def test_a_killed_process_of_this_machine_is_gone_at_once(redis_client):
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    reporter = roles.RoleReporter(redis_client, "query", process="q1", pid=child.pid)
+    reporter.stage(roles.READY)
+    assert [p.process for p in roles.processes(redis_client)] == ["q1"]
+    child.kill()
+    child.wait()  # reaped, as its supervisor does
+    assert roles.processes(redis_client) == []  # long before its report expires
+    assert "query" in roles.not_ready(roles.processes(redis_client), ("query",))
+
+
+def test_a_process_of_another_machine_counts_until_its_report_expires(redis_client):
+    reporter = roles.RoleReporter(redis_client, "encode", process="e1", pid=2**22 + 12345)  # no such pid here
+    reporter.machine = "elsewhere/pid:[1]"
+    reporter.stage(roles.READY)
+    assert [p.process for p in roles.processes(redis_client)] == ["e1"]
+    reporter.machine = roles.this_machine()
+    reporter.stage(roles.READY)
+    assert roles.processes(redis_client) == []
