@@ -1,6 +1,7 @@
 """Backing up and restoring a collection: POST /v1/collections/<name>/export (a job the query
-workers run, workers.export), GET /v1/jobs/<job_id>/archive (the archive it wrote, kept in
-Redis in chunks for an hour) and POST /v1/collections/import (an archive as the body).
+workers run, workers.export), GET /v1/jobs/<job_id>/archive (the archive file it wrote in the
+export directory, shared.store.export_files, kept for an hour) and POST
+/v1/collections/import (an archive as the body).
 
 An import reads and checks the whole archive first (shared.store.archive): one that is damaged,
 altered, truncated or not an mmsearch export is refused with 400 and nothing is created. Its
@@ -11,9 +12,10 @@ its shard's log at once, under one `import` job that succeeds once the shards ap
 """
 from __future__ import annotations
 
-from typing import Iterator
+import os
 
 from flask import Blueprint, Response, request
+from werkzeug.wsgi import wrap_file
 
 from api.collections import require_collection
 from api.context import services
@@ -23,10 +25,11 @@ from api.readiness import require_role
 from api.validation.common import invalid
 from shared.errors import ModelUnavailableError
 from shared.index.labels import shard_for
-from shared.store import archive, catalog, jobs, keys, queues, shardlog
+from shared.store import archive, catalog, export_files, jobs, queues, shardlog
 
 bp = Blueprint("exports", __name__)
 ARCHIVE_TYPES = ("application/zip", "application/octet-stream")
+BODY_CHUNK = 2**20
 
 
 @bp.post("/collections/<name>/export")
@@ -44,22 +47,20 @@ def export(name: str) -> tuple[Response, int]:
 def download(job_id: str) -> Response:
     svc = services()
     view = jobs.job_view(svc.redis, job_id, svc.settings.job_ttl_s)
-    key = keys.export_chunks(job_id)
-    chunks = svc.redis.llen(key)
-    if view is None or view["kind"] != "export" or view["state"] != "succeeded" or not chunks:
+    file = None
+    if view is not None and view["kind"] == "export" and view["state"] == "succeeded":
+        path = export_files.live(svc.settings.exports_path, job_id)
+        try:
+            file = open(path, "rb") if path is not None else None  # once open, a removal cannot cut it short
+        except FileNotFoundError:
+            pass  # removed meanwhile
+    if file is None:
         raise ApiError(404, "not_found", f"job {job_id!r} has no archive (not an export, not done, or expired)",
                        {"job_id": job_id})
-
-    def stream() -> Iterator[bytes]:
-        for index in range(chunks):
-            chunk = svc.redis.lindex(key, index)
-            if chunk is None:  # expired meanwhile: the download stops short, and fails its checksum
-                return
-            yield chunk
-
-    return Response(stream(), mimetype="application/zip", headers={
-        "Content-Length": str(view["result"]["bytes"]),
-        "Content-Disposition": f'attachment; filename="{view["collection"]}.mmsearch.zip"'})
+    return Response(wrap_file(request.environ, file, BODY_CHUNK), mimetype="application/zip",
+                    direct_passthrough=True, headers={
+                        "Content-Length": str(os.fstat(file.fileno()).st_size),
+                        "Content-Disposition": f'attachment; filename="{view["collection"]}.mmsearch.zip"'})
 
 
 def _checked_settings(found: archive.Archive, name: str | None) -> dict[str, object]:

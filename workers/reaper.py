@@ -12,7 +12,9 @@ for its dead worker's message to come back after the visibility timeout, or for 
 limit of the encode task to fail it. A job whose items are all counted but not yet applied by
 a shard (its owner is down) is not stalled either: it becomes final when the owner is back.
 Jobs seen final leave the active set, which keeps it small. Each round also drops the oldest
-entries of the job listing's index whose record has expired (shared.store.job_listing).
+entries of the job listing's index whose record has expired (shared.store.job_listing), and,
+in every query worker (lock or not: a directory that is not shared is swept too), removes the
+export archives older than their hour (shared.store.export_files.remove_expired).
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from typing import Any
 
 import redis
 
-from shared.store import job_listing, jobs, keys, queues
+from shared.store import export_files, job_listing, jobs, keys, queues
 from shared.runtime.config import Settings
 
 log = logging.getLogger(__name__)
@@ -148,12 +150,12 @@ class Reaper:
 
     def _round(self) -> None:
         hold_ms = int(self.interval_s * 1000 * 0.9)
-        if not self.r.set(keys.REAPER_LOCK, self.token, nx=True, px=max(100, hold_ms)):
-            return
-        outcome = reap_once(self.r, self.settings)
-        if outcome["reaped"]:
-            log.warning("reaper: %s", outcome)
-        job_listing.prune_oldest(self.r)
+        if self.r.set(keys.REAPER_LOCK, self.token, nx=True, px=max(100, hold_ms)):
+            outcome = reap_once(self.r, self.settings)
+            if outcome["reaped"]:
+                log.warning("reaper: %s", outcome)
+            job_listing.prune_oldest(self.r)
+        export_files.remove_expired(self.settings.exports_path)  # last: a bad directory never stops the rest
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):

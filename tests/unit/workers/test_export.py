@@ -1,6 +1,7 @@
 """The export task against an in-process shard owner serving its slot's requests: the archive
-holds every item with its record, thumbnail and stored vector; a shard that is not served
-fails the job instead of leaving items out."""
+file holds every item with its record, thumbnail and stored vector; a shard that is not served
+fails the job instead of leaving items out, and leaves no file."""
+import os
 import threading
 import time
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 from shared.runtime.config import Settings
-from shared.store import archive, catalog, jobs, keys, shardlog
+from shared.store import archive, catalog, export_files, jobs, shardlog
 from shared.store.shardlog import LogEntry
 from shared.index.labels import shard_for
 from workers import export as export_worker
@@ -31,13 +32,13 @@ def served(redis_client, tmp_path, monkeypatch):
     stop = threading.Event()
     thread = threading.Thread(target=shard_worker.serve_slot_requests, args=(owner, stop), daemon=True)
     thread.start()
-    yield redis_client, coll, owner
+    yield redis_client, coll, owner, settings.exports_path
     stop.set()
     thread.join()
 
 
 def test_the_archive_holds_every_item_with_its_vector(served):
-    r, coll, owner = served
+    r, coll, owner, folder = served
     rng = np.random.default_rng(2)
     dim = coll.dims["image"] + coll.dims["text"]
     vectors = {f"item-{n:02d}": rng.normal(size=dim).astype(np.float32) for n in range(20)}
@@ -51,9 +52,10 @@ def test_the_archive_holds_every_item_with_its_vector(served):
     export_worker.export(export_job, coll.name, coll.cid)
     view = jobs.job_view(r, export_job, 60)
     assert view["state"] == "succeeded" and view["result"]["items"] == 20
-    data = b"".join(r.lrange(keys.export_chunks(export_job), 0, -1))
-    assert len(data) == view["result"]["bytes"] and r.ttl(keys.export_chunks(export_job)) > 0
-    found = archive.read_archive(data)
+    path = export_files.live(folder, export_job)
+    assert os.listdir(folder) == [path.name]
+    assert export_files.described(path) == (view["result"]["bytes"], view["result"]["sha256"])
+    found = archive.read_archive(path.read_bytes())
     assert found.collection["name"] == "photos" and found.collection["shards"] == SHARDS
     assert [i.id for i in found.items] == sorted(vectors)
     for item in found.items:
@@ -62,10 +64,10 @@ def test_the_archive_holds_every_item_with_its_vector(served):
 
 
 def test_a_shard_not_served_fails_the_export(served):
-    r, coll, owner = served
+    r, coll, owner, folder = served
     owner.refused[(coll.cid, 1)] = ("cannot be rebuilt", time.monotonic())  # not retried for a while
     export_job = jobs.create_job(r, "export", coll.name, coll.cid, 1)
     export_worker.export(export_job, coll.name, coll.cid)
     view = jobs.job_view(r, export_job, 60)
     assert view["state"] == "failed" and view["errors"][0]["code"] == "unavailable"
-    assert "not served" in view["errors"][0]["message"] and not r.exists(keys.export_chunks(export_job))
+    assert "not served" in view["errors"][0]["message"] and os.listdir(folder) == []
