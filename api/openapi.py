@@ -176,6 +176,10 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
         "DeleteAccepted": obj({"job_id": {"type": "string"}, "status_url": {"type": "string"},
                                "total": {"type": "integer", "description": "Items the delete job names."}},
                               ("job_id", "status_url", "total")),
+        "ImportArchive": {"type": "string", "format": "binary", "maxLength": settings.max_import_bytes,
+                          "description": f"An export archive, at most {settings.max_import_bytes} bytes "
+                                         "(MMSEARCH_MAX_IMPORT_BYTES; this body alone is not held to "
+                                         "MMSEARCH_MAX_REQUEST_BYTES), else 413."},
         "ImportAccepted": obj({"job_id": {"type": "string"}, "status_url": {"type": "string"},
                                "collection": ref("Collection")}, ("job_id", "status_url", "collection")),
         "ExportResult": obj({"archive": {"type": "string", "description": "Where to download it (an hour)."},
@@ -386,7 +390,7 @@ def _operations(secured: bool, limited: bool = False) -> dict[str, dict[str, Sch
             "post": op("Create a collection from an export archive, without encoding again", "collections",
                        {**ok("ImportAccepted", "Collection created; the import job logs its items.", 202),
                         **errors(400, 409, 413, 415)}, ("ImportName",),
-                       {"required": True, "content": {t: {"schema": {"type": "string", "format": "binary"}}
+                       {"required": True, "content": {t: {"schema": ref("ImportArchive")}
                                                       for t in ("application/zip", "application/octet-stream")}}),
         },
         "/v1/jobs/{job_id}/archive": {

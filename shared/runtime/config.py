@@ -123,6 +123,7 @@ class Settings:
     compile_models: bool = True             # MMSEARCH_COMPILE: torch.compile the image models (cached under the data dir)
     model_streams: int = 0                  # MMSEARCH_MODEL_STREAMS: model calls at once per CPU process (0: one per core)
     max_request_bytes: int = 64 * 2**20     # MMSEARCH_MAX_REQUEST_BYTES (413 above)
+    max_import_bytes: int = 64 * 2**30      # MMSEARCH_MAX_IMPORT_BYTES: an import's archive body (413 above)
     max_items_per_request: int = 1000       # MMSEARCH_MAX_ITEMS (413 above)
     max_image_bytes: int = 25 * 2**20       # MMSEARCH_MAX_IMAGE_BYTES (item fails / 413 above)
     max_image_pixels: int = 100_000_000     # MMSEARCH_MAX_IMAGE_PIXELS (decompression bombs)
@@ -180,6 +181,7 @@ class Settings:
             compile_models=_bool(env, "MMSEARCH_COMPILE", d.compile_models),
             model_streams=_int(env, "MMSEARCH_MODEL_STREAMS", d.model_streams),
             max_request_bytes=_int(env, "MMSEARCH_MAX_REQUEST_BYTES", d.max_request_bytes),
+            max_import_bytes=_int(env, "MMSEARCH_MAX_IMPORT_BYTES", d.max_import_bytes),
             max_items_per_request=_int(env, "MMSEARCH_MAX_ITEMS", d.max_items_per_request),
             max_image_bytes=_int(env, "MMSEARCH_MAX_IMAGE_BYTES", d.max_image_bytes),
             max_image_pixels=_int(env, "MMSEARCH_MAX_IMAGE_PIXELS", d.max_image_pixels),

@@ -10,8 +10,11 @@
 `read_archive` checks everything before anything is used, so an archive is taken whole or
 refused whole (`ArchiveError` saying why): a zip that opens and whose members pass their CRC,
 not unpacking to more than MAX_UNPACK_RATIO times its size, the format and version, the
-manifest's fields, the items' digest and count, and every item
-(a valid id, once; a vector of the collection's size; the record's types).
+manifest's fields, the items' digest and count, and every item (a valid id, each once and in
+ascending order as exports write them; a vector of the collection's size; the record's types).
+It reads the archive from a seekable file and streams items.jsonl, so its memory does not grow
+with the archive: one item at a time, the ids' order standing in for a set of them.
+`Archive.batches()` then reads the checked items again, a bounded batch at a time.
 """
 from __future__ import annotations
 
@@ -23,8 +26,9 @@ import json
 import time
 import zipfile
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import IO, Any, Iterable
+from typing import IO, Any, Iterable, Iterator
 
 import numpy as np
 
@@ -36,6 +40,8 @@ MANIFEST, ITEMS = "manifest.json", "items.jsonl"
 SETTINGS = ("name", "shards", "image_model", "text_model", "dims", "precision", "store_thumbnails")
 MAX_ID_CHARS = 256
 MAX_UNPACK_RATIO = 8  # vectors hardly compress: an archive that unpacks to more is refused (a zip bomb)
+MAX_MANIFEST_BYTES = 2**20
+MAX_LINE_BYTES = 64 * 2**20  # one item of items.jsonl, read whole
 
 
 class ArchiveError(MMSearchError):
@@ -54,8 +60,27 @@ class ArchivedItem:
 
 @dataclass(frozen=True)
 class Archive:
-    collection: dict[str, Any]  # the exported collection's SETTINGS
-    items: list[ArchivedItem]
+    """A checked archive in a seekable file: the exported collection's SETTINGS and item count."""
+
+    collection: dict[str, Any]
+    count: int
+    file: IO[bytes]
+
+    def batches(self, max_items: int, max_bytes: int) -> Iterator[list[ArchivedItem]]:
+        """The archive's items in order, read again from its file, in lists of at most `max_items`
+        items whose lines in items.jsonl hold at most `max_bytes` together (or of one longer item)."""
+        dim = self.collection["dims"]["image"] + self.collection["dims"]["text"]
+        batch: list[ArchivedItem] = []
+        size = 0
+        with _opened(self.file) as zf, _lines(zf, ITEMS) as lines:
+            for number, line in enumerate(lines):
+                if batch and (len(batch) == max_items or size + len(line) > max_bytes):
+                    yield batch
+                    batch, size = [], 0
+                batch.append(_item(line, dim, number))
+                size += len(line)
+        if batch:
+            yield batch
 
 
 def item_line(item_id: str, text: str | None, metadata: dict[str, Any], has_image: bool,
@@ -81,16 +106,45 @@ def write_archive(out: IO[bytes], collection: dict[str, Any], lines: Iterable[by
     return count
 
 
-def _member(zf: zipfile.ZipFile, name: str) -> bytes:
+@contextmanager
+def _opened(file: IO[bytes]) -> Iterator[zipfile.ZipFile]:
     try:
-        return zf.read(name)
+        zf = zipfile.ZipFile(file)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError):
+        raise ArchiveError("not a zip archive, or a truncated one") from None
+    with zf:
+        yield zf
+
+
+def _info(zf: zipfile.ZipFile, name: str) -> zipfile.ZipInfo:
+    try:
+        return zf.getinfo(name)
     except KeyError:
         raise ArchiveError(f"not an mmsearch export: no {name}") from None
+
+
+@contextmanager
+def _lines(zf: zipfile.ZipFile, name: str) -> Iterator[Iterator[bytes]]:
+    """The lines of member `name` (each at most MAX_LINE_BYTES), read as they are used; a
+    damaged member (a CRC, bad compressed data) raises ArchiveError."""
+    def lines() -> Iterator[bytes]:
+        while line := member.readline(MAX_LINE_BYTES + 1):
+            if len(line) > MAX_LINE_BYTES:
+                raise ArchiveError(f"{name} holds a line over {MAX_LINE_BYTES} bytes; not an export of this server")
+            yield line
+
+    try:
+        with zf.open(_info(zf, name)) as member:
+            yield lines()
     except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, OSError, ValueError) as exc:  # CRC
         raise ArchiveError(f"{name} is damaged: {exc}") from None
 
 
-def _manifest(raw: bytes) -> dict[str, Any]:
+def _manifest(zf: zipfile.ZipFile) -> dict[str, Any]:
+    if _info(zf, MANIFEST).file_size > MAX_MANIFEST_BYTES:
+        raise ArchiveError(f"{MANIFEST} is over {MAX_MANIFEST_BYTES} bytes; not an export of this server")
+    with _lines(zf, MANIFEST) as lines:
+        raw = b"".join(lines)
     try:
         manifest = json.loads(raw)
     except ValueError:
@@ -124,24 +178,38 @@ def _item(raw: bytes, dim: int, number: int) -> ArchivedItem:
     return ArchivedItem(item_id, text, metadata, has_image, thumbnail, vector)
 
 
-def read_archive(data: bytes) -> Archive:
-    """The whole archive in `data`, checked; ArchiveError when any of it is wrong."""
-    try:
-        zf = zipfile.ZipFile(io.BytesIO(data))
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError):
-        raise ArchiveError("not a zip archive, or a truncated one") from None
-    with zf:
-        if sum(info.file_size for info in zf.infolist()) > MAX_UNPACK_RATIO * len(data) + 2**20:
+def _scanned(lines: Iterable[bytes], dim: int) -> tuple[str, int, ArchiveError | None]:
+    """(sha256 hex digest, count, the first bad item's error or None) of items.jsonl's lines;
+    every line is read, so that a digest or count that does not match is what is reported."""
+    digest, count, error, previous = hashlib.sha256(), 0, None, ""
+    for count, line in enumerate(lines, start=1):
+        digest.update(line)
+        if error is None:
+            try:
+                item_id = _item(line, dim, count - 1).id
+                if item_id <= previous:
+                    raise ArchiveError(f"item {count - 1} of {ITEMS} names an id twice or out of order "
+                                       "(an export lists each id once, ascending)")
+                previous = item_id
+            except ArchiveError as exc:
+                error = exc
+    return digest.hexdigest(), count, error
+
+
+def read_archive(file: IO[bytes]) -> Archive:
+    """The archive in the seekable `file`, checked whole; ArchiveError when any of it is wrong."""
+    with _opened(file) as zf:
+        size = file.seek(0, io.SEEK_END)
+        if sum(info.file_size for info in zf.infolist()) > MAX_UNPACK_RATIO * size + 2**20:
             raise ArchiveError(f"unpacks to more than {MAX_UNPACK_RATIO} times its size; not an export of this server")
-        manifest = _manifest(_member(zf, MANIFEST))
-        raw_items = _member(zf, ITEMS)
-    if hashlib.sha256(raw_items).hexdigest() != manifest["sha256"]:
+        manifest = _manifest(zf)
+        dims = manifest["collection"]["dims"]
+        with _lines(zf, ITEMS) as lines:
+            digest, count, error = _scanned(lines, dims["image"] + dims["text"])
+    if digest != manifest["sha256"]:
         raise ArchiveError(f"{ITEMS} does not match the manifest's checksum (altered or damaged)")
-    dims = manifest["collection"]["dims"]
-    lines = raw_items.splitlines()
-    if len(lines) != manifest["items"]:
-        raise ArchiveError(f"{ITEMS} holds {len(lines)} items, the manifest says {manifest['items']}")
-    items = [_item(line, dims["image"] + dims["text"], n) for n, line in enumerate(lines)]
-    if len({item.id for item in items}) != len(items):
-        raise ArchiveError(f"{ITEMS} names an id twice")
-    return Archive(manifest["collection"], items)
+    if count != manifest["items"]:
+        raise ArchiveError(f"{ITEMS} holds {count} items, the manifest says {manifest['items']}")
+    if error is not None:
+        raise error
+    return Archive(manifest["collection"], count, file)

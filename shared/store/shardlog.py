@@ -99,13 +99,13 @@ def log_item(r: redis.Redis, cid: str, shard: int, job_id: str, index: int, entr
 
 
 def log_items(r: redis.Redis, cid: str, job_id: str, entries: list[tuple[int, LogEntry]],
-              batch: int = 1000) -> list[str]:
-    """`log_item` for item i of the job = entries[i] (shard, entry), `batch` per pipelined round
-    trip; the outcome of each, in order."""
+              batch: int = 1000, first: int = 0) -> list[str]:
+    """`log_item` for item first + i of the job = entries[i] (shard, entry), `batch` per
+    pipelined round trip; the outcome of each, in order."""
     outcomes: list[str] = []
     for start in range(0, len(entries), batch):
         pipe = r.pipeline(transaction=False)
-        for index, (shard, entry) in enumerate(entries[start:start + batch], start):
+        for index, (shard, entry) in enumerate(entries[start:start + batch], first + start):
             pipe.eval(*_log_item_call(cid, shard, job_id, index, entry))
         outcomes += [_outcome(result) for result in pipe.execute()]
     return outcomes

@@ -1,6 +1,7 @@
 """Export and import at the API (no workers): an export is a job for the query workers whose
-archive file is served from the export directory once it succeeded, for an hour; an import checks the whole archive, creates the
-collection with its settings and logs every item, or refuses it whole."""
+archive file is served from the export directory once it succeeded, for an hour; an import
+streams the body to a file under its own size limit, checks the whole archive, creates the
+collection with its settings and logs every item a batch at a time, or refuses it whole."""
 from __future__ import annotations
 
 import io
@@ -9,6 +10,7 @@ import time
 
 import numpy as np
 
+from api import exports as export_routes
 from shared.index.labels import shard_for
 from shared.store import archive, catalog, export_files, jobs, keys, queues, shardlog
 from shared.store.serializers import vector_to_b64
@@ -27,7 +29,7 @@ def made_archive(name: str = "photos", n: int = 4, dims=None) -> bytes:
     out = io.BytesIO()
     archive.write_archive(out, settings, [archive.item_line(
         f"item-{i}", f"caption {i}", {"n": i}, True, "anBlZw==", vector_to_b64(rng.normal(size=sum(dims.values()))))
-        for i in range(n)])
+        for i in sorted(range(n), key=str)])  # by id, as exports are
     return out.getvalue()
 
 
@@ -65,6 +67,30 @@ def test_a_bad_archive_or_request_creates_nothing(client, redis_client):
     assert_error(client.post(url, data=data, headers={"Content-Type": "text/plain"}), 415, "unsupported_media_type")
     assert catalog.list_collections(redis_client) == [] and not redis_client.keys("mms:log:*")
     assert_error(client.get("/v1/collections/import"), 404, "not_found")  # a collection's name, not a route
+
+
+def test_an_import_has_its_own_size_limit_above_the_request_limit(make_app, redis_client, tmp_path, monkeypatch):
+    monkeypatch.setattr(export_routes, "IMPORT_BATCH", 7)  # several batches
+    data = made_archive(n=40)
+    assert len(data) > APP_SETTINGS["max_request_bytes"]
+    client = make_app(max_import_bytes=len(data)).test_client()
+    assert_error(client.post("/v1/collections", data=b"{" + b" " * len(data) + b"}",
+                             headers={"Content-Type": "application/json"}), 413, "payload_too_large")  # other routes
+    resp = client.post("/v1/collections/import", data=data, headers=ZIP)
+    assert resp.status_code == 202, resp.json
+    job = client.get(resp.json["status_url"]).json
+    assert job["total"] == job["done"] == 40 and jobs.counted(redis_client, job["id"]) == set(range(40))
+    coll = catalog.get_collection(redis_client, "photos")
+    logged = sorted(fields[b"id"].decode() for shard in range(3)
+                    for _, fields in redis_client.xrange(keys.shard_log(coll.cid, shard)))
+    assert logged == sorted(f"item-{i}" for i in range(40))
+    assert os.listdir(tmp_path / "imports") == []  # the body's temporary file is gone
+
+    small = make_app(max_import_bytes=len(data) - 1).test_client()
+    error = assert_error(small.post("/v1/collections/import?name=other", data=data, headers=ZIP),
+                         413, "payload_too_large")
+    assert "MMSEARCH_MAX_IMPORT_BYTES" in error["message"] and error["details"] == {"limit": len(data) - 1}
+    assert [c.name for c in catalog.list_collections(redis_client)] == ["photos"]
 
 
 def test_an_export_is_a_query_worker_job_and_its_archive_is_served_once_done(client, redis_client, tmp_path):

@@ -1,5 +1,5 @@
-"""The export archive: what is written is read back exactly; a truncated, altered, foreign or
-malformed archive is refused whole with the reason."""
+"""The export archive: what is written is read back exactly, in bounded batches; a truncated,
+altered, foreign or malformed archive is refused whole with the reason."""
 import hashlib
 import io
 import json
@@ -36,16 +36,32 @@ def rezipped(data: bytes, change) -> bytes:
     return out.getvalue()
 
 
+def read(data: bytes) -> archive.Archive:
+    return archive.read_archive(io.BytesIO(data))
+
+
 def test_what_is_written_is_read_back():
     data, vectors = made()
-    found = archive.read_archive(data)
-    assert found.collection == {k: SETTINGS[k] for k in archive.SETTINGS}
-    assert [i.id for i in found.items] == [f"id/{i}" for i in range(5)]
-    assert found.items[0].text == "caption 0" and found.items[1].text is None
-    assert found.items[0].thumbnail == b"jpeg" and found.items[1].thumbnail is None
-    assert found.items[2].metadata == {"n": 2, "tags": ["a"]} and found.items[2].has_image is True
-    for item, vector in zip(found.items, vectors):
+    found = read(data)
+    assert found.collection == {k: SETTINGS[k] for k in archive.SETTINGS} and found.count == 5
+    (items,) = found.batches(100, 2**20)
+    assert [i.id for i in items] == [f"id/{i}" for i in range(5)]
+    assert items[0].text == "caption 0" and items[1].text is None
+    assert items[0].thumbnail == b"jpeg" and items[1].thumbnail is None
+    assert items[2].metadata == {"n": 2, "tags": ["a"]} and items[2].has_image is True
+    for item, vector in zip(items, vectors):
         assert np.array_equal(item.vector, vector)
+
+
+def test_items_come_in_batches_bounded_by_count_and_bytes():
+    data, _ = made(7)
+    found = read(data)
+    assert [[i.id for i in b] for b in found.batches(3, 2**20)] == [
+        ["id/0", "id/1", "id/2"], ["id/3", "id/4", "id/5"], ["id/6"]]
+    lines = [len(line) for line in zipfile.ZipFile(io.BytesIO(data)).read(archive.ITEMS).splitlines(keepends=True)]
+    assert 3 * min(lines) > 2 * max(lines)  # any two lines fit in the bound below, no three do
+    assert [len(b) for b in found.batches(100, 2 * max(lines))] == [2, 2, 2, 1]
+    assert [len(b) for b in found.batches(100, 1)] == [1] * 7  # an item longer than the bound comes alone
 
 
 def flipped(data: bytes) -> bytes:
@@ -96,7 +112,9 @@ def _with_digest(change):
     (lambda d: rezipped(d, _manifest(lambda m: m.update(version=2))), "version 2"),
     (lambda d: rezipped(d, _manifest(lambda m: m["collection"].pop("dims"))), "settings"),
     (lambda d: rezipped(d, _manifest(lambda m: m.update(items=4))), "the manifest says 4"),
-    (_with_digest(lambda raw: raw + raw.splitlines(keepends=True)[0]), "twice"),
+    (_with_digest(lambda raw: raw + raw.splitlines(keepends=True)[0]), "item 5 of items.jsonl names an id twice"),
+    (_with_digest(lambda raw: b"".join(reversed(raw.splitlines(keepends=True)))), "item 1 .* out of order"),
+    (_with_digest(lambda raw: raw.replace(b"caption 2", b"x" * (archive.MAX_LINE_BYTES + 1))), "holds a line over"),
     (_with_digest(lambda raw: raw.replace(b'"id": "id/1"', b'"id": 7')), "item 1"),
     (_with_digest(lambda raw: raw.replace(b'"has_image": false', b'"has_image": 0', 1)), "item 1"),
     (_with_digest(lambda raw: raw.replace(b'"vector": "', b'"vector": "AAAA', 1)), "item 0"),  # 6 numbers
@@ -104,7 +122,7 @@ def _with_digest(change):
 def test_a_spoiled_archive_is_refused_whole(spoil, reason):
     data, _ = made()
     with pytest.raises(archive.ArchiveError, match=reason):
-        archive.read_archive(spoil(data))
+        read(spoil(data))
 
 
 def test_a_zip_that_is_no_export_is_refused():
@@ -112,7 +130,7 @@ def test_a_zip_that_is_no_export_is_refused():
     with zipfile.ZipFile(out, "w") as zf:
         zf.writestr("photo.jpg", b"jpeg")
     with pytest.raises(archive.ArchiveError, match="no manifest.json"):
-        archive.read_archive(out.getvalue())
+        read(out.getvalue())
 
 
 def test_an_archive_that_unpacks_to_far_more_than_its_size_is_refused():
@@ -120,4 +138,4 @@ def test_an_archive_that_unpacks_to_far_more_than_its_size_is_refused():
     with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         zf.writestr(archive.ITEMS, b"\n" * 50_000_000)
     with pytest.raises(archive.ArchiveError, match="unpacks to more"):
-        archive.read_archive(out.getvalue())
+        read(out.getvalue())

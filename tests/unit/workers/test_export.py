@@ -55,10 +55,12 @@ def test_the_archive_holds_every_item_with_its_vector(served):
     path = export_files.live(folder, export_job)
     assert os.listdir(folder) == [path.name]
     assert export_files.described(path) == (view["result"]["bytes"], view["result"]["sha256"])
-    found = archive.read_archive(path.read_bytes())
+    with open(path, "rb") as file:
+        found = archive.read_archive(file)
+        items = [item for batch in found.batches(1000, 2**30) for item in batch]
     assert found.collection["name"] == "photos" and found.collection["shards"] == SHARDS
-    assert [i.id for i in found.items] == sorted(vectors)
-    for item in found.items:
+    assert [i.id for i in items] == sorted(vectors)
+    for item in items:
         assert item.text == f"text {item.id}" and item.metadata == {"i": item.id} and item.thumbnail == b"jpeg"
         assert np.allclose(item.vector, vectors[item.id], atol=2e-3 * np.abs(vectors[item.id]).max())  # float16
 
