@@ -75,6 +75,8 @@ class Client:
         while True:
             if files_factory is not None:
                 kw["files"] = files_factory()  # multipart bodies are rebuilt for each attempt
+            if hasattr(kw.get("data"), "seek"):
+                kw["data"].seek(0)  # a file body is sent from its start at each attempt
             try:
                 resp = self.session.request(method, self.url + path, **kw)
             except (requests.ConnectionError, requests.Timeout) as exc:
@@ -161,8 +163,9 @@ class Client:
                           timeout: float | None = None) -> dict[str, Any]:
         """Create a collection from an export archive (named `name`, default the archive's) ->
         the import job's final body (wait=True) or the 202 body, with `collection`."""
-        answer = self._json("POST", "/v1/collections/import", params={"name": name} if name else None,
-                            data=Path(path).read_bytes(), headers={"Content-Type": "application/zip"})
+        with open(path, "rb") as body:  # sent as it is read, with its Content-Length
+            answer = self._json("POST", "/v1/collections/import", params={"name": name} if name else None,
+                                data=body, headers={"Content-Type": "application/zip"})
         if not wait:
             return answer
         return {**self.wait_job(answer["job_id"], timeout=timeout), "collection": answer["collection"]}
