@@ -97,7 +97,11 @@ def _received_archive(settings: Settings) -> Iterator[IO[bytes]]:
     """The request body in an unnamed temporary file under `<data dir>/imports` (gone when the
     block ends, or the process does), read a piece at a time; 413 over MMSEARCH_MAX_IMPORT_BYTES."""
     limit = settings.max_import_bytes
-    request.max_content_length = limit  # this route's own limit, instead of MMSEARCH_MAX_REQUEST_BYTES
+    too_large = ApiError(413, "payload_too_large", f"an archive to import may be at most {limit} bytes "
+                         "(MMSEARCH_MAX_IMPORT_BYTES)", {"limit": limit})
+    # This route's own limit, instead of MMSEARCH_MAX_REQUEST_BYTES. One byte more: Werkzeug refuses
+    # a body the server ends itself (gunicorn's) once it reaches the limit, even at its end.
+    request.max_content_length = limit + 1
     folder = settings.data_dir / "imports"
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryFile(dir=folder) as body:
@@ -106,8 +110,9 @@ def _received_archive(settings: Settings) -> Iterator[IO[bytes]]:
             while chunk := stream.read(BODY_CHUNK):
                 body.write(chunk)
         except RequestEntityTooLarge:
-            raise ApiError(413, "payload_too_large", f"an archive to import may be at most {limit} bytes "
-                           "(MMSEARCH_MAX_IMPORT_BYTES)", {"limit": limit}) from None
+            raise too_large from None
+        if body.tell() > limit:
+            raise too_large
         yield body
 
 

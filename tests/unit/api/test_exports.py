@@ -93,6 +93,18 @@ def test_an_import_has_its_own_size_limit_above_the_request_limit(make_app, redi
     assert [c.name for c in catalog.list_collections(redis_client)] == ["photos"]
 
 
+def test_the_import_limit_holds_for_a_body_the_server_ends_itself(make_app, redis_client):
+    """gunicorn ends the body itself (wsgi.input_terminated): the limit is checked while reading."""
+    data = made_archive()
+    environ = {"wsgi.input_terminated": True}
+    for limit, status in ((len(data) - 1, 413), (len(data), 202)):
+        client = make_app(max_import_bytes=limit).test_client()
+        resp = client.post("/v1/collections/import", input_stream=io.BytesIO(data), headers=ZIP,
+                           environ_overrides=environ)
+        assert resp.status_code == status, resp.json
+    assert [c.name for c in catalog.list_collections(redis_client)] == ["photos"]
+
+
 def test_an_export_is_a_query_worker_job_and_its_archive_is_served_once_done(client, redis_client, tmp_path):
     assert client.post("/v1/collections", json={"name": "photos"}).status_code == 201
     assert_error(client.post("/v1/collections/nope/export"), 404, "not_found")
