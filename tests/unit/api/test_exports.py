@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import os
 import time
+import tracemalloc
 
 import numpy as np
 
@@ -91,6 +92,25 @@ def test_an_import_has_its_own_size_limit_above_the_request_limit(make_app, redi
                          413, "payload_too_large")
     assert "MMSEARCH_MAX_IMPORT_BYTES" in error["message"] and error["details"] == {"limit": len(data) - 1}
     assert [c.name for c in catalog.list_collections(redis_client)] == ["photos"]
+
+
+def test_an_import_holds_a_batch_in_memory_not_the_archive(make_app, redis_client, tmp_path, monkeypatch):
+    monkeypatch.setattr(export_routes, "IMPORT_BATCH", 50)
+    client = make_app().test_client()
+    assert client.post("/v1/collections/import?name=warm", data=made_archive(n=60), headers=ZIP).status_code == 202
+    path = tmp_path / "big.zip"
+    path.write_bytes(made_archive(n=3000))  # 16 MB, 21 MB unpacked
+    size = path.stat().st_size
+    with open(path, "rb") as body:  # read by the request as a server's socket is, never copied here
+        tracemalloc.start()
+        try:
+            resp = client.post("/v1/collections/import", input_stream=body,
+                               headers={**ZIP, "Content-Length": str(size)})
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert resp.status_code == 202 and client.get(resp.json["status_url"]).json["done"] == 3000
+    assert peak < size / 4, (peak, size)
 
 
 def test_the_import_limit_holds_for_a_body_the_server_ends_itself(make_app, redis_client):
