@@ -87,6 +87,11 @@ class Service:
     def collection(self, name: str) -> dict[str, Any]:
         return self._check(self.session.get(f"{self.url}/collections/{name}", timeout=60), 200)
 
+    def find_collection(self, name: str) -> dict[str, Any] | None:
+        """The collection, or None when there is none of that name."""
+        resp = self.session.get(f"{self.url}/collections/{name}", timeout=60)
+        return None if resp.status_code == 404 else self._check(resp, 200)
+
     def post_items(self, name: str, items: Sequence[Upload]) -> str:
         """One multipart ingest request; the job id."""
         files = [("image", (f"{i}.jpg", item.image, "application/octet-stream")) for i, item in enumerate(items)]
@@ -220,18 +225,21 @@ def rss_bytes(pid: int) -> int:
 
 
 @contextmanager
-def running_stack(slots: int = 2, env: Mapping[str, str] | None = None,
-                  ready_timeout_s: float = 240) -> Iterator[Service]:
-    """The whole stack (tests.support.stack) with `slots` shard workers on a temporary data dir;
-    the data dir is deleted on the way out."""
-    data_dir = Path(tempfile.mkdtemp(prefix="mmsearch-bench-"))
+def running_stack(slots: int = 2, env: Mapping[str, str] | None = None, ready_timeout_s: float = 240,
+                  data_dir: Path | None = None) -> Iterator[Service]:
+    """The whole stack (tests.support.stack) with `slots` shard workers on `data_dir`, kept, or
+    on a temporary data dir, deleted on the way out."""
+    kept = data_dir is not None
+    data_dir = data_dir or Path(tempfile.mkdtemp(prefix="mmsearch-bench-"))
+    data_dir.mkdir(parents=True, exist_ok=True)
     try:
         # The benchmarks read task runtimes from Celery's "succeeded in" lines (TaskLog).
         with support_stack(data_dir, ready_timeout_s, MMSEARCH_SHARDS=str(slots), MMSEARCH_LOG_TASKS="true",
                            MMSEARCH_SEARCH_TIMEOUT_S="60", **(env or {})) as stack:
             yield Service(stack, data_dir)
     finally:
-        shutil.rmtree(data_dir, ignore_errors=True)
+        if not kept:
+            shutil.rmtree(data_dir, ignore_errors=True)
 
 
 # -- task timings from the workers' logs --------------------------------------------------------

@@ -83,6 +83,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="skip a size whose fills and floor would take longer (estimated from the previous size)")
     parser.add_argument("--no-floor", action="store_true",
                         help="skip the in-process floor (at 1M it takes as long as the fills here)")
+    parser.add_argument("--data-dir", type=Path,
+                        help="the stack's data dir, kept: collections stay, and one found there from an earlier "
+                             "run (done, or stopped while filling) is not filled again (default: a temporary dir)")
     parser.add_argument("--json", type=Path, help="where to write the result JSON "
                         "(default: bench/results/search-<UTC time>.json)")
     args = parser.parse_args(argv)
@@ -90,8 +93,8 @@ def main(argv: list[str] | None = None) -> None:
                 shard_counts=args.shards or ([1, 4] if args.quick else [1, 2, 4]),
                 client_counts=args.clients or ([1, 8] if args.quick else [1, 8, 32]),
                 min_queries=32 if args.quick else 64, per_client=8, repeats=3 if args.quick else 5,
-                max_minutes=args.max_minutes, floor=not args.no_floor)
-    with running_stack(slots=args.slots) as svc:
+                max_minutes=args.max_minutes, floor=not args.no_floor, keep=args.data_dir is not None)
+    with running_stack(slots=args.slots, data_dir=args.data_dir) as svc:
         results = run(svc, plan)
         load = [round(x, 2) for x in os.getloadavg()]
     report(results, args.slots, load)

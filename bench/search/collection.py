@@ -1,9 +1,10 @@
 """A collection of the search benchmark: filled through the service (bulk vectors and photos),
-waited on until its shards have snapshotted, its shard workers' memory, and whether one fits."""
+or found filled (or half filled) by an earlier run on the same `--data-dir`, waited on until its
+shards have snapshotted, its shard workers' memory, and whether one fits."""
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -14,21 +15,47 @@ from shared.store import keys
 from shared.store.catalog import Collection, get_collection
 
 
+PROGRESS_S = 60.0  # how often a fill prints how far it is
+STALL_S = 600.0  # a fill whose count stands still this long has stopped
+
+
 def fill(svc: Service, name: str, vectors: np.ndarray, ids: list[str], metadata: list[dict[str, Any]],
-         photos: list[Photo]) -> float:
+         photos: list[Photo], timeout_s: float, note: Callable[[str], None]) -> float:
     """Bulk-insert the synthetic items (with their metadata) into the (empty) collection, ingest
-    the photos; seconds until both jobs were final."""
+    the photos; seconds until both jobs were final (progress printed every PROGRESS_S)."""
     coll: Collection = get_collection(svc.redis, name)
     t0 = time.perf_counter()
     bulk_job = bulk_insert(svc.redis, coll, vectors, ids, metadata=metadata)
     photo_job = svc.post_items(name, [Upload(p.name, p.read_bytes()) for p in photos])
-    timings = svc.wait_jobs([bulk_job, photo_job], timeout_s=3600, poll_s=0.5)
+    total = len(ids) + len(photos)
+    wait_searchable(svc, name, total, timeout_s - (time.perf_counter() - t0), note)
+    timings = svc.wait_jobs([bulk_job, photo_job], timeout_s=max(60.0, timeout_s - (time.perf_counter() - t0)),
+                            poll_s=0.5)
     seconds = max(t.final_s for t in timings.values()) - t0
     states = {t.body["state"] for t in timings.values()}
     count = svc.collection(name)["count"]
-    if states != {"succeeded"} or count != len(ids) + len(photos):
-        raise RuntimeError(f"filling {name}: jobs {states}, {count} items searchable of {len(ids) + len(photos)}")
+    if states != {"succeeded"} or count != total:
+        raise RuntimeError(f"filling {name}: jobs {states}, {count} items searchable of {total}")
     return seconds
+
+
+def wait_searchable(svc: Service, name: str, total: int, timeout_s: float, note: Callable[[str], None]) -> None:
+    """Wait until the collection counts `total` items, printing its count and rate every
+    PROGRESS_S; TimeoutError after `timeout_s`, or once the count stood still for STALL_S."""
+    start = time.monotonic()
+    mark_t = moved_t = start  # when the last progress line was printed / the count last moved
+    mark = last = svc.collection(name)["count"]
+    while (count := svc.collection(name)["count"]) < total:
+        now = time.monotonic()
+        if count != last:
+            moved_t, last = now, count
+        if now - start > timeout_s or now - moved_t > STALL_S:
+            raise TimeoutError(f"{name}: {count:,} of {total:,} items searchable after {now - start:.0f} s")
+        if now - mark_t >= PROGRESS_S:
+            note(f"{name}: {count:,} of {total:,} items searchable "
+                 f"({(count - mark) / (now - mark_t):.0f}/s over the last {now - mark_t:.0f} s)")
+            mark_t, mark = now, count
+        time.sleep(1.0)
 
 
 def settle(svc: Service, name: str, timeout_s: float = 600) -> float:

@@ -23,6 +23,7 @@ class Plan:
     max_minutes: float  # a size whose fills and floor would take longer at the previous rates is skipped
     warm_up: int = 2  # queries sent before each kind's runs
     floor: bool = True  # build and search the in-process floor of each size
+    keep: bool = False  # keep the collections (and reuse those the data dir holds): --data-dir
 
     def run_size(self, clients: int) -> int:
         return max(self.min_queries, clients * self.per_client)
@@ -60,6 +61,9 @@ def estimated_minutes(n: int, collections: int, results: Results) -> float | Non
     if not results.fills:
         return None
     last = max(f["items"] for f in results.fills)
-    fill_rate = min(f["items_per_s"] for f in results.fills if f["items"] == last)
+    rates = [f["items_per_s"] for f in results.fills if f["items"] == last and f["items_per_s"]]
+    if not rates:  # only collections found filled: no rate
+        return None
+    fill_rate = min(rates)
     floor_s = n / (last / max(results.floors[last]["build_s"], 0.1)) if last in results.floors else 0.0
     return (collections * n / fill_rate + floor_s) / 60

@@ -1,5 +1,10 @@
 """One search benchmark run against a running stack: per size the vectors and exact answers,
-then per shard count a collection filled, searched, measured and deleted; then the floor."""
+then per shard count a collection filled, searched, measured and deleted; then the floor.
+
+With `Plan.keep` (`--data-dir`) collections are kept, and one that the stack's data dir already
+holds (from an earlier run, finished or killed while filling) is not filled again: the shard
+workers load it from their snapshots and logs, and the run waits until it is whole. A 1M fill
+can so be spread over several runs."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,7 +12,7 @@ import numpy as np
 from bench.bulk import derived_vectors, neighbour_lists
 from bench.datasets import note
 from bench.photos import foolbox_photos, skimage_photos
-from bench.search.collection import fill, fits_in_memory, memory_row, settle
+from bench.search.collection import fill, fits_in_memory, memory_row, settle, wait_searchable
 from bench.search.floor import floor
 from bench.search.plan import Plan, Results, estimated_minutes
 from bench.search.queries import (CLASS_WORDS, K, KIND_SPECS, HeldOut, bucket_metadata, build_queries, encode_photos,
@@ -78,18 +83,29 @@ def run(svc: Service, plan: Plan) -> Results:
         for shards in plan.shard_counts:
             name = f"n{n}-s{shards}"
             svc.restart_shard_workers()
-            created = svc.create_collection(name, shards)
-            if created.get("precision") != precision:
-                raise RuntimeError(f"{name} got precision {created.get('precision')}, the queries here use {precision}")
-            svc.search(svc.session, name, text=CLASS_WORDS[0], k=K)
-            rss_before = svc.shard_rss()
-            fill_s = fill(svc, name, synthetic, syn_ids, metadata, photos)
+            found = svc.find_collection(name)
+            if found is None:
+                created = svc.create_collection(name, shards)
+                if created.get("precision") != precision:
+                    raise RuntimeError(f"{name} got precision {created.get('precision')}, the queries here use {precision}")
+                svc.search(svc.session, name, text=CLASS_WORDS[0], k=K)
+                rss_before = svc.shard_rss()
+                fill_s = fill(svc, name, synthetic, syn_ids, metadata, photos, plan.max_minutes * 60, note)
+                filled = {"fill_s": round(fill_s, 1), "items_per_s": round(n / fill_s, 1)}
+            else:
+                if (found["shards"], found.get("precision")) != (shards, precision):
+                    raise RuntimeError(f"{name} in the data dir has {found['shards']} shards and precision "
+                                       f"{found.get('precision')}, not {shards} and {precision}")
+                note(f"{name}: found in the data dir with {found['count']:,} of {n:,} items; not filled again")
+                rss_before = {worker: 0 for worker in svc.shard_rss()}  # loaded at start: no empty figure
+                wait_searchable(svc, name, n, plan.max_minutes * 60, note)
+                filled = {"fill_s": None, "items_per_s": None, "resumed": True}
             settle_s = settle(svc, name)
-            results.fills.append({"items": n, "shards": shards, "fill_s": round(fill_s, 1),
-                                  "items_per_s": round(n / fill_s, 1), "snapshots_s": round(settle_s, 1)})
+            results.fills.append({"items": n, "shards": shards, **filled, "snapshots_s": round(settle_s, 1)})
             measure_collection(svc, name, queries, exact, encode_ms, plan, {"items": n, "shards": shards}, results)
             results.memory.append(memory_row(n, shards, rss_before, svc.shard_rss()))
-            svc.session.delete(f"{svc.url}/collections/{name}", timeout=60)
+            if not plan.keep:
+                svc.session.delete(f"{svc.url}/collections/{name}", timeout=60)
         svc.restart_shard_workers()  # the deleted collections' memory back before the floor's
         if plan.floor:
             first_run = list(plan.slices())[1]

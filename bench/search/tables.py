@@ -54,7 +54,8 @@ def report(results: Results, slots: int, load: list[float]) -> None:
         m["ratio"] = round(m["bytes_per_item"] / m["index_bytes_per_item"], 2)
     print(f"\n== fill: bulk vectors + 26 photos through the API, until both jobs are final ({slots} shard workers)")
     print(table(["items", "shards", "seconds", "items/s", "snapshots s"],
-                [[f["items"], f["shards"], f["fill_s"], f["items_per_s"], f["snapshots_s"]] for f in results.fills]))
+                [[f["items"], f["shards"], "found" if f.get("resumed") else f["fill_s"], f["items_per_s"] or "",
+                  f["snapshots_s"]] for f in results.fills]))
     print(f"\n== searches through HTTP, k={K}, every query distinct (latency ms without the query's own encoding:\n"
           "   the client's round trip less the query worker's timings.encode_ms; client: the round trip itself;\n"
           "   encode: the query worker's decode + encode; hits: answers from the result cache, with their p50;\n"
@@ -83,7 +84,8 @@ def report(results: Results, slots: int, load: list[float]) -> None:
                 [[n, f["build_s"], kind, f[kind]["p50_ms"], f[kind]["p95_ms"], f[kind]["recall_at_10"],
                   f[kind]["top1"], f[kind]["exact_top1"]] for n, f in floors.items() for kind in KINDS]))
     print("\n== memory: shard workers' resident memory (VmRSS, all workers; restarted before each collection)\n"
-          "   with the collection empty and once filled and searched; bytes/item = growth / items;\n"
+          "   with the collection empty and once filled and searched; bytes/item = growth / items (a collection\n"
+          "   found filled in --data-dir is loaded at start: its before is 0, so bytes/item holds the empty workers);\n"
           "   index = vector + graph bytes per item by ShardIndex.stats() of the floor (or its formula);\n"
           "   ratio = bytes/item / index (target <= 1.5)")
     print(table(["items", "shards", "RSS before MB", "RSS after MB", "bytes/item", "index bytes/item", "ratio"],
