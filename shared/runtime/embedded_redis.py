@@ -55,8 +55,9 @@ def log_tail(data_dir: Path) -> str:
 
 def wait_until_up(port: int, timeout_s: float = 20.0, proc: subprocess.Popen | None = None,
                   data_dir: Path | None = None) -> None:
-    """Return once the server on `port` answers; raise when `proc` exits or `timeout_s` passes,
-    with the last lines of the server's log under `data_dir` (when given)."""
+    """Return once the server on `port` answers; raise when `proc` exits or `timeout_s` passes
+    without an answer (a server still loading its data answers, and is waited on), with the last
+    lines of the server's log under `data_dir` (when given)."""
     try:
         _wait(port, timeout_s, proc)
     except RuntimeError as exc:
@@ -73,8 +74,8 @@ def _wait(port: int, timeout_s: float, proc: subprocess.Popen | None) -> None:
         try:
             if client.ping():
                 return
-        except redis.exceptions.BusyLoadingError:
-            pass
+        except redis.exceptions.BusyLoadingError:  # up, reading its AOF: a big one takes minutes
+            deadline = time.monotonic() + timeout_s
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):  # not up, or not Redis
             if proc is not None and proc.poll() is not None:
                 raise RuntimeError(f"redis-server exited with code {proc.returncode}") from None
