@@ -92,6 +92,11 @@ class Service:
         resp = self.session.get(f"{self.url}/collections/{name}", timeout=60)
         return None if resp.status_code == 404 else self._check(resp, 200)
 
+    def jobs_of(self, name: str, kind: str) -> list[dict[str, Any]]:
+        """The listed jobs of kind `kind` on collection `name`, newest first (one page of 100)."""
+        resp = self.session.get(f"{self.url}/jobs", params={"collection": name, "kind": kind, "limit": 100}, timeout=60)
+        return self._check(resp, 200)["jobs"]
+
     def post_items(self, name: str, items: Sequence[Upload]) -> str:
         """One multipart ingest request; the job id."""
         files = [("image", (f"{i}.jpg", item.image, "application/octet-stream")) for i, item in enumerate(items)]

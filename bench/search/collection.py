@@ -39,6 +39,23 @@ def fill(svc: Service, name: str, vectors: np.ndarray, ids: list[str], metadata:
     return seconds
 
 
+def resume(svc: Service, name: str, vectors: np.ndarray, ids: list[str], metadata: list[dict[str, Any]],
+           photos: list[Photo], timeout_s: float, note: Callable[[str], None]) -> None:
+    """Finish the fill of a collection that an earlier run left (done, or stopped while logging
+    or applying): the items its bulk job had not yet logged are logged under it (as bench.bulk
+    resumes), the photos ingested when no job of theirs was accepted, and the collection waited
+    on until it is whole."""
+    jobs = svc.jobs_of(name, "ingest")
+    bulk = next((job for job in jobs if job["total"] == len(ids)), None)
+    if bulk is None or bulk["done"] + bulk["failed"] < bulk["total"]:
+        note(f"{name}: logging the items the bulk job had not ({bulk['done'] if bulk else 0:,} of {len(ids):,} logged)")
+        bulk_insert(svc.redis, get_collection(svc.redis, name), vectors, ids, metadata=metadata,
+                    job_id=bulk["id"] if bulk else None)
+    if not any(job["total"] == len(photos) for job in jobs):
+        svc.post_items(name, [Upload(p.name, p.read_bytes()) for p in photos])
+    wait_searchable(svc, name, len(ids) + len(photos), timeout_s, note)
+
+
 def wait_searchable(svc: Service, name: str, total: int, timeout_s: float, note: Callable[[str], None]) -> None:
     """Wait until the collection counts `total` items, printing its count and rate every
     PROGRESS_S; TimeoutError after `timeout_s`, or once the count stood still for STALL_S."""

@@ -3,7 +3,8 @@ then per shard count a collection filled, searched, measured and deleted; then t
 
 With `Plan.keep` (`--data-dir`) collections are kept, and one that the stack's data dir already
 holds (from an earlier run, finished or killed while filling) is not filled again: the shard
-workers load it from their snapshots and logs, and the run waits until it is whole. A 1M fill
+workers load it from their snapshots and logs, what its bulk job had not logged yet is logged,
+and the run waits until it is whole. A 1M fill
 can so be spread over several runs."""
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import numpy as np
 from bench.bulk import derived_vectors, neighbour_lists
 from bench.datasets import note
 from bench.photos import foolbox_photos, skimage_photos
-from bench.search.collection import fill, fits_in_memory, memory_row, settle, wait_searchable
+from bench.search.collection import fill, fits_in_memory, memory_row, resume, settle
 from bench.search.floor import floor
 from bench.search.plan import Plan, Results, estimated_minutes
 from bench.search.queries import (CLASS_WORDS, K, KIND_SPECS, HeldOut, bucket_metadata, build_queries, encode_photos,
@@ -98,7 +99,7 @@ def run(svc: Service, plan: Plan) -> Results:
                                        f"{found.get('precision')}, not {shards} and {precision}")
                 note(f"{name}: found in the data dir with {found['count']:,} of {n:,} items; not filled again")
                 rss_before = {worker: 0 for worker in svc.shard_rss()}  # loaded at start: no empty figure
-                wait_searchable(svc, name, n, plan.max_minutes * 60, note)
+                resume(svc, name, synthetic, syn_ids, metadata, photos, plan.max_minutes * 60, note)
                 filled = {"fill_s": None, "items_per_s": None, "resumed": True}
             settle_s = settle(svc, name)
             results.fills.append({"items": n, "shards": shards, **filled, "snapshots_s": round(settle_s, 1)})
