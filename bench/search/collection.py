@@ -26,7 +26,7 @@ def fill(svc: Service, name: str, vectors: np.ndarray, ids: list[str], metadata:
     coll: Collection = get_collection(svc.redis, name)
     t0 = time.perf_counter()
     bulk_job = bulk_insert(svc.redis, coll, vectors, ids, metadata=metadata)
-    photo_job = svc.post_items(name, [Upload(p.name, p.read_bytes()) for p in photos])
+    photo_job = post_photos(svc, name, photos)
     total = len(ids) + len(photos)
     wait_searchable(svc, name, total, timeout_s - (time.perf_counter() - t0), note)
     timings = svc.wait_jobs([bulk_job, photo_job], timeout_s=max(60.0, timeout_s - (time.perf_counter() - t0)),
@@ -37,6 +37,11 @@ def fill(svc: Service, name: str, vectors: np.ndarray, ids: list[str], metadata:
     if states != {"succeeded"} or count != total:
         raise RuntimeError(f"filling {name}: jobs {states}, {count} items searchable of {total}")
     return seconds
+
+
+def post_photos(svc: Service, name: str, photos: list[Photo]) -> str:
+    """Ingest the photos through the API in one request; the job id."""
+    return svc.post_items(name, [Upload(p.name, p.read_bytes()) for p in photos])
 
 
 def resume(svc: Service, name: str, vectors: np.ndarray, ids: list[str], metadata: list[dict[str, Any]],
@@ -52,7 +57,7 @@ def resume(svc: Service, name: str, vectors: np.ndarray, ids: list[str], metadat
         bulk_insert(svc.redis, get_collection(svc.redis, name), vectors, ids, metadata=metadata,
                     job_id=bulk["id"] if bulk else None)
     if not any(job["total"] == len(photos) for job in jobs):
-        svc.post_items(name, [Upload(p.name, p.read_bytes()) for p in photos])
+        post_photos(svc, name, photos)
     wait_searchable(svc, name, len(ids) + len(photos), timeout_s, note)
 
 
