@@ -1,7 +1,8 @@
 """Exact scores for a search over a shard's per-block graphs (`shared.index.graph`).
 
-A query with both blocks searches the image and the text graph, each with a list
-`FUSED_DEPTH` times as long as its own block's queries need (`ShardIndex._list_sizes`); `join`
+A query with both blocks searches the image and the text graph, each with a list first
+`FUSED_DEPTH` times as long as its own block's queries need (`ShardIndex._list_sizes`), then
+longer until `deeper` finds that no item outside the lists can outscore the k-th; `join`
 scores the union of their candidates exactly: the block scores hnswlib returned, plus, for a
 candidate found in one list only, its other block read from the shard's vector store
 (`shared.index.vector_store`: a numpy row, not hnswlib's slow `get_items`, so every candidate
@@ -40,6 +41,30 @@ def join(query: np.ndarray, k: int, graphs: list[Graph], blocks: dict[int, int],
             for label, score in zip(missing, store.scores(i, missing, query).tolist()):
                 total[label] += score
     return sorted(total.items(), key=lambda item: -item[1])[:k]
+
+
+def deeper(ranked: list[tuple[int, float]], k: int, found: list[Found], sizes: list[int],
+           cap: int) -> list[int] | None:
+    """The list sizes for another round of a search over several graphs whose lists (`found`,
+    asked for `sizes` items each) `join` ranked as `ranked`; None when its best k stand.
+
+    They stand when no item outside every list can outscore the k-th (Fagin's threshold
+    algorithm): such an item scores at most the sum, over the lists, of each list's last score
+    (at least 0, an item's missing block scoring 0; a list shorter than asked holds its whole
+    graph, adding 0), or when no list may grow past `cap`. A list grows twice as long; only the
+    lists whose scores still fall grow, unless none does: a flat list (ties: one caption shared
+    by thousands of items) lowers the threshold by nothing when it grows.
+    """
+    full = [len(labels) == size for (labels, _), size in zip(found, sizes)]
+    threshold = sum(max(scores[-1], 0.0) for (_, scores), more in zip(found, full) if more and scores)
+    if len(ranked) >= k and ranked[k - 1][1] >= threshold:
+        return None
+    growable = [more and size < cap for more, size in zip(full, sizes)]
+    falling = [can and scores[0] > scores[-1] for can, (_, scores) in zip(growable, found)]
+    grow = falling if any(falling) else growable
+    if not any(grow):
+        return None
+    return [min(2 * size, cap) if more else size for more, size in zip(grow, sizes)]
 
 
 def with_zeros(ranked: list[tuple[int, float]], k: int, graphs: list[Graph], blocks: dict[int, int],

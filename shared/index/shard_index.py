@@ -14,8 +14,9 @@ Every search ranks by the inner product of the query with the fused stored vecto
 block counts 0). A query with one non-zero block searches only that block's graph, whose metric
 is then the query's own; items without that block score exactly 0 and come after the positive
 scores. A query with both blocks (or none) searches both graphs, joins the candidates and
-scores them exactly from the store (`shared.index.join`), each graph's list FUSED_DEPTH times
-its own block's calibrated one.
+scores them exactly from the store (`shared.index.join`), each graph's list first FUSED_DEPTH
+times its own block's calibrated one, then longer until no item outside the lists can outscore
+the k-th (`join.deeper`).
 
 The list size (ef) of a search is calibrated per query kind ("image", "text", "fused"; "vector"
 for a one-graph shard) by the shard itself (`shared.index.calibration`), and a query far from
@@ -44,7 +45,7 @@ from shared.errors import SnapshotError
 from shared.index import calibration, snapshot
 from shared.index.filters import MetadataIndex
 from shared.index.graph import IMAGE, TEXT, Graph, estimated_bytes
-from shared.index.join import by_block, join, with_zeros
+from shared.index.join import by_block, deeper, join, with_zeros
 from shared.index.labels import label_for
 from shared.index.records import ItemRecord
 from shared.index.rwlock import RWLock
@@ -54,7 +55,7 @@ from shared.runtime.allocator import release_free_memory
 __all__ = ["EXACT_FILTER_MAX", "ItemRecord", "SearchHit", "ShardIndex"]
 
 EXACT_FILTER_MAX = 4096  # a filter that matches at most this many items is answered exactly
-FUSED_DEPTH = 4          # a fused search's list in each block's graph, times the block's own calibrated one
+FUSED_DEPTH = 2          # a fused search's first list in each block's graph, times the block's own calibrated one
 REBUILD_BATCH = 10_000    # items per upsert when rebuilding a snapshot in another layout
 KINDS_BLOCKS = ("image", "text", "fused")
 KINDS_WHOLE = ("vector",)
@@ -235,22 +236,31 @@ class ShardIndex:
 
     def _approximate(self, query: np.ndarray, graphs: list[Graph], k: int, ef: int,
                      allowed: set[int] | None) -> list[tuple[int, float]]:
-        """Best k (label, score) by hnswlib with list size ef (`_list_sizes` in a fused search);
-        caller holds the read lock."""
+        """Best k (label, score) by hnswlib with list size ef (in a fused search: first
+        `_list_sizes`, then as long as `join.deeper` asks); caller holds the read lock."""
         if len(graphs) == 1:
             ranked = list(zip(*graphs[0].knn(query, max(k, ef), allowed, self._blocks)))
         else:
-            found = [graph.knn(query, size, allowed, self._blocks)
-                     for graph, size in zip(graphs, self._list_sizes(graphs, k, ef))]
-            ranked = join(query, k, self._graphs, self._blocks, self._store, found)
+            sizes = self._list_sizes(graphs, k, ef)
+            cap = max(*sizes, calibration.ef_for(k, calibration.EF_FAR))
+            found = [graph.knn(query, size, allowed, self._blocks) for graph, size in zip(graphs, sizes)]
+            while True:
+                ranked = join(query, k, self._graphs, self._blocks, self._store, found)
+                grown = deeper(ranked, k, found, sizes, cap)
+                if grown is None:
+                    break
+                found = [graph.knn(query, new, allowed, self._blocks) if new != size else one
+                         for graph, one, size, new in zip(graphs, found, sizes, grown)]
+                sizes = grown
         return with_zeros(ranked, k, graphs, self._blocks, self._records if allowed is None else allowed)
 
     def _list_sizes(self, graphs: list[Graph], k: int, ef: int) -> list[int]:
-        """The list size of each block's graph in a fused search with list size `ef`: at least
-        FUSED_DEPTH times the list that block's own queries are calibrated to. The top items of
-        an image-and-words query rank deeper in each block's list than that block's own top
+        """The first list size of each block's graph in a fused search with list size `ef`: at
+        least FUSED_DEPTH times the list that block's own queries are calibrated to. The top items
+        of an image-and-words query rank deeper in each block's list than that block's own top
         (they match neither the image nor the words best, but both well), deeper than the
-        calibration's queries (stored items, whose blocks agree) show (docs/design.md, 1. The method)."""
+        calibration's queries (stored items, whose blocks agree) show; `_approximate` searches
+        longer lists until the threshold of `join.deeper` holds (docs/design.md, 1. The method)."""
         tuning = self._calibration.tuning
         return [max(k, ef, FUSED_DEPTH * calibration.ef_for(k, tuning[graph.name].ef)) for graph in graphs]
 

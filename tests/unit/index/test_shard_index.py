@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from shared.encoding.fusion import build_query, fuse
-from shared.index import shard_index
+from shared.index import calibration, shard_index
 from shared.index.calibration import ef_for
 from shared.index.labels import label_for
 from shared.index.shard_index import ItemRecord, SearchHit, ShardIndex
@@ -328,6 +328,32 @@ def test_fused_queries_score_the_whole_vector_and_find_items_missing_a_block():
         for h in hits:
             assert h.score == pytest.approx(float(scores[ids.index(h.id)]), abs=STORED_ABS)
             np.testing.assert_array_equal(h.vector, as_stored(vectors[ids.index(h.id)]))
+
+
+def test_a_fused_query_whose_words_thousands_of_captions_share_gets_the_exact_top_k(monkeypatch):
+    # 3000 items have the query's caption (a text list shorter than 3000 holds any part of them);
+    # 3000 others have unrelated captions and images nearer the query's than any of the first's.
+    # The best fused items are the caption's items with the best images, which the image graph
+    # lists only past its 3000th place. Uncalibrated, each graph's first list is 4 x 256.
+    monkeypatch.setattr(calibration, "CALIBRATE_MIN", 10**6)
+    rng = np.random.default_rng(7)
+    n = 3000
+    target, caption = unit(rng, 1, IMAGE_DIM)[0], unit(rng, 1, TEXT_DIM)[0]
+    near = np.maximum(target + 0.3 * unit(rng, n, IMAGE_DIM), 0)
+    far = np.maximum(0.3 * target + unit(rng, n, IMAGE_DIM), 0)
+    texts = np.concatenate([unit(rng, n, TEXT_DIM), np.tile(caption, (n, 1))])
+    vectors = fused_items(np.concatenate([near, far]), texts, np.ones(2 * n, bool), np.ones(2 * n, bool))
+    ids = [f"c{j}" for j in range(2 * n)]
+    index = ShardIndex(DIM, image_dim=IMAGE_DIM)
+    for start in range(0, 2 * n, 1000):
+        index.upsert(ids[start:start + 1000], vectors[start:start + 1000], records_for(ids[start:start + 1000]))
+    query = build_query(target, caption, IMAGE_DIM, TEXT_DIM).vector
+    scores = as_stored(vectors) @ query
+    exact = [ids[i] for i in np.argsort(-scores, kind="stable")[:10]]
+    image_scores = as_stored(vectors[:, :IMAGE_DIM]) @ query[:IMAGE_DIM]
+    assert all(int(i[1:]) >= n for i in exact)
+    assert (image_scores > max(image_scores[ids.index(i)] for i in exact)).sum() >= n
+    assert [h.id for h in index.search(query, 10)] == exact
 
 
 @pytest.mark.parametrize("filtered", [False, True])
