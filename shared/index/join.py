@@ -43,7 +43,7 @@ def join(query: np.ndarray, k: int, graphs: list[Graph], blocks: dict[int, int],
     return sorted(total.items(), key=lambda item: -item[1])[:k]
 
 
-def deeper(ranked: list[tuple[int, float]], k: int, found: list[Found], sizes: list[int],
+def deeper(ranked: list[tuple[int, float]], k: int, found: list[Found], sizes: list[int], costs: list[int],
            cap: int) -> list[int] | None:
     """The list sizes for another round of a search over several graphs whose lists (`found`,
     asked for `sizes` items each) `join` ranked as `ranked`; None when its best k stand.
@@ -51,20 +51,26 @@ def deeper(ranked: list[tuple[int, float]], k: int, found: list[Found], sizes: l
     They stand when no item outside every list can outscore the k-th (Fagin's threshold
     algorithm): such an item scores at most the sum, over the lists, of each list's last score
     (at least 0, an item's missing block scoring 0; a list shorter than asked holds its whole
-    graph, adding 0), or when no list may grow past `cap`. A list grows twice as long; only the
-    lists whose scores still fall grow, unless none does: a flat list (ties: one caption shared
-    by thousands of items) lowers the threshold by nothing when it grows.
+    graph, adding 0), or when no list may grow past `cap`. A list grows twice as long, which
+    lowers its last score by about as much again as its whole list spans. Only lists whose
+    scores still fall grow, unless none does (a flat list, ties of one caption shared by
+    thousands of items, lowers the threshold by nothing when it grows): the cheapest of them
+    (`costs`: a graph's dimensions) alone when that may close the gap, else all of them.
     """
     full = [len(labels) == size for (labels, _), size in zip(found, sizes)]
     threshold = sum(max(scores[-1], 0.0) for (_, scores), more in zip(found, full) if more and scores)
-    if len(ranked) >= k and ranked[k - 1][1] >= threshold:
+    kth = ranked[k - 1][1] if len(ranked) >= k else -np.inf
+    if kth >= threshold:
         return None
-    growable = [more and size < cap for more, size in zip(full, sizes)]
-    falling = [can and scores[0] > scores[-1] for can, (_, scores) in zip(growable, found)]
-    grow = falling if any(falling) else growable
-    if not any(grow):
+    growable = [i for i, (more, size) in enumerate(zip(full, sizes)) if more and size < cap]
+    falling = [i for i in growable if found[i][1][0] > found[i][1][-1]]
+    grow = sorted(falling or growable, key=lambda i: costs[i])
+    if not grow:
         return None
-    return [min(2 * size, cap) if more else size for more, size in zip(grow, sizes)]
+    cheapest = grow[0]
+    if found[cheapest][1][0] - found[cheapest][1][-1] >= threshold - kth:
+        grow = [cheapest]
+    return [min(2 * size, cap) if i in grow else size for i, size in enumerate(sizes)]
 
 
 def with_zeros(ranked: list[tuple[int, float]], k: int, graphs: list[Graph], blocks: dict[int, int],

@@ -246,7 +246,7 @@ class ShardIndex:
             found = [graph.knn(query, size, allowed, self._blocks) for graph, size in zip(graphs, sizes)]
             while True:
                 ranked = join(query, k, self._graphs, self._blocks, self._store, found)
-                grown = deeper(ranked, k, found, sizes, cap)
+                grown = deeper(ranked, k, found, sizes, [g.stop - g.start for g in graphs], cap)
                 if grown is None:
                     break
                 found = [graph.knn(query, new, allowed, self._blocks) if new != size else one
