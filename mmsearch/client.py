@@ -31,6 +31,7 @@ from mmsearch.uploads import FileItem, PathLike, file_batches
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 EXISTS_BATCH = 1000  # ids per existence check (the API's limit)
+IMPORT_BYTES_PER_S = 10e6  # the least rate at which a server checks an import and logs its items
 
 
 class Client:
@@ -163,9 +164,13 @@ class Client:
                           timeout: float | None = None) -> dict[str, Any]:
         """Create a collection from an export archive (named `name`, default the archive's) ->
         the import job's final body (wait=True) or the 202 body, with `collection`."""
+        # The server answers once it has checked the whole archive and logged every item: the
+        # wait for its answer grows with the archive.
+        wait_s = self.timeout + Path(path).stat().st_size / IMPORT_BYTES_PER_S
         with open(path, "rb") as body:  # sent as it is read, with its Content-Length
             answer = self._json("POST", "/v1/collections/import", params={"name": name} if name else None,
-                                data=body, headers={"Content-Type": "application/zip"})
+                                data=body, headers={"Content-Type": "application/zip"},
+                                timeout=(self.timeout, wait_s))
         if not wait:
             return answer
         return {**self.wait_job(answer["job_id"], timeout=timeout), "collection": answer["collection"]}
