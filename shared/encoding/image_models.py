@@ -133,6 +133,9 @@ class ImageModel:
         return self._compiled is not None
 
     def _compile(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        # Inductor's C++ builder, imported on the way, warns on every start of a machine without
+        # CUDA that it found no CUDA runtime: noise in the logs of every CPU worker.
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
         try:
             import torch._inductor.config as inductor_config
 
