@@ -15,6 +15,8 @@ shard's read lock.
 """
 from __future__ import annotations
 
+import heapq
+from operator import itemgetter
 from typing import Iterable
 
 import numpy as np
@@ -27,20 +29,22 @@ Found = tuple[list[int], list[float]]
 
 
 def join(query: np.ndarray, k: int, graphs: list[Graph], blocks: dict[int, int], store: VectorStore,
-         found: list[Found]) -> list[tuple[int, float]]:
+         found: list[Found], scored: dict[int, float] | None = None) -> list[tuple[int, float]]:
     """Best k (label, exact score) of the candidates `found` in each of `graphs` (every graph of
-    the shard, in the store's span order), best first."""
+    the shard, in the store's span order), best first. `scored` holds the exact scores of the
+    candidates of earlier rounds of the same search (label -> score), which are not read again;
+    the new ones are added to it."""
+    scored = {} if scored is None else scored
     parts = [dict(zip(*one)) for one in found]
-    total: dict[int, float] = {}
-    for part in parts:
-        for label, score in part.items():
-            total[label] = total.get(label, 0.0) + score
+    new = [label for label in dict.fromkeys(label for labels, _ in found for label in labels) if label not in scored]
+    for label in new:
+        scored[label] = sum(part.get(label, 0.0) for part in parts)
     for i, graph in enumerate(graphs):
-        missing = [label for label in total if label not in parts[i] and blocks[label] & graph.bit]
+        missing = [label for label in new if label not in parts[i] and blocks[label] & graph.bit]
         if missing:
             for label, score in zip(missing, store.scores(i, missing, query).tolist()):
-                total[label] += score
-    return sorted(total.items(), key=lambda item: -item[1])[:k]
+                scored[label] += score
+    return heapq.nlargest(k, scored.items(), key=itemgetter(1))
 
 
 def deeper(ranked: list[tuple[int, float]], k: int, found: list[Found], sizes: list[int], costs: list[int],

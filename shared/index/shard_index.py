@@ -244,8 +244,9 @@ class ShardIndex:
             sizes = self._list_sizes(graphs, k, ef)
             cap = max(*sizes, calibration.ef_for(k, calibration.EF_FAR))
             found = [graph.knn(query, size, allowed, self._blocks) for graph, size in zip(graphs, sizes)]
+            scored: dict[int, float] = {}  # exact scores of the candidates met so far
             while True:
-                ranked = join(query, k, self._graphs, self._blocks, self._store, found)
+                ranked = join(query, k, self._graphs, self._blocks, self._store, found, scored)
                 grown = deeper(ranked, k, found, sizes, [g.stop - g.start for g in graphs], cap)
                 if grown is None:
                     break
