@@ -82,10 +82,8 @@ def test_client_unreachable_api_is_one_clear_error():
 # The real stack -----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    data_dir = tmp_path_factory.mktemp("mmsearch-cli-data")
-    with running_stack(data_dir, MMSEARCH_LOG_LEVEL="WARNING") as st:
-        yield st
+def stack(shared_stack):
+    return shared_stack
 
 
 @pytest.fixture(scope="module")

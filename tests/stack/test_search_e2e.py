@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 import requests
 
-from tests.support.stack import running_stack
 
 CAPTIONS = ["a red sports car on a race track", "a cup of coffee on a table", "a cat asleep on a sofa",
             "fresh strawberries in a bowl", "an old cannon in a castle", "a snare drum on a stage",
@@ -21,43 +20,41 @@ QUERY = {"text": "a fast red car", "k": 5}
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory):
-    data_dir = tmp_path_factory.mktemp("mmsearch-search")
-    with running_stack(data_dir, MMSEARCH_SHARDS="2") as stack:
-        base = f"{stack.api_url}/v1"
-        session = requests.Session()
+def api(shared_stack):
+    base = f"{shared_stack.api_url}/v1"
+    session = requests.Session()
 
-        class Api:
-            def post(self, path: str, **kw: Any) -> requests.Response:
-                return session.post(base + path, timeout=60, **kw)
+    class Api:
+        def post(self, path: str, **kw: Any) -> requests.Response:
+            return session.post(base + path, timeout=60, **kw)
 
-            def get(self, path: str) -> requests.Response:
-                return session.get(base + path, timeout=60)
+        def get(self, path: str) -> requests.Response:
+            return session.get(base + path, timeout=60)
 
-            def delete(self, path: str) -> requests.Response:
-                return session.delete(base + path, timeout=60)
+        def delete(self, path: str) -> requests.Response:
+            return session.delete(base + path, timeout=60)
 
-            def wait_job(self, job_id: str, timeout_s: float = 120) -> dict[str, Any]:
-                deadline = time.monotonic() + timeout_s
-                while True:
-                    body = self.get(f"/jobs/{job_id}").json()
-                    if body["state"] in ("succeeded", "completed_with_errors", "failed", "cancelled"):
-                        return body
-                    assert time.monotonic() < deadline, body
-                    time.sleep(0.2)
+        def wait_job(self, job_id: str, timeout_s: float = 120) -> dict[str, Any]:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                body = self.get(f"/jobs/{job_id}").json()
+                if body["state"] in ("succeeded", "completed_with_errors", "failed", "cancelled"):
+                    return body
+                assert time.monotonic() < deadline, body
+                time.sleep(0.2)
 
-            def search(self, query: dict[str, Any] = QUERY, params: str = "") -> dict[str, Any]:
-                resp = self.post(f"/collections/docs/search{params}", json=query)
-                assert resp.status_code == 200, resp.text
-                return resp.json()
+        def search(self, query: dict[str, Any] = QUERY, params: str = "") -> dict[str, Any]:
+            resp = self.post(f"/collections/docs/search{params}", json=query)
+            assert resp.status_code == 200, resp.text
+            return resp.json()
 
-        api = Api()
-        assert api.post("/collections", json={"name": "docs", "shards": 4}).status_code == 201
-        resp = api.post("/collections/docs/items",
-                        json={"items": [{"id": f"doc-{i}", "text": t} for i, t in enumerate(CAPTIONS)]})
-        assert resp.status_code == 202, resp.text
-        assert api.wait_job(resp.json()["job_id"])["state"] == "succeeded"
-        yield api
+    api = Api()
+    assert api.post("/collections", json={"name": "docs", "shards": 4}).status_code == 201
+    resp = api.post("/collections/docs/items",
+                    json={"items": [{"id": f"doc-{i}", "text": t} for i, t in enumerate(CAPTIONS)]})
+    assert resp.status_code == 202, resp.text
+    assert api.wait_job(resp.json()["job_id"])["state"] == "succeeded"
+    return api
 
 
 def ids(body: dict[str, Any]) -> list[str]:
