@@ -80,7 +80,9 @@ def synthetic_vectors(n: int, image_dim: int, text_dim: int, seed: int = 0, *,
 
 def neighbour_lists(vectors: np.ndarray, k: int, threads: int = -1, seed: int = 0) -> np.ndarray:
     """Each row's `k` nearest other rows by inner product (n x k row numbers), from an hnswlib
-    graph (approximate, which a generator can afford: M 16, ef_construction 100, ef 2k)."""
+    graph (approximate, which a generator can afford: M 16, ef_construction 100, ef 2k). The
+    graph is built on one thread: built on several, it differs from run to run, and so would
+    the items derived from it (a run that resumes a fill must derive the same items)."""
     import hnswlib
 
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -89,7 +91,7 @@ def neighbour_lists(vectors: np.ndarray, k: int, threads: int = -1, seed: int = 
         raise ValueError(f"need 0 < k < {n} rows, got k={k}")
     index = hnswlib.Index(space="ip", dim=vectors.shape[1])
     index.init_index(max_elements=n, M=16, ef_construction=100, random_seed=seed)
-    index.add_items(vectors, np.arange(n), num_threads=threads)
+    index.add_items(vectors, np.arange(n), num_threads=1)
     index.set_ef(max(2 * (k + 1), 20))
     found, _ = index.knn_query(vectors, k=k + 1, num_threads=threads)
     out = np.empty((n, k), np.int64)

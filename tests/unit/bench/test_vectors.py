@@ -109,6 +109,14 @@ def test_neighbour_lists_leave_out_the_row_itself():
     np.testing.assert_array_equal(nb[:, 0], sims.argmax(axis=1))
 
 
+def test_neighbour_lists_are_the_same_on_every_run_whatever_the_threads():
+    # A resumed fill derives its items again: they must be the ones the first run logged.
+    vectors = fused_rows(3000)
+    first = neighbour_lists(vectors, 10)
+    for _ in range(3):
+        np.testing.assert_array_equal(neighbour_lists(vectors, 10), first)
+
+
 def test_derived_vectors_are_fused_unit_blocks_between_real_neighbours():
     base = fused_rows(40)
     nb = neighbour_lists(base, 3, threads=1)
