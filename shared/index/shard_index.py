@@ -21,7 +21,9 @@ the k-th (`join.deeper`).
 The list size (ef) of a search is calibrated per query kind ("image", "text", "fused"; "vector"
 for a one-graph shard) by the shard itself (`shared.index.calibration`), and a query far from
 every item is searched again with a longer list. A single-block search among at most
-CALIBRATE_MIN items uses a list as long as they are many (the whole graph). Writes trigger a
+CALIBRATE_MIN items uses a list as long as they are many (the whole graph). A fused query found
+far has its first lists lengthened to the far ones, then grown as the threshold asks, rather than
+searched twice. Writes trigger a
 recalibration when one is due, run by the writing thread after it released the write lock.
 
 Only the shard's owner writes it (upserts and deletes from the shard's log, in bounded
@@ -203,11 +205,12 @@ class ShardIndex:
                     # them. Not a fused search: its join would read hundreds of blocks back.
                     whole = len(graphs) == 1 and pool <= calibration.CALIBRATE_MIN
                     ef = pool if whole else calibration.ef_for(k, tuning.ef)
-                    ranked = self._approximate(query, graphs, k, ef, allowed)
-                    if not whole and far_below is not None and ranked[-1][1] < far_below \
-                            and tuning.far_ef > tuning.ef:
-                        far_ef = min(calibration.ef_for(k, tuning.far_ef), max(calibration.EF_FAR, 2 * k))
-                        ranked = self._approximate(query, graphs, k, far_ef, allowed)
+                    far = None
+                    if not whole and far_below is not None and tuning.far_ef > tuning.ef:
+                        far = (far_below, min(calibration.ef_for(k, tuning.far_ef), max(calibration.EF_FAR, 2 * k)))
+                    ranked = self._approximate(query, graphs, k, ef, allowed, far)
+                    if far is not None and len(graphs) == 1 and ranked[-1][1] < far[0]:
+                        ranked = self._approximate(query, graphs, k, far[1], allowed)
                 except RuntimeError:  # hnswlib reached fewer than k qualifying items
                     ranked = self._store.top(query, list(self._records if allowed is None else allowed), k)
             labels = [label for label, _ in ranked]
@@ -235,9 +238,12 @@ class ShardIndex:
         return [g for g in self._graphs if g.name == kind] or self._graphs  # "fused"/"vector": all
 
     def _approximate(self, query: np.ndarray, graphs: list[Graph], k: int, ef: int,
-                     allowed: set[int] | None) -> list[tuple[int, float]]:
+                     allowed: set[int] | None, far: tuple[float, int] | None = None) -> list[tuple[int, float]]:
         """Best k (label, score) by hnswlib with list size ef (in a fused search: first
-        `_list_sizes`, then as long as `join.deeper` asks); caller holds the read lock."""
+        `_list_sizes`, then as long as `join.deeper` asks); caller holds the read lock. `far`
+        (far_below as a score, far ef) in a fused search: when the first lists' k-th score is below
+        it, the lists are made as long as the far ef's before they grow further (a single-graph
+        caller searches again itself)."""
         if len(graphs) == 1:
             ranked = list(zip(*graphs[0].knn(query, max(k, ef), allowed, self._blocks)))
         else:
@@ -247,7 +253,12 @@ class ShardIndex:
             scored: dict[int, float] = {}  # exact scores of the candidates met so far
             while True:
                 ranked = join(query, k, self._graphs, self._blocks, self._store, found, scored)
-                grown = deeper(ranked, k, found, sizes, [g.stop - g.start for g in graphs], cap)
+                grown = None
+                if far is not None and (len(ranked) < k or ranked[k - 1][1] < far[0]):
+                    grown = [max(size, longer) for size, longer in zip(sizes, self._list_sizes(graphs, k, far[1]))]
+                far = None
+                if grown is None or grown == sizes:
+                    grown = deeper(ranked, k, found, sizes, [g.stop - g.start for g in graphs], cap)
                 if grown is None:
                     break
                 found = [graph.knn(query, new, allowed, self._blocks) if new != size else one

@@ -59,15 +59,23 @@ def test_a_lower_recall_target_calibrates_a_smaller_ef(monkeypatch):
 
 
 def list_sizes_searched(index: ShardIndex, monkeypatch) -> list[int]:
-    """The list in which each hnswlib search of `index` appends its list size (ef)."""
+    """The list in which the searches of `index` append each list size (ef) they search with: a
+    single-graph search each time it searches, a fused one for its first lists and again when it
+    lengthens them to the far ones."""
     calls: list[int] = []
-    approximate = index._approximate
+    approximate, list_sizes = index._approximate, index._list_sizes
 
-    def spy(query, graphs, k, ef, allowed):
+    def spy_approximate(query, graphs, k, ef, allowed, far=None):
+        if len(graphs) == 1:
+            calls.append(ef)
+        return approximate(query, graphs, k, ef, allowed, far)
+
+    def spy_list_sizes(graphs, k, ef):
         calls.append(ef)
-        return approximate(query, graphs, k, ef, allowed)
+        return list_sizes(graphs, k, ef)
 
-    monkeypatch.setattr(index, "_approximate", spy)
+    monkeypatch.setattr(index, "_approximate", spy_approximate)
+    monkeypatch.setattr(index, "_list_sizes", spy_list_sizes)
     return calls
 
 
