@@ -22,8 +22,7 @@ The list size (ef) of a search is calibrated per query kind ("image", "text", "f
 for a one-graph shard) by the shard itself (`shared.index.calibration`), and a query far from
 every item is searched again with a longer list. A single-block search among at most
 CALIBRATE_MIN items uses a list as long as they are many (the whole graph). A fused query found
-far has its first lists lengthened to the far ones, then grown as the threshold asks, rather than
-searched twice. Writes trigger a
+far has its first lists lengthened to the far ones instead of a second search. Writes trigger a
 recalibration when one is due, run by the writing thread after it released the write lock.
 
 Only the shard's owner writes it (upserts and deletes from the shard's log, in bounded
@@ -240,10 +239,9 @@ class ShardIndex:
     def _approximate(self, query: np.ndarray, graphs: list[Graph], k: int, ef: int,
                      allowed: set[int] | None, far: tuple[float, int] | None = None) -> list[tuple[int, float]]:
         """Best k (label, score) by hnswlib with list size ef (in a fused search: first
-        `_list_sizes`, then as long as `join.deeper` asks); caller holds the read lock. `far`
-        (far_below as a score, far ef) in a fused search: when the first lists' k-th score is below
-        it, the lists are made as long as the far ef's before they grow further (a single-graph
-        caller searches again itself)."""
+        `_list_sizes`, then as long as `join.deeper` asks); caller holds the read lock. `far`:
+        (far_below as a score, far ef), with which a fused search whose first k-th score is below
+        it lengthens its lists to the far ef's (a single-graph caller searches again itself)."""
         if len(graphs) == 1:
             ranked = list(zip(*graphs[0].knn(query, max(k, ef), allowed, self._blocks)))
         else:
@@ -268,11 +266,9 @@ class ShardIndex:
 
     def _list_sizes(self, graphs: list[Graph], k: int, ef: int) -> list[int]:
         """The first list size of each block's graph in a fused search with list size `ef`: at
-        least FUSED_DEPTH times the list that block's own queries are calibrated to. The top items
-        of an image-and-words query rank deeper in each block's list than that block's own top
-        (they match neither the image nor the words best, but both well), deeper than the
-        calibration's queries (stored items, whose blocks agree) show; `_approximate` searches
-        longer lists until the threshold of `join.deeper` holds (docs/design.md, 1. The method)."""
+        least FUSED_DEPTH times the list that block's own queries are calibrated to (an
+        image-and-words query's top items match neither block best, so they rank deeper than the
+        calibration's queries show); `_approximate` then grows them as `join.deeper` asks."""
         tuning = self._calibration.tuning
         return [max(k, ef, FUSED_DEPTH * calibration.ef_for(k, tuning[graph.name].ef)) for graph in graphs]
 
