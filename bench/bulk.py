@@ -162,8 +162,8 @@ def bulk_insert(r: redis.Redis, coll: Collection, vectors: np.ndarray, ids: Sequ
     """Append an upsert of every item to its shard's log under one ingest job; the job id.
 
     Item `i` is the job's item `i`. Given the `job_id` of an existing job, items it already
-    counted are neither logged nor counted again (so an interrupted insert can be re-run);
-    an unknown `job_id` names the new job.
+    counted are skipped before anything is sent (so an interrupted insert can be re-run, and
+    goes on where it stopped); an unknown `job_id` names the new job.
     """
     vectors = np.asarray(vectors, dtype=np.float32)
     n, image_dim = len(ids), coll.dims["image"]
@@ -175,9 +175,13 @@ def bulk_insert(r: redis.Redis, coll: Collection, vectors: np.ndarray, ids: Sequ
             raise ValueError(f"{len(values)} {name} for {n} ids")
     if job_id is None or not r.exists(keys.job(job_id)):
         job_id = jobs.create_job(r, "ingest", coll.name, coll.cid, n, job_id=job_id)
-    for start in range(0, n, chunk):
+        todo = list(range(n))
+    else:
+        counted = jobs.counted(r, job_id)
+        todo = [i for i in range(n) if i not in counted]
+    for start in range(0, len(todo), chunk):
         pipe = r.pipeline(transaction=False)
-        for i in range(start, min(n, start + chunk)):
+        for i in todo[start:start + chunk]:
             entry = shardlog.LogEntry("upsert", ids[i], vectors[i], texts[i] if texts is not None else None,
                                       metadata[i] if metadata is not None else {},
                                       has_image=bool(vectors[i, :image_dim].any()))

@@ -49,10 +49,14 @@ def resume(svc: Service, name: str, vectors: np.ndarray, ids: list[str], metadat
     """Finish the fill of a collection that an earlier run left (done, or stopped while logging
     or applying): the items its bulk job had not yet logged are logged under it (as bench.bulk
     resumes), the photos ingested when no job of theirs was accepted, and the collection waited
-    on until it is whole."""
+    on until it is whole. A bulk job with failed items (reaped as stalled, say) cannot be
+    finished: RuntimeError."""
     jobs = svc.jobs_of(name, "ingest")
     bulk = next((job for job in jobs if job["total"] == len(ids)), None)
-    if bulk is None or bulk["done"] + bulk["failed"] < bulk["total"]:
+    if bulk is not None and bulk["failed"]:
+        raise RuntimeError(f"{name}: the earlier run's bulk job failed {bulk['failed']:,} items, which a "
+                           "resumed fill cannot log again; delete the --data-dir to fill afresh")
+    if bulk is None or bulk["done"] < bulk["total"]:
         note(f"{name}: logging the items the bulk job had not ({bulk['done'] if bulk else 0:,} of {len(ids):,} logged)")
         bulk_insert(svc.redis, get_collection(svc.redis, name), vectors, ids, metadata=metadata,
                     job_id=bulk["id"] if bulk else None)
