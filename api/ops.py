@@ -1,5 +1,6 @@
 """Operations: /healthz (the process lives) and /readyz (Redis answers, an encode and a query
-worker are ready, every shard served by its owner or a read replica)."""
+worker are ready, every shard slot has a live owner: a slot that read replicas alone serve
+answers searches, but an ingest or delete to it would wait for its owner)."""
 from __future__ import annotations
 
 import redis
@@ -27,18 +28,18 @@ def readyz() -> Response:
         slot_of = {(c.name, s): queues.slot_for_shard(s, svc.settings.shard_slots)
                    for c in collections for s in range(c.shards)}
         slots = sorted(set(slot_of.values()))
-        live = slot_leases.live_slots(svc.redis, slots)
+        owned = slot_leases.live_slots(svc.redis, slots, owners_only=True)
         waiting = _queue_lengths(svc.redis)
         starting = roles_not_ready(svc.redis)
     except redis.exceptions.RedisError as exc:
         raise ApiError(503, "unavailable", "Redis does not answer",
                        {"redis": f"unreachable ({type(exc).__name__})"}) from exc
-    missing = [slot for slot in slots if slot not in live]
+    missing = [slot for slot in slots if slot not in owned]
     role_states = {role: starting.get(role, "ready") for role in SERVING_ROLES}
     if missing or starting:
         shards: dict[str, list[int]] = {}
         for (name, shard), slot in slot_of.items():
-            if slot not in live:
+            if slot not in owned:
                 shards.setdefault(name, []).append(shard)
         why = list(starting.values()) + ([f"shard slot(s) without a live owner: {missing}"] if missing else [])
         raise ApiError(503, "unavailable", "; ".join(why),

@@ -2,8 +2,9 @@
 holds a lease (`mms:owner:<slot>`, `mms:replica:<slot>:<n>`, each renewed every second and
 lapsing `LEASE_MS` after its process died).
 
-The API (`/readyz`, item look-ups) and the query workers (which shards a search waits for) ask
-here, so an owner and its replicas count alike: either one answers the slot's requests.
+The API (item look-ups) and the query workers (which shards a search waits for) ask here, so an
+owner and its replicas count alike: either one answers the slot's requests. `/readyz` asks for
+owners alone: a slot served by replicas only answers searches, but its writes wait.
 """
 from __future__ import annotations
 
@@ -21,13 +22,14 @@ def liveness_keys(slot: int) -> list[str]:
     return [keys.slot_owner(slot)] + [keys.slot_replica(slot, n) for n in range(MAX_REPLICAS)]
 
 
-def live_slots(r: redis.Redis, slots: Iterable[int]) -> set[int]:
-    """The slots among `slots` that an owner or a replica serves now (one round trip)."""
+def live_slots(r: redis.Redis, slots: Iterable[int], *, owners_only: bool = False) -> set[int]:
+    """The slots among `slots` that an owner or a replica serves now (one round trip); with
+    `owners_only`, those whose owner does (only an owner applies a slot's writes)."""
     ordered = sorted(set(slots))
     if not ordered:
         return set()
     pipe = r.pipeline(transaction=False)
     for slot in ordered:
-        pipe.exists(*liveness_keys(slot))
+        pipe.exists(*(liveness_keys(slot)[:1] if owners_only else liveness_keys(slot)))
     return {slot for slot, alive in zip(ordered, pipe.execute()) if alive}
 

@@ -508,8 +508,10 @@ def test_readyz_wants_an_owner_for_every_shard_slot(client, redis_client):
     error = assert_error(client.get("/readyz"), 503, "unavailable")
     assert error["details"]["missing_slots"] == [0, 1] and error["details"]["redis"] == "ok"
     redis_client.set(keys.slot_owner(0), "w0", ex=30)
+    redis_client.set(keys.slot_replica(1, 0), "r1", ex=30)  # answers searches; writes would wait
     error = assert_error(client.get("/readyz"), 503, "unavailable")
     assert error["details"]["missing_slots"] == [1] and error["details"]["missing_shards"] == {"photos": [1]}
+    assert "without a live owner: [1]" in error["message"]
     redis_client.set(keys.slot_owner(1), "w1", ex=30)
     redis_client.rpush(queues.ENCODE, "m1", "m2")
     resp = client.get("/readyz")
