@@ -1,9 +1,10 @@
 """/v1/collections/<name>/items: bulk ingest (JSON or multipart), look-up, thumbnail, delete.
 
-Ingest validates the whole request first (api.validation), then creates the job, stages the
-uploaded bytes in Redis and enqueues one encode task per MMSEARCH_ENCODE_BATCH items; the
-encode workers do the rest and count each item in the job; while no encode worker is ready a
-valid ingest is refused with 503 naming its start-up stage (api.readiness). A look-up pushes a request onto the
+Ingest validates the whole request first (api.validation), then stages the uploaded bytes in
+Redis, creates the job with every item's encode message (shared.store.encode_tasks) and
+enqueues one encode task per MMSEARCH_ENCODE_BATCH items; the encode workers do the rest and
+count each item in the job; while no encode worker is ready a valid ingest is refused with 503
+naming its start-up stage (api.readiness). A look-up pushes a request onto the
 request list of the slot holding the item's shard (api.slot_requests; served by the slot's
 owner and replicas as its searches are; see workers.shard) and waits up to
 MMSEARCH_SHARD_TIMEOUT_S for the answer (503 when that slot has no live owner or replica or
@@ -29,7 +30,7 @@ from api.readiness import require_role
 from api.slot_requests import ask_slots, require_live
 from api.validation import (ItemInput, image_source, is_valid_id, parse_items_json,
                             parse_items_multipart)
-from shared.store import catalog, jobs, queues, shardlog, slots, staging
+from shared.store import catalog, encode_tasks, jobs, queues, shardlog, slots, staging
 from shared.index.labels import shard_for
 
 bp = Blueprint("items", __name__, url_prefix="/collections/<name>/items")
@@ -37,18 +38,18 @@ MAX_EXISTS_IDS = 1000
 
 
 def _enqueue(coll: catalog.Collection, items: list[ItemInput]) -> str:
-    """Create the ingest job, stage the uploads, send the encode tasks; the job id."""
+    """Stage the uploads, create the ingest job with its items' encode messages, then send the
+    encode tasks; the job id. Everything a task needs is in Redis before the first is sent, so
+    the reaper sends again what a request cut off while sending leaves unsent."""
     svc = services()
-    job_id = jobs.create_job(svc.redis, "ingest", coll.name, coll.cid, len(items), ids=[item.id for item in items])
+    job_id = jobs.new_job_id()
     uploads = {i: item.image for i, item in enumerate(items) if isinstance(item.image, bytes)}
     staged = staging.stage(svc.redis, coll.cid, job_id, uploads, svc.settings.staging_ttl_s)
     messages = [{"index": i, "id": item.id, "text": item.text, "metadata": item.metadata,
                  "image": image_source(item.image, staged.get(i))} for i, item in enumerate(items)]
-    batch = svc.settings.encode_batch
-    for start in range(0, len(messages), batch):
-        svc.celery.send_task(queues.ENCODE_ITEMS, queue=queues.ENCODE, kwargs={
-            "job_id": job_id, "collection": coll.name, "cid": coll.cid,
-            "items": messages[start:start + batch]})
+    jobs.create_job(svc.redis, "ingest", coll.name, coll.cid, len(items), job_id=job_id,
+                    ids=[item.id for item in items], messages=messages)
+    encode_tasks.send(svc.celery, job_id, coll.name, coll.cid, messages, svc.settings.encode_batch)
     return job_id
 
 

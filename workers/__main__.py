@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
         from workers.resources import redis_client
 
         warm_up_default_models(report_start_up("query"))  # the thread pool runs in this process
-        Reaper(redis_client(), cfg).start()  # stuck jobs get their items failed (one query worker acts)
+        Reaper(redis_client(), cfg, celery=app).start()  # stuck jobs re-driven or failed (one query worker acts)
         app.worker_main(["worker", "-Q", queues.QUERY, "-P", "threads", "-c", str(args.concurrency),
                          "-n", f"query-{os.getpid()}@%h", *common])
     else:

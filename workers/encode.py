@@ -6,7 +6,10 @@ and thumbnailed in a decode pool (one thread per core), then handed to the proce
 thread (shared.encoding.model_batcher), which runs the images of all waiting tasks as one model batch
 while other tasks decode. The features are fused with their text, and each item is appended to
 its shard's log and counted in its job in one atomic step. A bad item fails alone, with a reason
-in the job's errors; a redelivered task skips the items its job already counted.
+in the job's errors; a redelivered task skips the items its job already counted, so a task
+that the stuck-job reaper sent again while its first message was only late counts nothing twice.
+Once its items are counted, the task drops their staged bytes and the encode messages their job
+kept for the reaper (shared.store.encode_tasks).
 
 Messages are acknowledged late: a worker killed mid-batch leaves its message unacknowledged and
 Redis hands it to a worker again after the visibility timeout (the tasks run in threads of the
@@ -35,7 +38,7 @@ import numpy as np
 import redis
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 
-from shared.store import catalog, jobs, keys, queues, shardlog, staging
+from shared.store import catalog, encode_tasks, jobs, keys, queues, shardlog
 from shared.runtime import logs, metrics
 from shared.errors import MMSearchError
 from shared.index.labels import shard_for
@@ -156,7 +159,6 @@ def _encode_items(task_id: str | None, job_id: str, collection: str, cid: str,
     coll = catalog.get_collection(r, collection)
     already = jobs.counted(r, job_id)
     todo = [it for it in items if it["index"] not in already]
-    staged_keys = [it["image"]["staged"] for it in items if (it.get("image") or {}).get("staged")]
     outcome = {"done": 0, "failed": 0, "skipped": len(items) - len(todo)}
     delivery = count_delivery(task_id) if todo else 1
     limit = settings().task_max_deliveries
@@ -191,7 +193,7 @@ def _encode_items(task_id: str | None, job_id: str, collection: str, cid: str,
                 else:
                     _fail(job_id, item, "internal", "encoding failed on the worker; see its log")
             outcome["failed"] += len(left)
-    staging.release(r, staged_keys)
+    encode_tasks.release(r, job_id, items)  # every item of the batch is counted now
     if task_id:
         r.delete(keys.deliveries(task_id))
     log.info("job %s: %s", job_id, outcome)

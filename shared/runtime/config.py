@@ -145,8 +145,8 @@ class Settings:
     store_thumbnails: bool = True           # MMSEARCH_STORE_THUMBNAILS (collection default)
     snapshot_every: int = 5000              # MMSEARCH_SNAPSHOT_EVERY: log entries between snapshots (at least)
     task_time_limit_s: int = 900            # MMSEARCH_TASK_TIME_LIMIT_S: hard limit of one task (visibility timeout above it)
-    task_max_deliveries: int = 3            # MMSEARCH_TASK_MAX_DELIVERIES: encode task starts before its items fail
-    job_stall_s: float = 600.0              # MMSEARCH_JOB_STALL_S: no progress this long and nothing queued: items fail
+    task_max_deliveries: int = 3            # MMSEARCH_TASK_MAX_DELIVERIES: encode task starts, and sends of an ingest's items (reaper), before they fail
+    job_stall_s: float = 600.0              # MMSEARCH_JOB_STALL_S: no progress this long and nothing queued: sent again or failed
     shard_replicas: int = 0                 # MMSEARCH_SHARD_REPLICAS: read replicas per slot that `mmsearch up` starts
     log_level: str = "INFO"                 # MMSEARCH_LOG_LEVEL
     log_tasks: bool = False                 # MMSEARCH_LOG_TASKS: Celery's line per task received and succeeded

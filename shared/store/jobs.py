@@ -9,7 +9,8 @@ Search jobs (`?async=1`) and export jobs are finished by the query worker with t
 
 Every job is also in `mms:jobs:active` until it is seen final, and records `updated_at` at each
 counted item, so the stuck-job reaper (workers.reaper) can find jobs that stopped moving and
-fail their uncounted items with a reason (`fail_uncounted`) instead of leaving them `running`.
+send their uncounted items again (an API ingest keeps their encode messages) or fail them with
+a reason (`fail_uncounted`) instead of leaving them `running`.
 """
 from __future__ import annotations
 
@@ -46,8 +47,11 @@ def new_job_id() -> str:
 
 
 def create_job(r: redis.Redis, kind: str, collection: str, cid: str, total: int,
-               job_id: str | None = None, ids: list[str] | None = None) -> str:
-    """A new job record; `ids` (item ids in index order) lets a reaped item be named."""
+               job_id: str | None = None, ids: list[str] | None = None,
+               messages: list[dict[str, Any]] | None = None) -> str:
+    """A new job record; `ids` (item ids in index order) lets a reaped item be named, and
+    `messages` (an API ingest's encode message of each item) lets the reaper send an item whose
+    task was lost again (shared.store.encode_tasks). Written in one transaction."""
     job_id = job_id or new_job_id()
     created = now()
     pipe = r.pipeline()
@@ -57,6 +61,8 @@ def create_job(r: redis.Redis, kind: str, collection: str, cid: str, total: int,
     })
     if ids:
         pipe.rpush(keys.job_ids(job_id), *ids)
+    if messages:
+        pipe.hset(keys.job_messages(job_id), mapping={m["index"]: json.dumps(m) for m in messages})
     pipe.zadd(keys.ACTIVE_JOBS, {job_id: created})
     pipe.zadd(keys.JOBS_BY_TIME, {job_id: created})
     pipe.execute()
@@ -85,13 +91,20 @@ def item_ids(r: redis.Redis, job_id: str) -> list[str | None]:
     return [i.decode() for i in r.lrange(keys.job_ids(job_id), 0, -1)]
 
 
-def fail_uncounted(r: redis.Redis, job_id: str, code: str, message: str) -> int:
-    """Count every item of the job that has no outcome yet as failed with `code`; how many."""
+def uncounted(r: redis.Redis, job_id: str) -> list[int]:
+    """Indexes of the job's items that have no outcome yet (none for an unknown job)."""
     total = r.hget(keys.job(job_id), "total")
     if total is None:
-        return 0
+        return []
     already = counted(r, job_id)
-    missing = [i for i in range(int(total)) if i not in already]
+    return [i for i in range(int(total)) if i not in already]
+
+
+def fail_uncounted(r: redis.Redis, job_id: str, code: str, message: str,
+                   indexes: list[int] | None = None) -> int:
+    """Count the items `indexes` (by default every item of the job that has no outcome yet) as
+    failed with `code`, those still without one; how many."""
+    missing = uncounted(r, job_id) if indexes is None else indexes
     if not missing:
         return 0
     ids = item_ids(r, job_id)

@@ -55,12 +55,15 @@ job_marks = _job_part("marks")
 job_ids = _job_part("ids")
 # set: the ids a delete job's owner found absent when it applied the delete
 job_not_found = _job_part("not_found")
+# hash: item index -> encode message of an API ingest's item until it is counted (the reaper
+# sends lost ones again: shared.store.encode_tasks)
+job_messages = _job_part("messages")
 
 
 def job_keys(job_id: str) -> list[str]:
     """Every key of a job's state."""
     return [job(job_id), job_items(job_id), job_errors(job_id), job_marks(job_id), job_ids(job_id),
-            job_not_found(job_id)]
+            job_not_found(job_id), job_messages(job_id)]
 
 
 # Keys named by several ids -----------------------------------------------------------------

@@ -42,6 +42,7 @@ from workers import reaper
 from workers.shard_owner import PREVIOUS, SNAPSHOT, ShardOwner
 from workers.shard_replica import ShardReplica
 from shared.runtime.stack import Stack
+from tests.support.workers import queued as queued_messages
 
 rng = np.random.default_rng(11)
 
@@ -91,12 +92,16 @@ def reaper_setup(redis_client, redis_server, tmp_path):
     return redis_client, settings, coll
 
 
-def test_the_reaper_fails_the_items_of_a_stalled_job_only(reaper_setup):
+def test_the_reaper_sends_a_stalled_ingest_again_and_fails_other_stalled_jobs(reaper_setup):
     r, settings, coll = reaper_setup
-    # Stalled: one item counted, one never will be (its message is gone).
-    stalled = jobs.create_job(r, "ingest", coll.name, coll.cid, 2, ids=["x0", "x1"])
+    # Stalled: one item counted, one never will be (its message is gone); the API kept the
+    # encode messages of its items.
+    stalled = jobs.create_job(r, "ingest", coll.name, coll.cid, 2, ids=["x0", "x1"], messages=[
+        {"index": i, "id": f"x{i}", "text": "a cat", "metadata": {}, "image": None} for i in range(2)])
     shardlog.log_item(r, coll.cid, 0, stalled, 0, LogEntry("upsert", "x0", _vector(1330)))
     r.hset(keys.shard_state(coll.cid, 0), "applied", r.xrevrange(keys.shard_log(coll.cid, 0), count=1)[0][0])
+    # Stalled with nothing kept to send again (a bulk insert that stopped): its items fail.
+    bulk = jobs.create_job(r, "ingest", coll.name, coll.cid, 1)
     # Waiting behind a backlog: its message is still queued.
     queued = jobs.create_job(r, "ingest", coll.name, coll.cid, 1, ids=["q0"])
     make_celery(settings).send_task(queues.ENCODE_ITEMS, queue=queues.ENCODE, kwargs={
@@ -114,21 +119,27 @@ def test_the_reaper_fails_the_items_of_a_stalled_job_only(reaper_setup):
     fresh = jobs.create_job(r, "ingest", coll.name, coll.cid, 1, ids=["f0"])
 
     assert reaper.reap_once(r, settings)["reaped"] == {}  # nothing is old enough yet
-    for job in (stalled, queued, held, unapplied):  # no progress for far longer than job_stall_s
+    for job in (stalled, bulk, queued, held, unapplied):  # no progress for far longer than job_stall_s
         r.hset(keys.job(job), mapping={"created_at": 1, "started_at": 1, "updated_at": 1})
         r.zadd(keys.ACTIVE_JOBS, {job: 1})
     outcome = reaper.reap_once(r, settings, now=time.time() + 5)
-    assert outcome["reaped"] == {stalled: 1} and outcome["examined"] == 4  # the fresh one is not due
-    # Those still waiting are looked at again only after another job_stall_s.
+    assert outcome["examined"] == 5  # the fresh one is not due
+    assert outcome["redriven"] == {stalled: 1} and outcome["reaped"] == {bulk: 1}
+    # The uncounted item is sent again, as the API sends it.
+    (again,) = [m for m in queued_messages(r, queues.ENCODE) if m["job_id"] == stalled]
+    assert again["_task"] == queues.ENCODE_ITEMS and again["cid"] == coll.cid
+    assert again["items"] == [{"index": 1, "id": "x1", "text": "a cat", "metadata": {}, "image": None}]
+    # Those still waiting (and the one sent again) are looked at again only after another job_stall_s.
     assert reaper.reap_once(r, settings, now=time.time() + 5)["examined"] == 0
     view = jobs.job_view(r, stalled, 60)
-    assert view["state"] == "completed_with_errors" and (view["done"], view["failed"]) == (1, 1)
-    assert view["errors"][0]["id"] == "x1" and view["errors"][0]["code"] == "stalled"
+    assert view["state"] == "running" and (view["done"], view["failed"]) == (1, 0)
+    view = jobs.job_view(r, bulk, 60)
+    assert view["state"] == "failed" and view["errors"][0]["code"] == "stalled"
     for job in (queued, held, unapplied, fresh):
         assert jobs.job_view(r, job, 60)["state"] in ("queued", "running")
     # Final jobs leave the active set; the rest stay.
     active = {j.decode() for j in r.zrange(keys.ACTIVE_JOBS, 0, -1)}
-    assert stalled not in active and {queued, held, unapplied, fresh} <= active
+    assert bulk not in active and {stalled, queued, held, unapplied, fresh} <= active
 
 
 def test_the_reaper_ends_a_stalled_async_search(reaper_setup):

@@ -1,8 +1,11 @@
-"""Workers reporting ready (shared.store.roles) for tests that run the API without them."""
+"""For tests that run the API without workers: workers reporting ready (shared.store.roles),
+and the task messages the API queued for them."""
 from __future__ import annotations
 
+import base64
+import json
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Iterator
 
 import redis
 
@@ -22,3 +25,11 @@ def reporting_ready(r: redis.Redis, roles: tuple[str, ...] = ("encode", "query")
     finally:
         for reporter in reporters:
             reporter.withdraw()
+
+
+def queued(r: redis.Redis, queue: str) -> list[dict[str, Any]]:
+    """The kwargs of the task messages waiting in a queue (kombu's Redis list, JSON bodies), in
+    the order they were sent, each with its task name (`_task`) and id (`_id`)."""
+    messages = [json.loads(raw) for raw in r.lrange(queue, 0, -1)]
+    return [json.loads(base64.b64decode(m["body"]))[1] | {"_task": m["headers"]["task"], "_id": m["headers"]["id"]}
+            for m in reversed(messages)]

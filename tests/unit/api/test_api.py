@@ -18,6 +18,7 @@ import pytest
 
 from shared.store import catalog, keys, queues, replies
 from shared.index.labels import shard_for
+from tests.support.workers import queued
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64  # the API never decodes images: any bytes do
 APP_SETTINGS = {"max_items_per_request": 5, "max_request_bytes": 64 * 1024, "max_image_bytes": 2048,
@@ -38,13 +39,6 @@ def coll(client) -> dict[str, Any]:
 
 def cid(redis_client, name: str = "photos") -> str:
     return catalog.get_collection(redis_client, name).cid
-
-
-def queued(redis_client, queue: str) -> list[dict[str, Any]]:
-    """The kwargs of the task messages waiting in a queue (kombu's Redis list, JSON bodies)."""
-    messages = [json.loads(raw) for raw in redis_client.lrange(queue, 0, -1)]
-    return [json.loads(base64.b64decode(m["body"]))[1] | {"_task": m["headers"]["task"], "_id": m["headers"]["id"]}
-            for m in reversed(messages)]
 
 
 def assert_error(resp, status: int, code: str) -> dict[str, Any]:
@@ -328,6 +322,9 @@ def test_json_ingest_stages_and_enqueues_in_batches(client, coll, redis_client):
     assert items[0]["image"] == {"staged": staged_key} and items[0]["text"] == "a cat"
     assert items[1]["image"] == {"url": "https://example.org/b.jpg"} and items[1]["metadata"] == {"src": "web"}
     assert items[2]["image"] is None and items[2]["metadata"] == {}
+    # The job keeps each item's message until it is counted, for the reaper to send it again.
+    kept = redis_client.hgetall(keys.job_messages(body["job_id"]))
+    assert {int(index): json.loads(raw) for index, raw in kept.items()} == {it["index"]: it for it in items}
 
     job = client.get(body["status_url"]).json
     assert (job["kind"], job["state"], job["total"], job["done"], job["failed"]) == ("ingest", "queued", 3, 0, 0)
