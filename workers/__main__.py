@@ -94,13 +94,14 @@ def main(argv: list[str] | None = None) -> None:
     enc = sub.add_parser("encode", help="encode items (queue 'encode')")
     enc.add_argument("-c", "--concurrency", type=int, default=None,
                      help="encode tasks in flight (threads; default: enough to keep two model batches queued)")
-    shard = sub.add_parser("shard", help="own one shard slot (its request list, mmsearch:slot:<slot>:searches)")
+    shard = sub.add_parser("shard", help="own shard slots (each slot's logs and request list mms:searches:<slot>)")
     shard.add_argument("--slot", type=int, default=None,
-                       help="slot to own or replicate (default: the first free slot; for a replica, "
+                       help="the one slot to own or replicate (default: every free slot up to "
+                            "MMSEARCH_SHARD_MAX_SLOTS, and those whose owner dies later; for a replica, "
                             "the slot with the fewest replicas)")
     shard.add_argument("--replica", action="store_true",
                        help="a read replica: follow the slot's logs and answer its searches, never write")
-    shard.add_argument("-c", "--concurrency", type=int, default=4, help="search threads")
+    shard.add_argument("-c", "--concurrency", type=int, default=4, help="request threads per slot")
     query = sub.add_parser("query", help="encode and fan out searches (queue 'query')")
     query.add_argument("-c", "--concurrency", type=int, default=8, help="query threads")
     args = parser.parse_args(argv)

@@ -1,14 +1,16 @@
 """Renewed leases on shard slots: one owner per slot, and any number of read replicas.
 
 The owner holds `mms:owner:<slot>` with a short expiry and renews it every second; a killed
-owner's lease lapses within `LEASE_MS` and a restarted (or standby) process takes it over. An
-owner that finds its lease taken by someone else stops at once rather than write beside them.
+owner's lease lapses within `LEASE_MS` and a restarted process, or a live one with room for
+another slot (workers.slot_keeper), takes it over. An owner that finds its lease taken by
+someone else stops renewing it and sets `taken`, and its process gives the slot up rather than
+write beside them.
 
 While Redis is unreachable nothing can be renewed: `held()` turns false `LEASE_MS` after the
 last successful renewal, and the owner stops writing (no snapshots, no log trims, no published
 positions) until it renews again; it keeps answering searches from memory. When Redis is back
 (e.g. restarted from its AOF, where the lease has expired meanwhile) the owner takes its
-expired lease back if nobody else took the slot, else it exits.
+expired lease back if nobody else took the slot, else it gives the slot up.
 
 A read replica holds `mms:replica:<slot>:<n>` (the first free n) the same way, so the API and
 the query workers see the slot served while its owner is down; a replica never exits over its
@@ -22,7 +24,6 @@ import socket
 import threading
 import time
 import uuid
-from typing import Callable, Iterable, TypeVar
 
 import redis
 
@@ -65,6 +66,7 @@ class SlotLease:
         self._valid_until = 0.0
         self._unreachable = False
         self.retaken = 0  # times the lease was taken back after it had lapsed
+        self.taken = threading.Event()  # set once another process was found holding it
 
     def try_acquire(self) -> bool:
         """Take the lease if nobody holds it; whether it is now ours."""
@@ -106,8 +108,10 @@ class SlotLease:
         return True
 
     def lost(self) -> None:
-        log.critical("slot %d: lease lost to another owner; exiting", self.slot)
-        os._exit(3)
+        """Another process holds the lease: stop renewing it and say so (`taken`)."""
+        log.critical("slot %d: lease lost to another owner; giving the slot up", self.slot)
+        self._stop.set()
+        self.taken.set()
 
     def _renew_forever(self) -> None:
         while not self._stop.wait(RENEW_S):
@@ -140,35 +144,19 @@ class ReplicaLease(SlotLease):
         log.error("slot %d: no free replica lease (at most %d replicas per slot)", self.slot, MAX_REPLICAS)
 
 
-L = TypeVar("L", bound=SlotLease)
-
-
-def _claim_first_free(leases: Callable[[], Iterable[L]], waiting: str, poll_s: float) -> L:
-    """Wait until one of `leases()` (offered again on each round, in order) can be taken; take it,
-    keep it renewed and return it. `waiting` is logged once when a round finds none free."""
+def claim_replica(r: redis.Redis, slots: int, wanted: int | None = None, poll_s: float = 0.5) -> ReplicaLease:
+    """Wait for and take a replica lease on slot `wanted`, or on the slot with the fewest
+    replicas (the first free replica number n, slots in order for each n); keep it renewed."""
+    candidates = [wanted] if wanted is not None else list(range(slots))
     announced = False
     while True:
-        for lease in leases():
-            if lease.try_acquire():
-                lease.start_renewing()
-                return lease
+        for n in range(MAX_REPLICAS):
+            for slot in candidates:
+                lease = ReplicaLease(r, slot, keys.slot_replica(slot, n))
+                if lease.try_acquire():
+                    lease.start_renewing()
+                    return lease
         if not announced:
-            log.info("%s; waiting for one", waiting)
+            log.info("every replica lease of slots %s is taken; waiting for one", candidates)
             announced = True
         time.sleep(poll_s)
-
-
-def claim_slot(r: redis.Redis, slots: int, wanted: int | None = None, poll_s: float = 0.5) -> SlotLease:
-    """Wait for and take the lease of slot `wanted`, or of the first free slot."""
-    candidates = [wanted] if wanted is not None else list(range(slots))
-    return _claim_first_free(lambda: (SlotLease(r, slot) for slot in candidates),
-                             f"no free shard slot among {candidates}", poll_s)
-
-
-def claim_replica(r: redis.Redis, slots: int, wanted: int | None = None, poll_s: float = 0.5) -> ReplicaLease:
-    """Take a replica lease on slot `wanted`, or on the slot with the fewest replicas (the
-    first free replica number n, slots in order for each n)."""
-    candidates = [wanted] if wanted is not None else list(range(slots))
-    return _claim_first_free(lambda: (ReplicaLease(r, slot, keys.slot_replica(slot, n))
-                                      for n in range(MAX_REPLICAS) for slot in candidates),
-                             f"every replica lease of slots {candidates} is taken", poll_s)

@@ -1,8 +1,10 @@
 """Shard workers (the slot's request list): searches of the slot's shards, item look-ups and pages.
 
-`python -m workers shard [--slot N]` takes the lease of a slot, loads its shards (snapshot +
-log replay) and then serves: `concurrency` request threads pop the slot's requests until
-SIGTERM or SIGINT, while the owner's applier thread keeps the indexes up to date with the logs.
+`python -m workers shard` takes the lease of every free slot up to `MMSEARCH_SHARD_MAX_SLOTS`
+(and of slots whose owner died later on, workers.slot_keeper; `--slot N`: slot N alone), loads
+each slot's shards (snapshot + log replay) and then serves it: `concurrency` request threads per
+slot pop the slot's requests until SIGTERM or SIGINT, while the slot owner's applier thread keeps
+the indexes up to date with the logs.
 
 `python -m workers shard --replica [--slot N]` runs a read replica of a slot (the slot with the
 fewest replicas by default): it loads the owner's snapshots from the same `MMSEARCH_DATA_DIR`,
@@ -33,6 +35,7 @@ loaded here]}}`; each is `{"error"}` when it failed here.
 from __future__ import annotations
 
 import base64
+import functools
 import heapq
 import itertools
 import logging
@@ -51,13 +54,13 @@ from shared.store.serializers import vector_from_b64
 from shared.store.streamids import at_least
 from workers.item_pages import shard_page
 from workers.resources import redis_client, settings
-from workers.shard_owner import ShardOwner
 from workers.slot_follower import SlotFollower
 
 log = logging.getLogger(__name__)
 
 WAIT_POLL_S = 0.01
 POP_TIMEOUT_S = 1.0  # a request thread's blocking pop; it sees a stop this late at most
+CATCH_UP_SAY_S = 10.0  # a slot's replay in progress is logged this often
 SEARCH_THREADS = 4  # per process: the other shards of a slot message are searched on these
 
 _search_pool = ThreadPoolExecutor(SEARCH_THREADS, thread_name_prefix="shard-search")
@@ -241,35 +244,53 @@ def serve_slot_requests(own: SlotFollower, stop: threading.Event) -> None:
             log.exception("slot %d: a request failed", slot)
 
 
-def run(slot: int | None, concurrency: int, replica: bool = False) -> None:
-    """Claim a slot (or a replica lease on one), load its shards, then serve its requests until
-    SIGTERM or SIGINT."""
-    from workers.lease import claim_replica, claim_slot
-    from workers.shard_replica import ShardReplica
-
-    cfg = settings()
-    if replica:
-        lease = claim_replica(redis_client(), cfg.shard_slots, slot)
-        log.info("read replica of shard slot %d of %d (%s)", lease.slot, cfg.shard_slots, lease.key)
-        own: SlotFollower = ShardReplica(lease.slot, cfg, redis_client(), lease=lease)
-    else:
-        lease = claim_slot(redis_client(), cfg.shard_slots, slot)
-        log.info("owning shard slot %d of %d", lease.slot, cfg.shard_slots)
-        own = ShardOwner(lease.slot, cfg, redis_client(), lease=lease)
-    own.start()
-    # Serve only once the logs were replayed to their end, so no search sees a half-loaded shard.
+def serve_slot(own: SlotFollower, stop: threading.Event, concurrency: int) -> None:
+    """Once `own` has replayed the logs to their end (so that no search sees a half-loaded
+    shard), answer its slot's requests on `concurrency` threads until `stop` is set."""
     started = time.monotonic()
-    while not own.caught_up.wait(10):
-        log.info("slot %d: still replaying the logs (%.0f s)", lease.slot, time.monotonic() - started)
-    log.info("slot %d: caught up with the logs in %.1f s", lease.slot, time.monotonic() - started)
+    while not own.caught_up.wait(CATCH_UP_SAY_S):
+        if stop.is_set():
+            return
+        log.info("slot %d: still replaying the logs (%.0f s)", own.slot, time.monotonic() - started)
+    log.info("slot %d: caught up with the logs in %.1f s", own.slot, time.monotonic() - started)
+    for i in range(concurrency):
+        threading.Thread(target=serve_slot_requests, args=(own, stop), daemon=True,
+                         name=f"slot-{own.slot}-requests-{i}").start()
+
+
+def _until_signalled() -> None:
+    """Return on SIGTERM or SIGINT."""
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    for i in range(concurrency):
-        threading.Thread(target=serve_slot_requests, args=(own, stop), daemon=True,
-                         name=f"slot-requests-{i}").start()
+    stop.wait()
+
+
+def run(slot: int | None, concurrency: int, replica: bool = False) -> None:
+    """Own every free slot up to the cap (`--slot N`: slot N; workers.slot_keeper), or hold a
+    replica lease on one slot; serve until SIGTERM or SIGINT."""
+    from workers.lease import claim_replica
+    from workers.shard_replica import ShardReplica
+    from workers.slot_keeper import SlotKeeper
+
+    cfg = settings()
+    serve = functools.partial(serve_slot, concurrency=concurrency)
+    if not replica:
+        keeper = SlotKeeper(redis_client(), cfg, serve, slot)
+        keeper.start()
+        try:
+            _until_signalled()
+        finally:
+            keeper.stop()
+        return
+    lease = claim_replica(redis_client(), cfg.shard_slots, slot)
+    log.info("read replica of shard slot %d of %d (%s)", lease.slot, cfg.shard_slots, lease.key)
+    own = ShardReplica(lease.slot, cfg, redis_client(), lease=lease)
+    own.start()
+    stop = threading.Event()  # the replica's request threads
+    serve(own, stop)
     try:
-        stop.wait()
+        _until_signalled()
     finally:
         stop.set()
         own.stop()

@@ -46,8 +46,14 @@ REFRESH_S = 1.0
 RETRY_REFUSED_S = 30.0  # a shard that could not be rebuilt is tried again this often
 SNAPSHOT, PREVIOUS = "snapshot.bin", "snapshot.prev.bin"
 PENDING = "snapshot.new.bin"  # complete and verified, not yet rotated in (a crash between two renames)
+SNAPSHOT_FILES = (SNAPSHOT, PENDING, PREVIOUS)  # in the order a load tries them
 
 ShardKey = tuple[str, int]
+
+
+def shard_dir(settings: Settings, cid: str, shard: int) -> Path:
+    """Where the snapshots of shard `shard` of collection `cid` live."""
+    return settings.data_dir / "shards" / cid / str(shard)
 
 
 class ShardState:
@@ -111,14 +117,14 @@ class SlotFollower(ABC):
         return slot_for_shard(shard, self.settings.shard_slots) == self.slot
 
     def shard_dir(self, cid: str, shard: int) -> Path:
-        return self.settings.data_dir / "shards" / cid / str(shard)
+        return shard_dir(self.settings, cid, shard)
 
     def _load(self, coll: Collection, shard: int) -> ShardState:
         """The newest verified snapshot that the log can continue, else an empty index when the
         log was never trimmed; Unrecoverable otherwise."""
         directory = self.shard_dir(coll.cid, shard)
         trimmed = shardlog.trimmed_before(self.r, coll.cid, shard)
-        for name in (SNAPSHOT, PENDING, PREVIOUS):
+        for name in SNAPSHOT_FILES:
             path = directory / name
             if not path.exists():
                 continue

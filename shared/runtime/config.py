@@ -148,6 +148,7 @@ class Settings:
     task_max_deliveries: int = 3            # MMSEARCH_TASK_MAX_DELIVERIES: encode task starts, and sends of an ingest's items (reaper), before they fail
     job_stall_s: float = 600.0              # MMSEARCH_JOB_STALL_S: no progress this long and nothing queued: sent again or failed
     shard_replicas: int = 0                 # MMSEARCH_SHARD_REPLICAS: read replicas per slot that `mmsearch up` starts
+    shard_max_slots: int = 0                # MMSEARCH_SHARD_MAX_SLOTS: slots one shard process without --slot owns (0: all)
     log_level: str = "INFO"                 # MMSEARCH_LOG_LEVEL
     log_tasks: bool = False                 # MMSEARCH_LOG_TASKS: Celery's line per task received and succeeded
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -206,9 +207,16 @@ class Settings:
             task_max_deliveries=max(1, _int(env, "MMSEARCH_TASK_MAX_DELIVERIES", d.task_max_deliveries)),
             job_stall_s=max(1.0, _float(env, "MMSEARCH_JOB_STALL_S", d.job_stall_s)),
             shard_replicas=max(0, _int(env, "MMSEARCH_SHARD_REPLICAS", d.shard_replicas)),
+            shard_max_slots=max(0, _int(env, "MMSEARCH_SHARD_MAX_SLOTS", d.shard_max_slots)),
             log_level=_str(env, "MMSEARCH_LOG_LEVEL", d.log_level).upper(),
             log_tasks=_bool(env, "MMSEARCH_LOG_TASKS", d.log_tasks),
         )
+
+    @property
+    def slots_per_shard_process(self) -> int:
+        """Slots that one shard process without `--slot` owns at most (MMSEARCH_SHARD_MAX_SLOTS,
+        0 or more than there are: every slot)."""
+        return min(self.shard_max_slots or self.shard_slots, self.shard_slots)
 
     @property
     def exports_path(self) -> Path:

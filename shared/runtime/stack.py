@@ -1,8 +1,8 @@
 """Runs the whole stack on one machine from the Procfile (what `make up` starts).
 
-Each Procfile role runs as its own process group (shard workers `MMSEARCH_SHARDS` times, and
-`MMSEARCH_SHARD_REPLICAS` read replicas per slot); the embedded Redis is started first and
-waited for when no `REDIS_URL` is set. Ctrl-C (or SIGTERM) stops the workers gracefully (SIGTERM
+Each Procfile role runs as its own process group (shard workers `MMSEARCH_SHARDS` times, each
+owning one slot, and `MMSEARCH_SHARD_REPLICAS` read replicas per slot); the embedded Redis is
+started first and waited for when no `REDIS_URL` is set. Ctrl-C (or SIGTERM) stops the workers gracefully (SIGTERM
 to each process: an encode or query worker's Celery warm shutdown finishes the task in hand, a
 shard owner stops serving its slot's requests and snapshots), then Redis, so the next start loads what this one had. The end-to-end tests drive the same class
 to start, kill and restart single processes.
@@ -70,18 +70,24 @@ class Stack:
     def api_url(self) -> str:
         return f"http://{self.settings.host}:{self.settings.port}"
 
+    def command(self, name: str) -> str:
+        """The command of process `name`: its role's. `shard.<n>` owns and `replica.<n>` follows
+        slot (n - 1) mod MMSEARCH_SHARDS alone, restarted or not (one process per slot); a bare
+        `shard` takes every free slot, as under honcho (workers.slot_keeper)."""
+        role, _, n = name.partition(".")
+        command = self.roles[role]
+        if role in ("shard", "replica") and n:
+            command += f" --slot {(int(n) - 1) % self.settings.shard_slots}"
+        return command
+
     def start_process(self, name: str) -> subprocess.Popen:
         """Start (or restart) the process `name` = `<role>` or `<role>.<n>`."""
-        role = name.split(".")[0]
         out = None
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             out = open(self.log_dir / f"{name}.log", "ab")
         self._forget(name)
-        command = self.roles[role]
-        if role == "replica":  # replica.<n> follows slot (n - 1) mod MMSEARCH_SHARDS, restarted or not
-            command += f" --slot {(int(name.split('.')[1]) - 1) % self.settings.shard_slots}"
-        proc = subprocess.Popen(["bash", "-c", f"exec {command}"], cwd=ROOT, env=self.env,
+        proc = subprocess.Popen(["bash", "-c", f"exec {self.command(name)}"], cwd=ROOT, env=self.env,
                                 stdout=out, stderr=subprocess.STDOUT if out else None,
                                 start_new_session=True)
         self.procs[name] = proc
@@ -118,16 +124,20 @@ class Stack:
         names += [f"replica.{i + 1}" for i in range(self.settings.shard_slots * self.settings.shard_replicas)]
         return names
 
-    def start(self) -> None:
-        try:
-            self.settings.refuse_open_listen()
-        except ValueError as exc:
-            raise SystemExit(str(exc)) from None
+    def start_redis(self) -> None:
+        """Start the embedded Redis (without `REDIS_URL`) and wait until it answers."""
         if not self.settings.redis_url:
             from shared.runtime.embedded_redis import wait_until_up
             from shared.runtime.redis_conn import embedded_port
 
             wait_until_up(embedded_port(self.env), proc=self.start_process("redis"), data_dir=self.settings.data_dir)
+
+    def start(self) -> None:
+        try:
+            self.settings.refuse_open_listen()
+        except ValueError as exc:
+            raise SystemExit(str(exc)) from None
+        self.start_redis()
         for name in self.names():
             self.start_process(name)
 

@@ -1,11 +1,12 @@
-"""docker-compose.yml cannot run here (no Docker engine): check it against the Procfile."""
+"""docker-compose.yml cannot run here (no Docker engine): check it against the Procfile, and the
+stack's shard processes against their slots."""
 import shlex
 
 import pytest
 import yaml
 
 from shared.runtime.config import Settings
-from shared.runtime.stack import PROCFILE, ROOT, read_procfile
+from shared.runtime.stack import PROCFILE, ROOT, Stack, read_procfile
 
 
 def _program(command: str) -> list[str]:
@@ -61,3 +62,12 @@ def test_without_api_keys_only_loopback_is_allowed():
     Settings(host="0.0.0.0", api_keys=("k",)).refuse_open_listen()
     with pytest.raises(ValueError, match="loopback"):
         Settings(host="0.0.0.0").refuse_open_listen()
+
+
+def test_the_stack_pins_each_shard_process_to_its_slot_and_a_bare_one_takes_every_slot():
+    stack = Stack({"MMSEARCH_SHARDS": "2"})
+    procfile = read_procfile(PROCFILE)
+    assert [stack.command(f"shard.{n}") for n in (1, 2)] == [procfile["shard"] + f" --slot {s}" for s in (0, 1)]
+    assert stack.command("replica.3") == "python -m workers shard --replica --slot 0"
+    assert stack.command("shard") == procfile["shard"]  # as `honcho start` runs it (workers.slot_keeper)
+    assert "--slot" not in procfile["shard"]
