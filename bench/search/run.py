@@ -88,18 +88,19 @@ def run(svc: Service, plan: Plan) -> Results:
             found = svc.find_collection(name)
             if found is None:
                 created = svc.create_collection(name, shards)
-                if (created.get("precision"), created.get("encoder_setting")) != (precision, setting):
-                    raise RuntimeError(f"{name} got precision {created.get('precision')} and encoder setting "
-                                       f"{created.get('encoder_setting')}, the queries here use {precision} and {setting}")
+                got = (created.get("precision"), created.get("encoder_setting"))
+                if got != (precision, setting):
+                    raise RuntimeError(f"{name} got precision and encoder setting {got}, the queries here use "
+                                       f"{(precision, setting)}")
                 svc.search(svc.session, name, text=CLASS_WORDS[0], k=K)
                 rss_before = svc.shard_rss()
                 fill_s = fill(svc, name, synthetic, syn_ids, metadata, photos, plan.max_minutes * 60, note)
                 filled = {"fill_s": round(fill_s, 1), "items_per_s": round(n / fill_s, 1)}
             else:
-                if (found["shards"], found.get("precision"), found.get("encoder_setting")) != (shards, precision, setting):
-                    raise RuntimeError(f"{name} in the data dir has {found['shards']} shards, precision "
-                                       f"{found.get('precision')} and encoder setting {found.get('encoder_setting')}, "
-                                       f"not {shards}, {precision} and {setting}")
+                got = (found["shards"], found.get("precision"), found.get("encoder_setting"))
+                if got != (shards, precision, setting):
+                    raise RuntimeError(f"{name} in the data dir has shards, precision and encoder setting {got}, "
+                                       f"not {(shards, precision, setting)}")
                 note(f"{name}: found in the data dir with {found['count']:,} of {n:,} items; not filled again")
                 rss_before = {worker: 0 for worker in svc.shard_rss()}  # loaded at start: no empty figure
                 resume(svc, name, synthetic, syn_ids, metadata, photos, plan.max_minutes * 60, note)
