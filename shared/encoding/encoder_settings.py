@@ -38,6 +38,7 @@ LEGACY_ENCODER_SETTING = "v1"  # what a collection record or an export without t
 
 
 def unknown_setting_message(name: object) -> str:
+    """What refusing the setting `name` says: the names this server knows."""
     return f"encoder_setting must be one of {', '.join(ENCODER_SETTINGS)}; got {name!r}"
 
 
