@@ -1,7 +1,7 @@
 """Retrieval-quality benchmark: `python -m bench.quality [--quick]` (the quick run takes a few
 minutes on 2 CPU cores).
 
-Five measurements, each printed as a table; the last line of output is one JSON object with
+Six measurements, each printed as a table; the last line of output is one JSON object with
 the headline figures and the settings chosen. ConSE and SIF take the values of the encoder
 setting new collections get (MMSEARCH_ENCODER_SETTING) where a measurement does not vary them.
 
@@ -20,6 +20,9 @@ setting new collections get (MMSEARCH_ENCODER_SETTING) where a measurement does 
    pooling, with and without common-component removal.
 5. hnswlib: recall@10 of `shared.index.shard_index.ShardIndex` at its defaults against exact search,
    on fused vectors of real features replicated with noise.
+6. Captions first: an item's own caption as a text query, and with an edited copy of its photo
+   as a fused query (top-1), and word queries (P@10), for caption/ConSE mixes from 0 to 1.0
+   (bench.quality.captions_first).
 """
 from __future__ import annotations
 
@@ -35,6 +38,7 @@ import numpy as np
 from bench.datasets import cifar_photos, note, opencv_photos, wallpapers
 from bench.photos import Photo, foolbox_photos, skimage_photos
 from bench.quality import SEED, TEXT_MODEL
+from bench.quality.captions_first import captions_first
 from bench.quality.crossmodal import crossmodal
 from bench.quality.features import SIZE, Encoded, encode_images
 from bench.quality.hnsw import hnsw_recall
@@ -132,6 +136,12 @@ def main(argv: list[str] | None = None) -> None:
                          conse.vectors(np.concatenate([b.probs for b in bases])), n_items, n_queries)
     if recall is not None:
         summary.update(hnsw_recall10=recall["image+text"], hnsw=recall)
+
+    print(f"\n== 6. captions first: caption/ConSE mixes (efficientnet_lite0, ConSE and SIF of {setting_name})")
+    first = captions_first(lite0, items, encoded, text, shipped)
+    at_shipped = first["mixes"].get(f"{shipped.caption_conse_mix:g}", {}).get("mean", {})
+    summary.update(captions_first_mix=first["chosen_mix"], caption_top1=at_shipped.get("caption_top1"),
+                   fused_top1=at_shipped.get("fused_top1"), captions_first=first)
 
     summary["seconds"] = round(time.perf_counter() - started, 1)
     print(f"\ntotal {summary['seconds']} s")
