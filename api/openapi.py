@@ -18,6 +18,7 @@ from api.validation.job_listing import DEFAULT_JOBS_PAGE, JOB_KINDS, JOB_STATES,
 from api.validation.listing import DEFAULT_FIELDS, DEFAULT_PAGE, LIST_FIELDS, MAX_PAGE
 from shared.store import catalog
 from shared.runtime.config import Settings
+from shared.encoding.encoder_settings import ENCODER_SETTINGS
 from shared.encoding.precision import PRECISIONS
 
 bp = Blueprint("openapi", __name__)
@@ -119,6 +120,11 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
             "precision": nullable({"type": "string", "enum": ["auto", *PRECISIONS], "default": settings.precision,
                                    "description": "Image model precision, fixed for the collection's life: "
                                                   "auto picks bf16 where the host has bf16 matrix units (NVIDIA GPU, AMX CPU), else fp32."}),
+            "encoder_setting": nullable({"type": "string", "enum": list(ENCODER_SETTINGS),
+                                         "default": settings.encoder_setting,
+                                         "description": "The versioned values that shape the stored vectors "
+                                                        "(caption/ConSE mix, ConSE, SIF), fixed for the "
+                                                        "collection's life; see docs/api.md."}),
         }, ("name",)),
         "Collection": obj({
             "name": {"type": "string"}, "shards": {"type": "integer"}, "image_model": {"type": "string"},
@@ -127,6 +133,8 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
             "count": {"type": "integer", "description": "Searchable items."},
             "store_thumbnails": {"type": "boolean"}, "created_at": {"type": "number"},
             "precision": {"type": "string", "enum": list(PRECISIONS)},
+            "encoder_setting": {"type": "string", "description": "The collection's encoder setting (v1 for "
+                                                                 "collections from before settings existed)."},
         }, ("name", "shards", "image_model", "text_model", "dims", "count", "created_at")),
         "CollectionList": obj({"collections": {"type": "array", "items": ref("Collection")}}, ("collections",)),
         "CollectionDeleted": obj({"deleted": {"type": "string"}}, ("deleted",)),

@@ -61,7 +61,7 @@ def anchors(which: str) -> np.ndarray | None:
     from shared.runtime.config import Settings
 
     settings = Settings.from_env()
-    encoder = collection_encoder(settings.image_model, settings.text_model, "fp32")
+    encoder = collection_encoder(settings.image_model, settings.text_model, "fp32", settings.encoder_setting)
     return encode_photos(encoder, cifar_photos() + opencv_photos() + wallpapers())
 
 

@@ -128,9 +128,9 @@ class Client:
 
     def create_collection(self, name: str, shards: int | None = None, image_model: str | None = None,
                           text_model: str | None = None, store_thumbnails: bool | None = None,
-                          precision: str | None = None) -> dict[str, Any]:
+                          precision: str | None = None, encoder_setting: str | None = None) -> dict[str, Any]:
         body = {"name": name, "shards": shards, "image_model": image_model, "text_model": text_model,
-                "store_thumbnails": store_thumbnails, "precision": precision}
+                "store_thumbnails": store_thumbnails, "precision": precision, "encoder_setting": encoder_setting}
         return self._json("POST", "/v1/collections", json={k: v for k, v in body.items() if v is not None})
 
     def collections(self) -> list[dict[str, Any]]:

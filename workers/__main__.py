@@ -32,7 +32,8 @@ def warm_up_default_models(reporter: RoleReporter) -> None:
     cfg = settings()
     started = time.monotonic()
     try:
-        collection_encoder(cfg.image_model, cfg.text_model, resolve_precision(None, cfg.precision)).warm_up(progress)
+        collection_encoder(cfg.image_model, cfg.text_model, resolve_precision(None, cfg.precision),
+                           cfg.encoder_setting).warm_up(progress)
     except Exception:  # a model that cannot load fails its items later, with a clear reason
         log.exception("could not preload the default models")
     log.info("%s: models ready in %.1f s", reporter.role, time.monotonic() - started)

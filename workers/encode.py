@@ -89,7 +89,7 @@ def _encode_and_log(job_id: str, coll: catalog.Collection, todo: list[dict[str, 
     from shared.encoding.encoders import collection_encoder
 
     r = redis_client()
-    encoder = collection_encoder(coll.image_model, coll.text_model, coll.precision)
+    encoder = collection_encoder(coll.image_model, coll.text_model, coll.precision, coll.encoder_setting)
     decoded = list(_decoders.map(lambda item: _decode(item, encoder, coll.store_thumbnails), todo))
     ready, images = [], []
     for item, image in zip(todo, decoded):

@@ -46,7 +46,8 @@ def encode(coll: Collection, rgb: np.ndarray | None, text: str | None,
     from shared.encoding.encoders import collection_encoder
 
     try:
-        fused = collection_encoder(coll.image_model, coll.text_model, coll.precision).query(rgb, text, weights)
+        fused = collection_encoder(coll.image_model, coll.text_model, coll.precision,
+                                   coll.encoder_setting).query(rgb, text, weights)
     except ValueError as exc:
         raise SearchRefused("invalid_request", str(exc)) from exc
     return {"image_dim": fused.image_dim, "text_dim": len(fused.vector) - fused.image_dim,

@@ -5,10 +5,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from api.validation.common import invalid, is_int_in, only_fields
+from shared.encoding.encoder_settings import ENCODER_SETTINGS, unknown_setting_message
 from shared.encoding.precision import PRECISIONS
 from shared.store import catalog
 
-COLLECTION_FIELDS = frozenset({"name", "shards", "image_model", "text_model", "store_thumbnails", "precision"})
+COLLECTION_FIELDS = frozenset({"name", "shards", "image_model", "text_model", "store_thumbnails", "precision",
+                               "encoder_setting"})
 
 
 @dataclass(frozen=True)
@@ -19,6 +21,7 @@ class NewCollection:
     text_model: str | None
     store_thumbnails: bool | None
     precision: str | None
+    encoder_setting: str | None
 
 
 def _optional_str(body: dict[str, Any], field: str) -> str | None:
@@ -42,5 +45,8 @@ def parse_new_collection(body: dict[str, Any]) -> NewCollection:
     precision = _optional_str(body, "precision")
     if precision is not None and precision not in ("auto", *PRECISIONS):
         raise invalid(f"precision must be one of auto, {', '.join(PRECISIONS)}", field="precision")
+    setting = body.get("encoder_setting")
+    if setting is not None and (not isinstance(setting, str) or setting not in ENCODER_SETTINGS):
+        raise invalid(unknown_setting_message(setting), field="encoder_setting")
     return NewCollection(name, shards, _optional_str(body, "image_model"),
-                         _optional_str(body, "text_model"), thumbnails, precision)
+                         _optional_str(body, "text_model"), thumbnails, precision, setting)

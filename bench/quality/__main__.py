@@ -1,8 +1,9 @@
 """Retrieval-quality benchmark: `python -m bench.quality [--quick]` (the quick run takes a few
 minutes on 2 CPU cores).
 
-Five measurements, each printed as a table; the last line of output is one JSON object with
-the headline figures and the settings chosen.
+Six measurements, each printed as a table; the last line of output is one JSON object with
+the headline figures and the settings chosen. ConSE and SIF take the values of the encoder
+setting new collections get (MMSEARCH_ENCODER_SETTING) where a measurement does not vary them.
 
 1. Near-duplicates. Every photo (foolbox, scikit-image, opencv-doc, one size per Plasma
    wallpaper) gets N seeded variants, each a +-8 degree rotation, a 50-85% crop, maybe a
@@ -19,6 +20,9 @@ the headline figures and the settings chosen.
    pooling, with and without common-component removal.
 5. hnswlib: recall@10 of `shared.index.shard_index.ShardIndex` at its defaults against exact search,
    on fused vectors of real features replicated with noise.
+6. Captions first: an item's own caption as a text query, and with an edited copy of its photo
+   as a fused query (top-1), and word queries (P@10), for caption/ConSE mixes from 0 to 1.0
+   (bench.quality.captions_first).
 """
 from __future__ import annotations
 
@@ -34,15 +38,18 @@ import numpy as np
 from bench.datasets import cifar_photos, note, opencv_photos, wallpapers
 from bench.photos import Photo, foolbox_photos, skimage_photos
 from bench.quality import SEED, TEXT_MODEL
+from bench.quality.captions_first import captions_first
 from bench.quality.crossmodal import crossmodal
 from bench.quality.features import SIZE, Encoded, encode_images
 from bench.quality.hnsw import hnsw_recall
 from bench.quality.neardup import neardup
 from bench.quality.paraphrase import paraphrases
-from shared.encoding.conse import ConSE, class_vectors, imagenet_class_names, imagenet_hypernyms
+from shared.encoding.conse import ConSE, imagenet_class_vectors
+from shared.encoding.encoder_settings import encoder_setting
 from shared.encoding.imagedecode import decode_image, resize_for_model
 from shared.encoding.text_encoder import create_text_model
 from shared.errors import ModelUnavailableError
+from shared.runtime.config import get_settings
 
 if TYPE_CHECKING:
     from shared.encoding.image_models import ImageModel
@@ -83,7 +90,9 @@ def main(argv: list[str] | None = None) -> None:
     variants = 4 if args.quick else 10
     n_items, n_queries = (20_000, 200) if args.quick else (20_000, 1000)
     photos = collect_photos()
-    summary: dict[str, Any] = {"quick": args.quick}
+    setting_name = get_settings().encoder_setting
+    shipped = encoder_setting(setting_name)
+    summary: dict[str, Any] = {"quick": args.quick, "encoder_setting": setting_name}
 
     neardup_by_model: dict[str, dict[str, dict[str, float]]] = {}
     lite0: ImageModel | None = None
@@ -109,8 +118,8 @@ def main(argv: list[str] | None = None) -> None:
     items, rgbs = [items[i] for i in order], [rgbs[i] for i in order]
     encoded = encode_images(lite0, rgbs)
     print(f"  encoded {len(items)} gallery images in {time.perf_counter() - t0:.0f} s")
-    text = create_text_model(TEXT_MODEL)
-    cross = crossmodal(items, encoded.probs, text)
+    text = create_text_model(TEXT_MODEL, shipped.sif_a)
+    cross = crossmodal(items, encoded.probs, text, shipped)
     summary.update(crossmodal_p10=cross["p10"], crossmodal_map=cross["map"],
                    crossmodal_r_precision=cross["r_precision"], crossmodal_p10_cap=cross["p10_cap"],
                    conse_top_k=cross["chosen_top_k"], conse_temperature=cross["chosen_temperature"],
@@ -121,13 +130,18 @@ def main(argv: list[str] | None = None) -> None:
     summary.update(paraphrase_p1=para["sif + common-component removal"]["p1"], paraphrase=para)
 
     print("\n== 5. hnswlib recall@10 of ShardIndex at its defaults vs exact search")
-    conse = ConSE(class_vectors(text, imagenet_class_names(), imagenet_hypernyms()),
-                  cross["chosen_top_k"], cross["chosen_temperature"])
+    conse = ConSE(imagenet_class_vectors(text, shipped), cross["chosen_top_k"], cross["chosen_temperature"])
     bases = [encoded] + variant_encodings  # gallery photos and the near-duplicate variants
     recall = hnsw_recall(np.concatenate([b.features for b in bases]),
                          conse.vectors(np.concatenate([b.probs for b in bases])), n_items, n_queries)
     if recall is not None:
         summary.update(hnsw_recall10=recall["image+text"], hnsw=recall)
+
+    print(f"\n== 6. captions first: caption/ConSE mixes (efficientnet_lite0, ConSE and SIF of {setting_name})")
+    first = captions_first(lite0, items, encoded, text, shipped)
+    at_shipped = first["mixes"].get(f"{shipped.caption_conse_mix:g}", {}).get("mean", {})
+    summary.update(captions_first_mix=first["chosen_mix"], caption_top1=at_shipped.get("caption_top1"),
+                   fused_top1=at_shipped.get("fused_top1"), captions_first=first)
 
     summary["seconds"] = round(time.perf_counter() - started, 1)
     print(f"\ntotal {summary['seconds']} s")

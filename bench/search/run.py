@@ -47,9 +47,10 @@ def run(svc: Service, plan: Plan) -> Results:
     dims = check_models(settings, settings.image_model, settings.text_model)
     # As the API resolves it for a new collection; fp32 queries would not match bf16 items' scores.
     precision = resolve_precision(None, settings.precision)
-    encoder = collection_encoder(settings.image_model, settings.text_model, precision)
+    setting = settings.encoder_setting  # as the API gives a new collection
+    encoder = collection_encoder(settings.image_model, settings.text_model, precision, setting)
     photos = foolbox_photos() + skimage_photos()
-    base = real_base(settings.image_model, settings.text_model, precision, {p.name for p in photos}, HELD_OUT)
+    base = real_base(settings.image_model, settings.text_model, precision, setting, {p.name for p in photos}, HELD_OUT)
     if base is None:
         raise SystemExit("bench.search derives its items and near queries from Fashion-MNIST: run `make bench-data`")
     uploads, labels = fashion.held_out(HELD_OUT)
@@ -87,16 +88,19 @@ def run(svc: Service, plan: Plan) -> Results:
             found = svc.find_collection(name)
             if found is None:
                 created = svc.create_collection(name, shards)
-                if created.get("precision") != precision:
-                    raise RuntimeError(f"{name} got precision {created.get('precision')}, the queries here use {precision}")
+                got = (created.get("precision"), created.get("encoder_setting"))
+                if got != (precision, setting):
+                    raise RuntimeError(f"{name} got precision and encoder setting {got}, the queries here use "
+                                       f"{(precision, setting)}")
                 svc.search(svc.session, name, text=CLASS_WORDS[0], k=K)
                 rss_before = svc.shard_rss()
                 fill_s = fill(svc, name, synthetic, syn_ids, metadata, photos, plan.max_minutes * 60, note)
                 filled = {"fill_s": round(fill_s, 1), "items_per_s": round(n / fill_s, 1)}
             else:
-                if (found["shards"], found.get("precision")) != (shards, precision):
-                    raise RuntimeError(f"{name} in the data dir has {found['shards']} shards and precision "
-                                       f"{found.get('precision')}, not {shards} and {precision}")
+                got = (found["shards"], found.get("precision"), found.get("encoder_setting"))
+                if got != (shards, precision, setting):
+                    raise RuntimeError(f"{name} in the data dir has shards, precision and encoder setting {got}, "
+                                       f"not {(shards, precision, setting)}")
                 note(f"{name}: found in the data dir with {found['count']:,} of {n:,} items; not filled again")
                 rss_before = {worker: 0 for worker in svc.shard_rss()}  # loaded at start: no empty figure
                 resume(svc, name, synthetic, syn_ids, metadata, photos, plan.max_minutes * 60, note)

@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
 
     settings = get_settings()
     precision = resolve_precision(None, settings.precision)
-    real = real_set(settings.image_model, settings.text_model, precision, args.limit)
+    real = real_set(settings.image_model, settings.text_model, precision, settings.encoder_setting, args.limit)
     if args.encode_only:
         print(json.dumps({"items": len(real.vectors), "photos": real.photos, "precision": precision}))
         return

@@ -12,8 +12,9 @@ Fashion-MNIST has no captions of its own; its class name as a caption would give
 ten caption vectors, a text block far more clustered than users' captions, so the cache holds
 what an uncaptioned upload gets.
 
-The folder is named by the model setting, `<image model>-<text model>-<precision>`; the fused
-vectors are float32 `.npy` files. Fashion-MNIST is encoded in order into a memory-mapped file
+The folder is named by the model setting, `<image model>-<text model>-<precision>`, followed
+by `-<encoder setting>` for a setting other than v1 (folders from before settings existed hold
+v1's vectors); the fused vectors are float32 `.npy` files. Fashion-MNIST is encoded in order into a memory-mapped file
 whose count of finished rows is kept beside it (`fashion-mnist.done`), so an interrupted or
 partial run (`limit`) is resumed where it stopped, and a finished one is never encoded again.
 Progress (items/s, ETA) goes to stderr.
@@ -33,6 +34,7 @@ import numpy as np
 from bench.datasets import REPO_ROOT, cifar_photos, note, opencv_photos, wallpapers
 from bench.photos import Photo, foolbox_photos, skimage_photos
 from bench.vectors import fashion
+from shared.encoding.encoder_settings import LEGACY_ENCODER_SETTING
 from shared.encoding.imagedecode import decode_image
 
 CACHE_ROOT = REPO_ROOT / "bench" / "data" / "vectors"
@@ -54,9 +56,10 @@ class RealSet:
         return len(self.names)
 
 
-def cache_dir(image_model: str, text_model: str, precision: str) -> Path:
+def cache_dir(image_model: str, text_model: str, precision: str, setting: str) -> Path:
     safe = text_model.replace("/", "_")
-    return CACHE_ROOT / f"{image_model}-{safe}-{precision}"
+    suffix = "" if setting == LEGACY_ENCODER_SETTING else f"-{setting}"
+    return CACHE_ROOT / f"{image_model}-{safe}-{precision}{suffix}"
 
 
 def benchmark_photos() -> list[Photo]:
@@ -140,19 +143,19 @@ def photo_vectors(encoder: Any, folder: Path) -> tuple[np.ndarray, list[str]]:
     return vectors, names
 
 
-def real_set(image_model: str, text_model: str, precision: str, limit: int | None = None) -> RealSet:
+def real_set(image_model: str, text_model: str, precision: str, setting: str, limit: int | None = None) -> RealSet:
     """Fashion-MNIST (the first `limit` items) then the photos, from the cache or encoded now."""
     from shared.encoding.encoders import collection_encoder
 
-    encoder = collection_encoder(image_model, text_model, precision)
-    folder = cache_dir(image_model, text_model, precision)
+    encoder = collection_encoder(image_model, text_model, precision, setting)
+    folder = cache_dir(image_model, text_model, precision, setting)
     fm, labels = fashion_vectors(encoder, folder, limit)
     photos, names = photo_vectors(encoder, folder)
     return RealSet(np.concatenate([fm, photos]), np.concatenate([labels, np.full(len(photos), -1)]),
                    names, encoder.image_dim)
 
 
-def real_base(image_model: str, text_model: str, precision: str, leave_out: set[str],
+def real_base(image_model: str, text_model: str, precision: str, setting: str, leave_out: set[str],
               held_out: int = 0) -> np.ndarray | None:
     """The real set's vectors less the photos named in `leave_out` (a benchmark's own items)
     and the last `held_out` Fashion-MNIST items (its queries, `fashion.held_out`), for
@@ -160,7 +163,7 @@ def real_base(image_model: str, text_model: str, precision: str, leave_out: set[
     if not fashion.folder().is_dir():
         note(f"no Fashion-MNIST at {fashion.folder()} (run `make bench-data`)")
         return None
-    real = real_set(image_model, text_model, precision)
+    real = real_set(image_model, text_model, precision, setting)
     start = len(real.vectors) - real.photos
     keep = [start + i for i, name in enumerate(real.names) if name not in leave_out]
     return np.concatenate([real.vectors[:start - held_out], real.vectors[keep]])

@@ -27,14 +27,16 @@ def collections_table(colls: list[dict[str, Any]]) -> None:
 @click.option("--thumbnails/--no-thumbnails", default=None, help="Keep a small JPEG per item.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
               help="Image model precision, fixed for the collection (default: the server's).")
+@click.option("--encoder-setting", help="Encoder setting (v1, ...), fixed for the collection (default: the server's).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def collections_create(ctx: click.Context, name: str, shards: int | None, image_model: str | None,
                        text_model: str | None, thumbnails: bool | None, precision: str | None,
-                       as_json: bool) -> None:
+                       encoder_setting: str | None, as_json: bool) -> None:
     """Create the collection NAME."""
     body = client_of(ctx).create_collection(name, shards=shards, image_model=image_model, text_model=text_model,
-                                            store_thumbnails=thumbnails, precision=precision)
+                                            store_thumbnails=thumbnails, precision=precision,
+                                            encoder_setting=encoder_setting)
     if as_json:
         dump(body)
     else:

@@ -4,9 +4,10 @@ From the CNN's ImageNet class probabilities, the probability-weighted mean of th
 of the top predicted class names. This gives an uncaptioned image a text block, so that a
 text-only query finds it. A class's vector is its name's vector plus those of its nearest
 WordNet hypernyms (shared/encoding/data/imagenet_hypernyms.tsv), so that "bird" reaches a
-goldfinch and "cat" a tabby even where 50-d GloVe barely tells the breeds' names apart. `top_k`
-and the softmax `temperature` were chosen with `python -m bench.quality` (see the resolving
-note of the retrieval-core issue).
+goldfinch and "cat" a tabby even where 50-d GloVe barely tells the breeds' names apart. The
+number of classes mixed (`top_k`), the softmax `temperature` and the hypernym levels and weight
+are a collection's encoder setting (shared.encoding.encoder_settings); v1's were chosen with
+`python -m bench.quality` (README, Benchmarks).
 """
 from __future__ import annotations
 
@@ -15,15 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from shared.encoding.encoder_settings import EncoderSetting
 from shared.encoding.text_encoder import TextEncoder, create_text_model
 
-DEFAULT_TOP_K = 10
-DEFAULT_TEMPERATURE = 2.0
-# Hypernym levels added to each class name, and their weight: chosen with `python -m
-# bench.quality` on word -> uncaptioned image retrieval, where two levels beat fewer and more
-# (README, Benchmarks).
-HYPERNYM_LEVELS = 2
-HYPERNYM_WEIGHT = 1.0
 HYPERNYMS_FILE = Path(__file__).resolve().parent / "data" / "imagenet_hypernyms.tsv"
 
 
@@ -46,7 +41,7 @@ def imagenet_hypernyms() -> list[list[str]]:
 
 
 def class_vectors(text_model: TextEncoder, class_names: list[str], hypernyms: list[list[str]] | None,
-                  levels: int = HYPERNYM_LEVELS, weight: float = HYPERNYM_WEIGHT) -> np.ndarray:
+                  levels: int, weight: float) -> np.ndarray:
     """Unit vector per class: its name plus `weight` times each of its first `levels` hypernyms."""
     def phrase(text: str) -> np.ndarray:
         vec = text_model.phrase_vector(text)
@@ -61,11 +56,16 @@ def class_vectors(text_model: TextEncoder, class_names: list[str], hypernyms: li
     return np.divide(rows, norms, out=np.zeros_like(rows), where=norms > 0).astype(np.float32)
 
 
+def imagenet_class_vectors(text_model: TextEncoder, setting: EncoderSetting) -> np.ndarray:
+    """The ImageNet classes' vectors with the hypernym levels and weight of an encoder setting."""
+    return class_vectors(text_model, imagenet_class_names(), imagenet_hypernyms(), setting.hypernym_levels,
+                         setting.hypernym_weight)
+
+
 class ConSE:
     """Maps class-probability vectors to unit vectors in a text model's space."""
 
-    def __init__(self, class_vectors: np.ndarray, top_k: int = DEFAULT_TOP_K,
-                 temperature: float = DEFAULT_TEMPERATURE) -> None:
+    def __init__(self, class_vectors: np.ndarray, top_k: int, temperature: float) -> None:
         self.top_k = top_k
         self.temperature = temperature
         self.class_vectors = class_vectors
@@ -88,7 +88,7 @@ class ConSE:
 
 
 @functools.lru_cache(maxsize=None)
-def create_conse(text_model: str, top_k: int = DEFAULT_TOP_K,
-                 temperature: float = DEFAULT_TEMPERATURE) -> ConSE:
-    vectors = class_vectors(create_text_model(text_model), imagenet_class_names(), imagenet_hypernyms())
-    return ConSE(vectors, top_k, temperature)
+def create_conse(text_model: str, setting: EncoderSetting) -> ConSE:
+    """The process-wide ConSE mapping of `text_model` with the values of an encoder setting."""
+    vectors = imagenet_class_vectors(create_text_model(text_model, setting.sif_a), setting)
+    return ConSE(vectors, setting.conse_top_k, setting.conse_temperature)

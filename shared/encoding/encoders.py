@@ -1,11 +1,13 @@
 """Items and queries of one collection -> fused vectors, with the collection's models.
 
 An item's image block is the CNN's pooled features; its text block is the caption's GloVe
-vector, the image's ConSE vector (uncaptioned images), or for a captioned image both mixed as
-`normalise(caption + CAPTION_CONSE_MIX * conse)` (the mix was measured with
-`python -m bench.quality`). Used by the encode workers (items) and the query workers (image
-queries). The image model runs in the collection's precision behind the process's one batching
-front (shared.encoding.model_batcher), so concurrent tasks and queries share model batches.
+vector, the image's ConSE vector (uncaptioned images), or for a captioned image both mixed
+(`text_block`). Every value that shapes these vectors (the caption/ConSE mix, ConSE's classes
+and temperature, SIF's a...) comes from the collection's encoder setting
+(shared.encoding.encoder_settings), so a collection keeps encoding as it was created. Used by the
+encode workers (items) and the query workers (image queries). The image model runs in the
+collection's precision behind the process's one batching front (shared.encoding.model_batcher),
+so concurrent tasks and queries share model batches.
 """
 from __future__ import annotations
 
@@ -17,14 +19,13 @@ import numpy as np
 
 from shared.store.catalog import IMAGE_MODEL_DIMS
 from shared.encoding.conse import ConSE, create_conse
+from shared.encoding.encoder_settings import LEGACY_ENCODER_SETTING, encoder_setting
 from shared.encoding.fusion import FusedQuery, build_query, fuse
 from shared.encoding.imagedecode import resize_for_model
 from shared.encoding.text_encoder import create_text_model
 
 if TYPE_CHECKING:
     from shared.encoding.model_batcher import BatchingImageModel
-
-CAPTION_CONSE_MIX = 1.0
 
 
 @dataclass
@@ -33,13 +34,27 @@ class EncodedItem:
     has_image: bool
 
 
-class CollectionEncoder:
-    """The image model, text model and ConSE mapping of one (image_model, text_model, precision)."""
+def text_block(caption: np.ndarray | None, conse: np.ndarray | None, mix: float) -> np.ndarray | None:
+    """An item's text block before normalisation: `caption + mix * conse` for a captioned image,
+    else whichever of the two it has (None for neither). A zero ConSE vector counts as none."""
+    if conse is not None and not conse.any():
+        conse = None
+    if caption is not None and conse is not None:
+        return caption + mix * conse
+    return caption if caption is not None else conse
 
-    def __init__(self, image_model: str, text_model: str, precision: str = "fp32") -> None:
+
+class CollectionEncoder:
+    """The image model, text model and ConSE mapping of one (image_model, text_model, precision,
+    encoder setting)."""
+
+    def __init__(self, image_model: str, text_model: str, precision: str = "fp32",
+                 setting_name: str = LEGACY_ENCODER_SETTING) -> None:
         self.image_model_name = image_model
         self.precision = precision
-        self.text_model = create_text_model(text_model)
+        self.setting_name = setting_name
+        self.setting = encoder_setting(setting_name)
+        self.text_model = create_text_model(text_model, self.setting.sif_a)
         self.image_dim = IMAGE_MODEL_DIMS[image_model]
         self.text_dim = self.text_model.dim
 
@@ -53,7 +68,7 @@ class CollectionEncoder:
 
     @functools.cached_property
     def conse(self) -> ConSE:
-        return create_conse(self.text_model.name)
+        return create_conse(self.text_model.name, self.setting)
 
     def warm_up(self, progress: Callable[[str], None] | None = None) -> None:
         """Load every model and derived table now, compiling the image model's batch shapes
@@ -86,13 +101,7 @@ class CollectionEncoder:
         out: list[EncodedItem | None] = []
         for i, text in enumerate(texts):
             caption = self.text_model.encode(text) if text else None
-            semantic = conse_block.get(i)
-            if semantic is not None and not semantic.any():
-                semantic = None
-            if caption is not None and semantic is not None:
-                text_vec = caption + CAPTION_CONSE_MIX * semantic
-            else:
-                text_vec = caption if caption is not None else semantic
+            text_vec = text_block(caption, conse_block.get(i), self.setting.caption_conse_mix)
             image_vec = image_block.get(i)
             if image_vec is None and text_vec is None:
                 out.append(None)
@@ -107,7 +116,13 @@ class CollectionEncoder:
         return build_query(image_vec, text_vec, self.image_dim, self.text_dim, weights)
 
 
+def collection_encoder(image_model: str, text_model: str, precision: str = "fp32",
+                       setting_name: str = LEGACY_ENCODER_SETTING) -> CollectionEncoder:
+    """The process's one encoder of a collection's models, precision and encoder setting (models
+    load once, and are shared by the settings that use them); ValueError for an unknown setting."""
+    return _encoder(image_model, text_model, precision, setting_name)
+
+
 @functools.lru_cache(maxsize=None)
-def collection_encoder(image_model: str, text_model: str, precision: str = "fp32") -> CollectionEncoder:
-    """One encoder per model setting per process (models load once)."""
-    return CollectionEncoder(image_model, text_model, precision)
+def _encoder(image_model: str, text_model: str, precision: str, setting_name: str) -> CollectionEncoder:
+    return CollectionEncoder(image_model, text_model, precision, setting_name)

@@ -61,12 +61,12 @@ from nltk.tokenize import NLTKWordTokenizer
 
 from shared.runtime.config import get_settings
 from shared.errors import ModelUnavailableError
+from shared.encoding.encoder_settings import V1
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TEXT_MODEL = "glove-6b-50d"
 TEXT_MODELS = (DEFAULT_TEXT_MODEL,)
-SIF_A = 1e-3
 REFERENCE_SENTENCE_LENGTH = 10
 
 Weighting = Literal["sif", "mean"]
@@ -281,7 +281,7 @@ class TextEncoder:
     """Encodes texts and short phrases into unit float32 vectors of `dim` dimensions."""
 
     def __init__(self, vectors: GloveVectors, *, weighting: Weighting = "sif",
-                 sif_a: float = SIF_A, remove_common_component: bool = True) -> None:
+                 sif_a: float = V1.sif_a, remove_common_component: bool = True) -> None:
         if weighting not in ("sif", "mean"):
             raise ValueError(f"weighting must be 'sif' or 'mean', got {weighting!r}")
         if sif_a <= 0:
@@ -379,6 +379,7 @@ class TextEncoder:
 
 
 @functools.lru_cache(maxsize=None)
-def create_text_model(name: str) -> TextEncoder:
-    """The process-wide encoder for `name` (SIF, a=1e-3, common component removed)."""
-    return TextEncoder(load_glove(name))
+def create_text_model(name: str, sif_a: float) -> TextEncoder:
+    """The process-wide encoder for `name` with SIF's `a` (a collection's encoder setting gives
+    it), common component removed."""
+    return TextEncoder(load_glove(name), sif_a=sif_a)

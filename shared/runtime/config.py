@@ -11,6 +11,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 
+from shared.encoding.encoder_settings import encoder_setting
+
 N = TypeVar("N", int, float)
 
 
@@ -101,6 +103,16 @@ def _allowed_networks(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     return tuple(networks)
 
 
+def _encoder_setting(env: Mapping[str, str], name: str, default: str) -> str:
+    """The name of a registered encoder setting; ValueError for another."""
+    value = _str(env, name, default)
+    try:
+        encoder_setting(value)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     """The whole configuration; field comments name the environment variable."""
@@ -120,6 +132,7 @@ class Settings:
     resnet50_weights: Path | None = None    # MMSEARCH_RESNET50_WEIGHTS: state_dict file for resnet50
     device: str = "auto"                    # MMSEARCH_DEVICE: auto | cpu | cuda
     precision: str = "auto"                 # MMSEARCH_PRECISION: new collections' model precision: auto | fp32 | bf16 | fp16
+    encoder_setting: str = "v1"             # MMSEARCH_ENCODER_SETTING: new collections' encoder setting (shared.encoding.encoder_settings)
     compile_models: bool = True             # MMSEARCH_COMPILE: torch.compile the image models (cached under the data dir)
     model_streams: int = 0                  # MMSEARCH_MODEL_STREAMS: model calls at once per CPU process (0: one per core)
     max_request_bytes: int = 64 * 2**20     # MMSEARCH_MAX_REQUEST_BYTES (413 above)
@@ -179,6 +192,7 @@ class Settings:
             resnet50_weights=Path(weights) if weights else None,
             device=_str(env, "MMSEARCH_DEVICE", d.device),
             precision=_str(env, "MMSEARCH_PRECISION", d.precision).lower(),
+            encoder_setting=_encoder_setting(env, "MMSEARCH_ENCODER_SETTING", d.encoder_setting),
             compile_models=_bool(env, "MMSEARCH_COMPILE", d.compile_models),
             model_streams=_int(env, "MMSEARCH_MODEL_STREAMS", d.model_streams),
             max_request_bytes=_int(env, "MMSEARCH_MAX_REQUEST_BYTES", d.max_request_bytes),

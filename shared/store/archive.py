@@ -1,8 +1,9 @@
 """The portable archive of one collection (export and import): a zip of two members.
 
 - `manifest.json`: `{"format": "mmsearch-export", "version": 1, "collection": {the settings:
-  name, shards, image_model, text_model, dims, precision, store_thumbnails}, "items": n,
-  "exported_at": epoch seconds, "sha256": hex digest of items.jsonl}`;
+  name, shards, image_model, text_model, dims, precision, encoder_setting, store_thumbnails},
+  "items": n, "exported_at": epoch seconds, "sha256": hex digest of items.jsonl}`; an archive
+  written before encoder settings existed lacks `encoder_setting` and reads as "v1";
 - `items.jsonl`: one JSON object per item, by id: `{"id", "text", "metadata", "has_image",
   "thumbnail": base64 JPEG or null, "vector": base64 little-endian float32, the fused vector as
   the shard stored it}`.
@@ -32,12 +33,14 @@ from typing import IO, Any, Iterable, Iterator
 
 import numpy as np
 
+from shared.encoding.encoder_settings import LEGACY_ENCODER_SETTING
 from shared.errors import MMSearchError
 from shared.store.serializers import vector_from_b64
 
 FORMAT, VERSION = "mmsearch-export", 1
 MANIFEST, ITEMS = "manifest.json", "items.jsonl"
-SETTINGS = ("name", "shards", "image_model", "text_model", "dims", "precision", "store_thumbnails")
+SETTINGS = ("name", "shards", "image_model", "text_model", "dims", "precision", "encoder_setting", "store_thumbnails")
+LEGACY_SETTINGS = {"encoder_setting": LEGACY_ENCODER_SETTING}  # what older exports that lack them had
 MAX_ID_CHARS = 256
 MAX_UNPACK_RATIO = 8  # vectors hardly compress: an archive that unpacks to more is refused (a zip bomb)
 MAX_MANIFEST_BYTES = 2**20
@@ -154,6 +157,8 @@ def _manifest(zf: zipfile.ZipFile) -> dict[str, Any]:
     if manifest.get("version") != VERSION:
         raise ArchiveError(f"export format version {manifest.get('version')!r}; this server reads {VERSION}")
     coll = manifest.get("collection")
+    if isinstance(coll, dict):
+        coll = manifest["collection"] = {**LEGACY_SETTINGS, **coll}
     dims = coll.get("dims") if isinstance(coll, dict) else None
     if not isinstance(coll, dict) or set(coll) != set(SETTINGS) or not isinstance(dims, dict) \
             or not all(isinstance(dims.get(b), int) and dims[b] > 0 for b in ("image", "text")) \

@@ -1,8 +1,9 @@
 """Collections: their settings stored in Redis, created, listed and deleted.
 
-A collection fixes its shard count and its models (vectors of different models never share
-an index). Deleting one removes its record, logs, shard states and staged bytes here; the
-shard owners notice the collection is gone and drop its indexes and snapshots.
+A collection fixes its shard count, its models, their precision and its encoder setting
+(vectors encoded differently never share an index). Deleting one removes its record, logs,
+shard states and staged bytes here; the shard owners notice the collection is gone and drop
+its indexes and snapshots.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from shared.store import keys, shardlog, staging
 from shared.runtime.config import Settings
 from shared.errors import MMSearchError, ModelUnavailableError
 from shared.encoding.precision import LEGACY_PRECISION, resolve_precision
+from shared.encoding.encoder_settings import LEGACY_ENCODER_SETTING, resolve_encoder_setting
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}\Z")
 
@@ -45,6 +47,7 @@ class Collection:
     store_thumbnails: bool
     created_at: float
     precision: str = LEGACY_PRECISION  # records written before the field existed were fp32
+    encoder_setting: str = LEGACY_ENCODER_SETTING  # and those written before this one, v1
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -56,8 +59,8 @@ class Collection:
     def public(self, count: int) -> dict[str, Any]:
         return {"name": self.name, "shards": self.shards, "image_model": self.image_model,
                 "text_model": self.text_model, "dims": dict(self.dims), "count": count,
-                "precision": self.precision, "store_thumbnails": self.store_thumbnails,
-                "created_at": self.created_at}
+                "precision": self.precision, "encoder_setting": self.encoder_setting,
+                "store_thumbnails": self.store_thumbnails, "created_at": self.created_at}
 
 
 def _resnet50_weights_present(settings: Settings) -> bool:
@@ -87,17 +90,22 @@ def check_models(settings: Settings, image_model: str, text_model: str) -> dict[
 
 def create_collection(r: redis.Redis, settings: Settings, name: str, shards: int | None = None,
                       image_model: str | None = None, text_model: str | None = None,
-                      store_thumbnails: bool | None = None, precision: str | None = None) -> Collection:
+                      store_thumbnails: bool | None = None, precision: str | None = None,
+                      encoder_setting: str | None = None) -> Collection:
+    """Store a new collection; unset settings take the server's defaults. ModelUnavailableError
+    for a model, precision or encoder setting this server does not have; CollectionExists."""
     image_model = image_model or settings.image_model
     text_model = text_model or settings.text_model
     dims = check_models(settings, image_model, text_model)
     try:
         precision = resolve_precision(precision, settings.precision)
+        encoder_setting = resolve_encoder_setting(encoder_setting, settings.encoder_setting)
     except ValueError as exc:
         raise ModelUnavailableError(str(exc)) from None
     coll = Collection(
         name=name, cid=uuid.uuid4().hex[:12], shards=shards or settings.default_shards,
         image_model=image_model, text_model=text_model, dims=dims, precision=precision,
+        encoder_setting=encoder_setting,
         store_thumbnails=settings.store_thumbnails if store_thumbnails is None else store_thumbnails,
         created_at=time.time())
     if not r.hsetnx(keys.COLLECTIONS, name, coll.to_json()):

@@ -225,9 +225,11 @@ def _table_rows(stdout: str) -> list[list[str]]:
 
 
 def test_cli_ingest_search_jobs_end_to_end(run, client, folder, tmp_path):
-    code, out, err = run("collections", "create", "clicoll", "--shards", "2", "--precision", "fp32")
+    code, out, err = run("collections", "create", "clicoll", "--shards", "2", "--precision", "fp32",
+                         "--encoder-setting", "v1")
     assert code == 0 and "created collection clicoll" in out
     assert client.collection("clicoll")["precision"] == "fp32"  # encoded in fp32 whatever the host prefers
+    assert client.collection("clicoll")["encoder_setting"] == "v1"
     code, out, err = run("ingest", str(folder), "--collection", "clicoll", "--batch", "4")
     assert code == 0, err
     assert "succeeded: 6 ingested, 0 failed of 6 into clicoll; 0 already present" in out
@@ -275,6 +277,8 @@ def test_cli_ingest_search_jobs_end_to_end(run, client, folder, tmp_path):
     assert code == 0 and any(r.split()[:3] == ["clicoll", "2", "7"] for r in out.splitlines()), out
     code, out, err = run("collections", "show", "clicoll", "--json")
     assert code == 0 and json.loads(out)["count"] == 7
+    code, out, err = run("collections", "show", "clicoll")
+    assert code == 0 and "encoder_setting  v1" in out, out
     code, out, err = run("status")
     assert code == 0 and "ready" in out and "clicoll" in out, out
     assert "slots in use [0, 1]" in out and "queues       encode=" in out, out

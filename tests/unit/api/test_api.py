@@ -11,11 +11,13 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from shared.encoding.encoder_settings import ENCODER_SETTINGS, V1
 from shared.store import catalog, keys, queues, replies
 from shared.index.labels import shard_for
 from tests.support.workers import queued
@@ -88,6 +90,8 @@ def test_collection_crud(client, redis_client):
     ({"name": "p", "replicas": 2}, "replicas"),
     ({"name": "p", "precision": "int8"}, "precision"),
     ({"name": "p", "precision": 16}, "precision"),
+    ({"name": "p", "encoder_setting": "v0"}, "encoder_setting"),
+    ({"name": "p", "encoder_setting": 1}, "encoder_setting"),
 ])
 def test_bad_collection_requests(client, body, field):
     assert assert_error(client.post("/v1/collections", json=body), 400, "invalid_request")["details"]["field"] == field
@@ -105,6 +109,28 @@ def test_a_collection_keeps_the_precision_it_was_created_with(client, redis_clie
     del legacy["precision"]
     redis_client.hset(keys.COLLECTIONS, "plain", json.dumps(legacy))
     assert client.get("/v1/collections/plain").json["precision"] == "fp32"
+
+
+def test_a_collection_names_its_encoder_setting(make_app, redis_client, monkeypatch):
+    monkeypatch.setitem(ENCODER_SETTINGS, "v-test", replace(V1, caption_conse_mix=0.5))
+    client = make_app(encoder_setting="v-test").test_client()
+    assert client.post("/v1/collections", json={"name": "new"}).json["encoder_setting"] == "v-test"  # the default
+    assert client.post("/v1/collections", json={"name": "old", "encoder_setting": "v1"}).json["encoder_setting"] == "v1"
+    assert client.get("/v1/collections/new").json["encoder_setting"] == "v-test"
+    schema = client.get("/openapi.json").json["components"]["schemas"]["CollectionCreate"]["properties"]
+    assert schema["encoder_setting"]["default"] == "v-test" and "v1" in schema["encoder_setting"]["enum"]
+    # A collection stored before encoder settings existed was encoded with v1.
+    legacy = json.loads(redis_client.hget(keys.COLLECTIONS, "new"))
+    del legacy["encoder_setting"]
+    redis_client.hset(keys.COLLECTIONS, "new", json.dumps(legacy))
+    assert client.get("/v1/collections/new").json["encoder_setting"] == "v1"
+
+
+def test_an_unknown_encoder_setting_is_refused_with_the_known_ones(client, redis_client):
+    error = assert_error(client.post("/v1/collections", json={"name": "p", "encoder_setting": "v0"}),
+                         400, "invalid_request")
+    assert error["message"] == f"encoder_setting must be one of {', '.join(ENCODER_SETTINGS)}; got 'v0'"
+    assert error["details"]["field"] == "encoder_setting" and not redis_client.exists(keys.COLLECTIONS)
 
 
 def test_unavailable_model_is_a_bad_request(client, redis_client):

@@ -22,10 +22,10 @@ APP_SETTINGS = test_api.APP_SETTINGS
 ZIP = {"Content-Type": "application/zip"}
 
 
-def made_archive(name: str = "photos", n: int = 4, dims=None) -> bytes:
+def made_archive(name: str = "photos", n: int = 4, dims=None, setting: str = "v1") -> bytes:
     dims = dims or {"image": 1280, "text": 50}
     settings = {"name": name, "shards": 3, "image_model": "efficientnet_lite0", "text_model": "glove-6b-50d",
-                "dims": dims, "precision": "fp32", "store_thumbnails": True}
+                "dims": dims, "precision": "fp32", "encoder_setting": setting, "store_thumbnails": True}
     rng = np.random.default_rng(0)
     out = io.BytesIO()
     archive.write_archive(out, settings, [archive.item_line(
@@ -39,7 +39,7 @@ def test_an_import_creates_the_collection_and_logs_every_item(client, redis_clie
     assert resp.status_code == 202, resp.json
     assert resp.json["collection"]["name"] == "restored" and resp.json["collection"]["shards"] == 3
     coll = catalog.get_collection(redis_client, "restored")
-    assert coll.precision == "fp32" and coll.store_thumbnails is True
+    assert coll.precision == "fp32" and coll.store_thumbnails is True and coll.encoder_setting == "v1"
     job = client.get(resp.json["status_url"]).json
     assert job["kind"] == "import" and job["total"] == job["done"] == 4
     entries = {}
@@ -60,7 +60,7 @@ def test_a_bad_archive_or_request_creates_nothing(client, redis_client):
     data = made_archive()
     cases = [(data[:-100], "archive"), (b"not a zip", "archive"), (made_archive(dims={"image": 1000, "text": 50}),
                                                                    "archive"),
-             (made_archive(name="Bad Name"), "name")]
+             (made_archive(name="Bad Name"), "name"), (made_archive(setting="v0"), "archive")]
     for body, field in cases:
         assert assert_error(client.post(url, data=body, headers=ZIP), 400, "invalid_request")["details"]["field"] == field
     assert assert_error(client.post(f"{url}?name=Bad!", data=data, headers=ZIP), 400,

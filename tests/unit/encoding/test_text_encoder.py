@@ -12,6 +12,7 @@ import pytest
 
 from shared.runtime import config
 from shared.errors import ModelUnavailableError
+from shared.encoding.encoder_settings import V1
 from shared.encoding.text_encoder import (
     DEFAULT_TEXT_MODEL,
     TextEncoder,
@@ -33,7 +34,7 @@ epsilon 1 1 0 0
 
 @pytest.fixture(scope="module")
 def enc() -> TextEncoder:
-    return create_text_model(DEFAULT_TEXT_MODEL)
+    return create_text_model(DEFAULT_TEXT_MODEL, V1.sif_a)
 
 
 def cos(enc: TextEncoder, a: str, b: str) -> float:
@@ -156,13 +157,13 @@ def test_glove_text_file_by_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(config, "_settings",
                         config.Settings.from_env({"MMSEARCH_DATA_DIR": str(tmp_path / "data")}))
     assert text_model_dim(str(path)) == 4 and text_model_dim(DEFAULT_TEXT_MODEL) == 50  # read, not loaded
-    model = create_text_model(str(path))
+    model = create_text_model(str(path), V1.sif_a)
     assert model.name == str(path) and model.dim == 4
     v = model.encode("Alpha epsilon!")
     assert v is not None and v.dtype == np.float32
     assert abs(float(np.linalg.norm(v)) - 1.0) < 1e-5
     assert model.encode("zeta") is None
-    assert create_text_model(str(path)) is model  # one instance per process and name
+    assert create_text_model(str(path), V1.sif_a) is model  # one instance per process, name and SIF a
 
     plain = TextEncoder(load_glove(str(path)), weighting="mean", remove_common_component=False)
     np.testing.assert_allclose(plain.encode("alpha beta"), [2**-0.5, 2**-0.5, 0, 0], atol=1e-6)
@@ -211,7 +212,7 @@ def test_malformed_glove_file_is_a_clear_error(tmp_path: Path, text: str) -> Non
 @pytest.mark.parametrize("name", ["glove-6b-300d", "/no/such/glove.txt"])
 def test_unknown_model_raises(name: str) -> None:
     with pytest.raises(ModelUnavailableError, match="glove-6b-50d") as info:
-        create_text_model(name)
+        create_text_model(name, V1.sif_a)
     assert name in str(info.value)
 
 

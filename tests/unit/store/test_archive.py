@@ -12,7 +12,8 @@ from shared.store import archive
 from shared.store.serializers import vector_to_b64
 
 SETTINGS = {"name": "photos", "shards": 2, "image_model": "efficientnet_lite0", "text_model": "glove-6b-50d",
-            "dims": {"image": 3, "text": 2}, "precision": "fp32", "store_thumbnails": True, "cid": "dropped",
+            "dims": {"image": 3, "text": 2}, "precision": "fp32", "encoder_setting": "v1", "store_thumbnails": True,
+            "cid": "dropped",
             "created_at": 1.0}
 rng = np.random.default_rng(1)
 
@@ -51,6 +52,12 @@ def test_what_is_written_is_read_back():
     assert items[2].metadata == {"n": 2, "tags": ["a"]} and items[2].has_image is True
     for item, vector in zip(items, vectors):
         assert np.array_equal(item.vector, vector)
+
+
+def test_an_archive_from_before_encoder_settings_reads_as_v1():
+    data, _ = made()
+    old = rezipped(data, _manifest(lambda m: m["collection"].pop("encoder_setting")))
+    assert read(old).collection["encoder_setting"] == "v1"
 
 
 def test_items_come_in_batches_bounded_by_count_and_bytes():
