@@ -120,11 +120,9 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
             "precision": nullable({"type": "string", "enum": ["auto", *PRECISIONS], "default": settings.precision,
                                    "description": "Image model precision, fixed for the collection's life: "
                                                   "auto picks bf16 where the host has bf16 matrix units (NVIDIA GPU, AMX CPU), else fp32."}),
-            "encoder_setting": nullable({"type": "string", "enum": list(ENCODER_SETTINGS),
-                                         "default": settings.encoder_setting,
-                                         "description": "The versioned values that shape the stored vectors "
-                                                        "(caption/ConSE mix, ConSE, SIF), fixed for the "
-                                                        "collection's life; see docs/api.md."}),
+            "encoder_setting": nullable({"type": "string", "enum": list(ENCODER_SETTINGS), "default": settings.encoder_setting,
+                                         "description": "The versioned values that shape the stored vectors (caption/ConSE "
+                                                        "mix, ConSE, SIF), fixed for the collection's life; see docs/api.md."}),
         }, ("name",)),
         "Collection": obj({
             "name": {"type": "string"}, "shards": {"type": "integer"}, "image_model": {"type": "string"},
