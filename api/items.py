@@ -19,13 +19,15 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+import redis
 from flask import Blueprint, Response, jsonify, request
+from kombu.exceptions import OperationalError
 
 from api.bodies import JSON, MULTIPART, body_kind, read_json_object
 from api.collections import require_collection
 from api.context import services
 from api.errors import ApiError
-from api.jobs import accepted
+from api.jobs import accepted, status_url
 from api.readiness import require_role
 from api.slot_requests import ask_slots, require_live
 from api.validation import (ItemInput, image_source, is_valid_id, parse_items_json,
@@ -49,7 +51,13 @@ def _enqueue(coll: catalog.Collection, items: list[ItemInput]) -> str:
                  "image": image_source(item.image, staged.get(i))} for i, item in enumerate(items)]
     jobs.create_job(svc.redis, "ingest", coll.name, coll.cid, len(items), job_id=job_id,
                     ids=[item.id for item in items], messages=messages)
-    encode_tasks.send(svc.celery, job_id, coll.name, coll.cid, messages, svc.settings.encode_batch)
+    try:
+        encode_tasks.send(svc.celery, job_id, coll.name, coll.cid, messages, svc.settings.encode_batch)
+    except (OperationalError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        raise ApiError(503, "unavailable", "the task broker went away while the ingest's tasks were being "
+                       "sent; the job exists and the service sends what was left unsent again "
+                       "(after MMSEARCH_JOB_STALL_S)",
+                       {"reason": type(exc).__name__, "job_id": job_id, "status_url": status_url(job_id)}) from exc
     return job_id
 
 

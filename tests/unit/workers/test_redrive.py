@@ -147,6 +147,8 @@ def test_a_request_cut_off_while_sending_has_its_unsent_items_sent_by_the_reaper
         resp = ingest.client.post("/v1/collections/photos/items", json={"items": ITEMS})
     assert resp.status_code == 503 and resp.json["error"]["code"] == "unavailable"
     (job_id,) = [j.decode() for j in r.zrange(keys.ACTIVE_JOBS, 0, -1)]
+    details = resp.json["error"]["details"]  # the client learns that its job exists
+    assert details["job_id"] == job_id and details["status_url"] == f"/v1/jobs/{job_id}"
     assert [it["id"] for m in queued(r, queues.ENCODE) for it in m["items"]] == ["red", "cat"]
     ingest.run_queued()  # the batch that was sent
     ingest.stall(job_id)
