@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from api.validation.common import invalid, is_int_in, only_fields
-from shared.encoding.encoder_settings import ENCODER_SETTINGS, unknown_setting_message
+from shared.encoding.encoder_settings import encoder_setting
 from shared.encoding.precision import PRECISIONS
 from shared.store import catalog
 
@@ -46,7 +46,10 @@ def parse_new_collection(body: dict[str, Any]) -> NewCollection:
     if precision is not None and precision not in ("auto", *PRECISIONS):
         raise invalid(f"precision must be one of auto, {', '.join(PRECISIONS)}", field="precision")
     setting = body.get("encoder_setting")
-    if setting is not None and (not isinstance(setting, str) or setting not in ENCODER_SETTINGS):
-        raise invalid(unknown_setting_message(setting), field="encoder_setting")
+    if setting is not None:
+        try:
+            encoder_setting(setting)
+        except ValueError as exc:
+            raise invalid(str(exc), field="encoder_setting") from None
     return NewCollection(name, shards, _optional_str(body, "image_model"),
                          _optional_str(body, "text_model"), thumbnails, precision, setting)

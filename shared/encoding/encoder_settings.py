@@ -37,15 +37,10 @@ ENCODER_SETTINGS: dict[str, EncoderSetting] = {"v1": V1}
 LEGACY_ENCODER_SETTING = "v1"  # what a collection record or an export without the field was encoded with
 
 
-def unknown_setting_message(name: object) -> str:
-    """What refusing the setting `name` says: the names this server knows."""
-    return f"encoder_setting must be one of {', '.join(ENCODER_SETTINGS)}; got {name!r}"
-
-
-def encoder_setting(name: str) -> EncoderSetting:
+def encoder_setting(name: object) -> EncoderSetting:
     """The setting called `name`; ValueError for a name this server does not know."""
     if not isinstance(name, str) or name not in ENCODER_SETTINGS:
-        raise ValueError(unknown_setting_message(name))
+        raise ValueError(f"encoder_setting must be one of {', '.join(ENCODER_SETTINGS)}; got {name!r}")
     return ENCODER_SETTINGS[name]
 
 
