@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -195,8 +196,12 @@ def test_a_scan_while_writes_go_on_lists_every_stable_item_once_and_deletes_by_f
 
     writer = threading.Thread(target=write_meanwhile, daemon=True)
     writer.start()
-    seen, cursor = [], None
+    seen, cursor, pages = [], None, 0
     while True:
+        deadline = time.monotonic() + 60
+        while len(writes) < 2 * pages and time.monotonic() < deadline:  # each page meets new writes
+            time.sleep(0.01)
+        pages += 1
         page = client.items("pages", limit=20, cursor=cursor, fields=["metadata"])
         seen += [item["id"] for item in page["items"]]
         cursor = page["next_cursor"]
