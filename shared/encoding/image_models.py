@@ -7,13 +7,15 @@ where they are defined (`@register_image_model`) and built once per process and 
 
 How each precision runs: on CUDA the weights are cast to fp16/bf16; on the CPU, bf16/fp16 run
 under autocast (weights stay fp32, convolutions and matmuls in the low precision). Inputs are
-channels_last. With `MMSEARCH_COMPILE` (default on) the trunk is compiled with torch.compile
-(inductor; on the CPU with weight freezing) for fixed batch shapes only, 1 and the model batch,
-because every new shape costs a compile of many seconds: a full chunk runs at the model batch, a
-remainder is padded up to it where a padded batch costs little (GPU, or more than half full),
-else runs image by image. Compiled code is cached on disk (`TORCHINDUCTOR_CACHE_DIR`, by default
-under `MMSEARCH_DATA_DIR`), so a restart compiles much faster. Where compiling fails (no C++
-compiler, say) the model logs it once and runs eagerly in the same precision.
+channels_last. With `MMSEARCH_COMPILE` (default on) the trunk is compiled for fixed batch shapes
+only, 1 and the model batch, because every new shape costs a compile of many seconds: a full
+chunk runs at the model batch, a remainder is padded up to it where a padded batch costs little
+(GPU, or more than half full), else runs image by image. On the CPU each shape is an
+AOTInductor package with frozen weights (`shared.encoding.compiled_trunks`), built once under
+the compile cache (`TORCHINDUCTOR_CACHE_DIR`, by default under `MMSEARCH_DATA_DIR`) and loaded
+by later starts in well under a second; on CUDA it is torch.compile, whose kernels are cached
+there too. Where compiling fails (no C++ compiler, say) the model logs it once and runs eagerly
+in the same precision.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ import torch
 from shared.runtime.allocator import keep_freed_memory
 from shared.runtime.config import get_settings
 from shared.errors import ModelUnavailableError
+from shared.encoding.compiled_trunks import CompiledTrunk
 from shared.encoding.precision import PRECISIONS
 
 IMAGENET_CLASSES = 1000
@@ -137,14 +140,13 @@ class ImageModel:
         # CUDA that it found no CUDA runtime: noise in the logs of every CPU worker.
         logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
         try:
-            import torch._inductor.config as inductor_config
-
-            use_compile_cache()
+            cache_dir = Path(use_compile_cache())
             if self.device.type == "cpu":
-                inductor_config.freezing = True  # weights become constants: prepacked, folded BN
+                return CompiledTrunk(self.trunk, name=self.name, precision=self.precision, threads=self.threads,
+                                     runners=self.streams, cache_dir=cache_dir, autocast=self._autocast)
             return torch.compile(self.trunk, dynamic=False)
         except Exception:
-            log.exception("torch.compile is not available; %s runs eagerly", self.name)
+            log.exception("compiling is not available; %s runs eagerly", self.name)
             return None
 
     def _autocast(self) -> Any:
@@ -212,8 +214,15 @@ class ImageModel:
         blank = np.zeros((self.input_size, self.input_size, 3), np.uint8)
         for shape in sorted({1, self.batch}):
             if progress is not None:
-                progress(f"{'compiling' if self.compiled else 'running'} image model {self.name} for batch {shape}")
+                progress(f"{self._preparing(shape)} image model {self.name} for batch {shape}")
             self.encode([blank] * shape)
+
+    def _preparing(self, shape: int) -> str:
+        """What the first call of a batch shape does: compile it, load its package, or just run."""
+        if isinstance(self._compiled, CompiledTrunk):
+            built = self._compiled.path((shape, 3, self.input_size, self.input_size)).is_file()
+            return "loading the compiled" if built else "compiling"
+        return "compiling" if self.compiled else "running"
 
 
 ModelBuilder = Callable[..., ImageModel]

@@ -7,6 +7,7 @@ import torch
 
 from bench.photos import skimage_photos
 from shared.encoding import image_models
+from shared.encoding.compiled_trunks import CompiledTrunk
 from shared.store.catalog import IMAGE_MODEL_DIMS
 from shared.runtime.config import Settings
 from shared.errors import ModelUnavailableError
@@ -99,12 +100,12 @@ def test_low_precision_features_agree_with_fp32_on_real_photos(lite0, precision)
     assert cosine.mean() >= 0.99 and cosine.min() >= 0.98, (cosine.mean(), cosine.min())
 
 
-def test_compiled_model_agrees_with_fp32_and_pads_odd_batches(lite0):
+def test_compiled_model_agrees_with_fp32_pads_odd_batches_and_loads_again(lite0, monkeypatch):
     # The precision a new collection gets on this machine (fp32 without AMX); the low precisions
     # also agree eagerly (above).
     compiled = image_models.create_image_model("efficientnet_lite0", resolve_precision(None), compile=True)
     cosine = _agreement(compiled, lite0)
-    assert compiled.compiled, "torch.compile fell back to eager here"
+    assert compiled.compiled, "compiling fell back to eager here"
     assert cosine.mean() >= 0.99 and cosine.min() >= 0.98, (cosine.mean(), cosine.min())
     # 11 images: one batch of 8 and a remainder of 3 run image by image; 13: the remainder of 5
     # is padded to 8. Either way each image gets the features it gets alone.
@@ -113,6 +114,13 @@ def test_compiled_model_agrees_with_fp32_and_pads_odd_batches(lite0):
     for n in (11, 13):
         together = compiled.encode(photos[:n]).features
         assert np.sum(together * alone[:n], axis=1).min() >= 0.995
+    # A later start (another instance) loads the packages this one built (on the CPU) and
+    # encodes the same.
+    monkeypatch.setattr(CompiledTrunk, "_build", lambda *args: pytest.fail("built again"))
+    again = image_models.create_image_model("efficientnet_lite0", resolve_precision(None), compile=True,
+                                            batch=compiled.batch)
+    assert again is not compiled
+    assert np.allclose(again.encode(photos[:13]).features, compiled.encode(photos[:13]).features, atol=1e-5)
 
 
 def test_compiled_kernels_go_to_the_data_dir_unless_the_operator_chose(monkeypatch, tmp_path):
