@@ -1,9 +1,15 @@
 """Worker commands: `python -m workers encode|shard|query` (one role per process)."""
 from __future__ import annotations
 
+import os
+
+# numpy's OpenBLAS runs a thread per core that spins while it waits for work: the encode and the
+# query worker computing their text model's tables at the same start took 12 CPU-s each instead of
+# 0.7 on 2 cores. Each process here parallelises by its own threads instead. Set before numpy loads.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import argparse
 import logging
-import os
 import time
 import warnings
 
