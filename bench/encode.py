@@ -15,7 +15,7 @@ re-encoded at JPEG quality 90, repeated to 520 items). Stages timed:
   torch threads).
 
 Before the stages, the precision modes a collection may use (`shared.encoding.precision`) are compared on
-the model alone, each eager and compiled (`torch.compile`, frozen on the CPU): images/s at the
+the model alone, each eager and compiled (as the workers compile it: an AOTInductor package per batch shape on the CPU): images/s at the
 model batch, the compile time of both batch shapes, and the cosine of each mode's features with
 eager fp32's on the real photos (mean and worst photo). The stage table then runs the mode the
 service would use on this host (`MMSEARCH_PRECISION` resolved, compiled unless MMSEARCH_COMPILE=false).

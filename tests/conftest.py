@@ -2,7 +2,7 @@
 test apps on it. Stack-level helpers live in tests/support.
 
 Tests run the image models eagerly (MMSEARCH_COMPILE=false, here and in every stack they start):
-compiling costs 5-30 s per batch shape in each worker process. tests/unit/encoding/test_image_models.py
+compiling costs about 40 s per batch shape on a new data dir. tests/unit/encoding/test_image_models.py
 compiles the model itself and checks its features against fp32.
 """
 from __future__ import annotations

@@ -133,7 +133,7 @@ class Settings:
     device: str = "auto"                    # MMSEARCH_DEVICE: auto | cpu | cuda
     precision: str = "auto"                 # MMSEARCH_PRECISION: new collections' model precision: auto | fp32 | bf16 | fp16
     encoder_setting: str = "v1"             # MMSEARCH_ENCODER_SETTING: new collections' encoder setting (shared.encoding.encoder_settings)
-    compile_models: bool = True             # MMSEARCH_COMPILE: torch.compile the image models (cached under the data dir)
+    compile_models: bool = True             # MMSEARCH_COMPILE: compile the image models (cached under the data dir)
     model_streams: int = 0                  # MMSEARCH_MODEL_STREAMS: model calls at once per CPU process (0: one per core)
     max_request_bytes: int = 64 * 2**20     # MMSEARCH_MAX_REQUEST_BYTES (413 above)
     max_import_bytes: int = 64 * 2**30      # MMSEARCH_MAX_IMPORT_BYTES: an import's archive body (413 above)
