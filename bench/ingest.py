@@ -1,75 +1,51 @@
-"""End-to-end ingest throughput of the real stack: `python -m bench.ingest [--quick]`.
+"""End-to-end ingest throughput of the real stack against the in-process pipeline:
+`python -m bench.ingest [--quick]`.
 
 Starts the whole stack (`bench.service.running_stack`: embedded Redis, gunicorn API, encode,
-query and 2 shard workers, temporary data dir, free ports), then for each photo set creates a
-2-shard collection and measures items/s from the first POST to the moment every job is final
-(each item encoded, logged and applied by its shard, i.e. searchable). Items go in multipart
-requests of up to 64 images (and at most 32 MB), sent one after another as fast as the API
-takes them, then the jobs are polled.
+query and 2 shard workers, temporary data dir, free ports), then for each photo set
+(`bench.ingest_sets`: photos500, mixed 1024-px JPEGs and captioned PNG cut-outs, wallpapers)
+alternates, `rounds` times, the ceiling and the end-to-end run on the same items, so that the
+machine's drift falls on both alike:
+- ceiling: `bench.pipeline` in this process while the stack is idle (decode threads running
+  ahead of the model, the image model as the encode worker runs it, text model, fuse, upsert into
+  real ShardIndexes), on the same cores;
+- end to end: a new 2-shard collection, items in multipart requests of up to 64 images (and at
+  most 32 MB) sent one after another as fast as the API takes them, items/s from the first POST
+  until every job is final (each item encoded, logged and applied by its shard: searchable).
+A set's figures are the means over its rounds, and ratio = e2e / ceiling.
 
-Sets, all held in memory:
-- photos500: foolbox's, scikit-image's and opencv-doc's photos scaled to 500 px on the long
-  side and re-encoded as JPEG quality 90, repeated under distinct ids to 520 items;
-- wallpapers: the Plasma wallpapers' JPEGs (2560x1600 to 5120x2880; `make bench-data`), 18
-  items (54 in the full run, each file three times under distinct ids).
+Where the time went comes from the encode worker's log (Celery's per-task runtimes): the
+task-seconds summed and the mean number of tasks in flight. Where the CPU went: the cores each
+stack process used on average during the end-to-end runs (with its children: gunicorn's
+workers, redis-server and its AOF rewrites, snapshot writers), this bench process's (the
+client) and the machine's idle cores.
 
-Ceilings, measured in this process while the stack is idle (after a warm-up ingest, before the
-end-to-end runs): decode only (`decode_image` + `resize_for_model` over the same bytes in a
-2-thread pool, both cores) and model only (`efficientnet_lite0` `encode` on pre-decoded 224x224
-images, batches of 8, in the precision and compile mode the service uses), the faster of two
-layouts: as the workers run it (one single-threaded call per core at once) and one call at a
-time on every core. "serial" is 1 / (1/decode + 1/model), what an encode worker that decodes a
-batch and then encodes it can reach. Where the time went comes from the encode worker's log
-(Celery's per-task runtimes): the task-seconds summed and the mean number of tasks in flight
-(task-seconds / wall time; the worker runs several tasks at once and batches their images).
-Where the CPU went: the cores each stack process used on average during the end-to-end run
-(with its children: gunicorn's workers, redis-server and its AOF rewrites, snapshot writers),
-this bench process's (the client) and the machine's idle cores.
-
-The figures vary with the machine's load (compare ratios of one run only). The last line of
-output is one JSON object: `e2e_items_per_s`, `ceiling_items_per_s` (the smaller ceiling) and
-`ratio` for photos500, and every set's details; the same object is written to --json (default
-bench/results/ingest-<UTC time>.json), which `bench.report` plots.
+The last line of output is one JSON object: `e2e_items_per_s`, `ceiling_items_per_s` and
+`ratio` for photos500, and every set's details (per round too); the same object is written to
+--json (default bench/results/ingest-<UTC time>.json), which `bench.report` plots.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-import numpy as np
-
-from bench.datasets import note, wallpapers
-from bench.modelrun import encode_all, layouts, torch_threads
-from bench.service import (Service, TaskLog, Upload, jpeg_with_long_side, machine_idle_seconds, real_photos,
-                           running_stack, runtimes, table, write_results)
-from shared.encoding.imagedecode import decode_image, resize_for_model
+from bench.datasets import note
+from bench.ingest_sets import mixed_set, photos500, wallpaper_set
+from bench.pipeline import pipeline_rate
+from bench.service import Service, TaskLog, Upload, machine_idle_seconds, running_stack, runtimes, table, write_results
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the workers set it, before torch loads
 # The stack's workers (temporary data dir) and this process share one compile cache across runs.
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.abspath("bench/data/torch-compile-cache"))
 
 IMAGE_MODEL = "efficientnet_lite0"
-MODEL_BATCH = 8
 REQUEST_ITEMS = 64
 REQUEST_BYTES = 32 * 2**20
 SHARDS = 2
 ENCODE_TASK = "mmsearch.encode_items"
-
-
-def photos500(count: int) -> list[Upload]:
-    """The real photos at 500 px (JPEG q90), repeated under distinct ids to `count` items."""
-    distinct = [(p.name, jpeg_with_long_side(p.read_bytes(), 500)) for p in real_photos()]
-    return [Upload(f"{distinct[i % len(distinct)][0]}-{i}", distinct[i % len(distinct)][1]) for i in range(count)]
-
-
-def wallpaper_set(copies: int) -> list[Upload]:
-    """Each Plasma wallpaper JPEG `copies` times under distinct ids (empty without bench data)."""
-    files = [(p.name, p.read_bytes()) for p in wallpapers("largest")]
-    return [Upload(f"{name}-{c}", data) for c in range(copies) for name, data in files]
 
 
 def request_batches(items: list[Upload]) -> list[list[Upload]]:
@@ -83,38 +59,6 @@ def request_batches(items: list[Upload]) -> list[list[Upload]]:
         batches[-1].append(item)
         size += len(item.image)
     return batches
-
-
-def best_rate(run: Callable[[], None], items: int, rounds: int) -> float:
-    """Items/s of the fastest of `rounds` runs (the least disturbed by other processes)."""
-    rates = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        run()
-        rates.append(items / (time.perf_counter() - t0))
-    return max(rates)
-
-
-def decode_ceiling(items: list[Upload], size: int, rounds: int) -> float:
-    """Decode + model resize over the items' bytes in a 2-thread pool; items/s."""
-    def run() -> None:
-        with ThreadPoolExecutor(2) as pool:
-            list(pool.map(lambda item: resize_for_model(decode_image(item.image), size), items))
-    return best_rate(run, len(items), rounds)
-
-
-def model_ceilings(model: Any, images: list[np.ndarray], count: int, rounds: int) -> dict[str, float]:
-    """`model.encode` over `count` pre-decoded images in batches of MODEL_BATCH, in each layout
-    of `bench.modelrun.layouts` (the service's, and one call on every core); items/s."""
-    batches = [[images[(start + j) % len(images)] for j in range(MODEL_BATCH)]
-               for start in range(0, count, MODEL_BATCH)]
-    rates = {}
-    for name, (streams, threads) in layouts(model).items():
-        with torch_threads(threads):
-            encode_all(model, batches[:streams], streams)  # warm-up
-            rates[name] = round(best_rate(lambda: encode_all(model, batches, streams),
-                                          len(batches) * MODEL_BATCH, rounds), 1)
-    return rates
 
 
 def end_to_end(svc: Service, name: str, items: list[Upload]) -> dict[str, Any]:
@@ -148,14 +92,35 @@ def end_to_end(svc: Service, name: str, items: list[Upload]) -> dict[str, Any]:
             "cores_idle": round((idle_after - idle_before) / wall, 2)}
 
 
+def mean(values: list[float]) -> float:
+    return round(sum(values) / len(values), 2)
+
+
+def interleaved(svc: Service, encoder: Any, name: str, items: list[Upload], rounds: int) -> dict[str, Any]:
+    """Ceiling, end to end, ceiling, end to end ... on the same items; the means, their ratio, and
+    the last end-to-end run's details (time line, CPU)."""
+    ceilings, e2e_runs = [], []
+    for r in range(rounds):
+        ceilings.append(round(pipeline_rate(encoder, items, SHARDS), 2))
+        e2e_runs.append(end_to_end(svc, f"bench-{name}-{r}", items))
+    result = e2e_runs[-1]
+    result.update({"e2e_rounds_items_per_s": [run["e2e_items_per_s"] for run in e2e_runs],
+                   "ceiling_rounds_items_per_s": ceilings,
+                   "e2e_items_per_s": mean([run["e2e_items_per_s"] for run in e2e_runs]),
+                   "ceiling_items_per_s": mean(ceilings)})
+    result["ratio"] = round(result["e2e_items_per_s"] / result["ceiling_items_per_s"], 3)
+    return result
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.ingest", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer wallpapers and rounds (about 3 minutes)")
+    parser.add_argument("--quick", action="store_true", help="fewer items and rounds (a few minutes)")
     parser.add_argument("--json", type=Path, help="where to write the result JSON "
                         "(default: bench/results/ingest-<UTC time>.json)")
     args = parser.parse_args(argv)
 
-    sets = {"photos500": photos500(520), "wallpapers": wallpaper_set(1 if args.quick else 3)}
+    sets = {"photos500": photos500(520), "mixed": mixed_set(64 if args.quick else 256),
+            "wallpapers": wallpaper_set(1 if args.quick else 3)}
     for name in [n for n, items in sets.items() if not items]:
         note(f"photo set {name} is empty; skipped")
         del sets[name]
@@ -164,47 +129,37 @@ def main(argv: list[str] | None = None) -> None:
     with running_stack(slots=SHARDS) as svc:
         # Warm-up: the encode worker loads its models on its first task.
         svc.create_collection("warmup", SHARDS)
-        svc.ingest("warmup", sets["photos500"][:MODEL_BATCH])
+        svc.ingest("warmup", sets["photos500"][:16])
 
-        from shared.runtime.config import get_settings
-        from shared.encoding.image_models import create_image_model
+        from shared.encoding.encoders import collection_encoder
         from shared.encoding.precision import resolve_precision
+        from shared.runtime.config import get_settings
 
-        # The model as the encode worker runs it: the collection's precision, compiled or not alike.
-        model = create_image_model(IMAGE_MODEL, resolve_precision(None, get_settings().precision))
-        model.warm_up()
-        size = model.input_size
-        decoded = [resize_for_model(decode_image(item.image), size) for item in sets["photos500"][:64]]
-        model_rates = model_ceilings(model, decoded, 160 if args.quick else 520, rounds)
-        model_rate = max(model_rates.values())  # the machine's ceiling: the faster layout
+        # The collection's encoder as the encode worker runs it: same precision, compiled or not alike.
+        settings = get_settings()
+        encoder = collection_encoder(IMAGE_MODEL, settings.text_model, resolve_precision(None, settings.precision))
+        encoder.image_model.warm_up()
+        pipeline_rate(encoder, sets["photos500"][:32], SHARDS)  # warm-up: threads, text model, allocator
         for name, items in sets.items():
-            decode_rate = decode_ceiling(items, size, rounds + 1)
-            results[name] = {"decode_items_per_s": round(decode_rate, 1), "model_items_per_s": round(model_rate, 1),
-                             "model_layouts_items_per_s": model_rates,
-                             "ceiling_items_per_s": round(min(decode_rate, model_rate), 1),
-                             "serial_ceiling_items_per_s": round(1 / (1 / decode_rate + 1 / model_rate), 1)}
-        for name, items in sets.items():
-            results[name].update(end_to_end(svc, f"bench-{name}", items))
-            results[name]["ratio"] = round(results[name]["e2e_items_per_s"] / results[name]["ceiling_items_per_s"], 3)
-            results[name]["ratio_to_serial"] = round(
-                results[name]["e2e_items_per_s"] / results[name]["serial_ceiling_items_per_s"], 3)
+            results[name] = interleaved(svc, encoder, name, items, rounds)
 
+    model = encoder.image_model.model
     load = [round(x, 2) for x in os.getloadavg()]
-    print(f"\n== ingest through the HTTP API ({SHARDS} shard workers, {IMAGE_MODEL} {model.precision}{' compiled' if model.compiled else ''} on "
-          f"{model.device}, {os.cpu_count()} cores; model/s: the faster of "
-          + ", ".join(f"{name} calls {rate}/s" for name, rate in model_rates.items()) + ")")
-    print(table(["set", "items", "MB", "e2e/s", "decode/s", "model/s", "min ceil/s", "serial/s",
-                 "e2e/min", "e2e/serial"],
-                [[n, r["items"], r["mb"], r["e2e_items_per_s"], r["decode_items_per_s"], r["model_items_per_s"],
-                  r["ceiling_items_per_s"], r["serial_ceiling_items_per_s"], r["ratio"], r["ratio_to_serial"]]
+    print(f"\n== ingest through the HTTP API vs the in-process pipeline ({SHARDS} shards, {IMAGE_MODEL} "
+          f"{model.precision}{' compiled' if model.compiled else ''} on {model.device}, {os.cpu_count()} cores, "
+          f"{rounds} interleaved rounds, means)")
+    print(table(["set", "items", "MB", "e2e/s", "ceiling/s", "e2e/ceiling", "e2e rounds", "ceiling rounds"],
+                [[n, r["items"], r["mb"], r["e2e_items_per_s"], r["ceiling_items_per_s"], r["ratio"],
+                  " ".join(map(str, r["e2e_rounds_items_per_s"])), " ".join(map(str, r["ceiling_rounds_items_per_s"]))]
                  for n, r in results.items()]))
-    print("\n== where the time went (seconds from the first POST; encode: Celery task runtimes)")
+    print("\n== where the time went in the last end-to-end round (seconds from the first POST; encode: Celery"
+          " task runtimes)")
     print(table(["set", "requests", "all posted", "all counted", "all final", "encode tasks", "task-s",
                  "in flight"],
                 [[n, r["requests"], r["posted_s"], r["counted_s"], r["final_s"], r["encode_tasks"],
                   r["encode_task_s"], r["encode_tasks_in_flight"]]
                  for n, r in results.items()]))
-    print("\n== CPU during the end-to-end runs (cores busy on average: each stack process with its children,"
+    print("\n== CPU during the last end-to-end round (cores busy on average: each stack process with its children,"
           " this bench process, and the machine's idle)")
     procs = sorted({proc for r in results.values() for proc in r["cores_used"]})
     print(table(["set", *procs, "idle"],
@@ -212,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\nload average at the end (other processes share these cores): {load}")
     headline = results["photos500"]
     summary = {"e2e_items_per_s": headline["e2e_items_per_s"], "ceiling_items_per_s": headline["ceiling_items_per_s"],
-               "ratio": headline["ratio"], "quick": args.quick, "cores": os.cpu_count(), "shards": SHARDS,
+               "ratio": headline["ratio"], "ratios": {n: r["ratio"] for n, r in results.items()}, "quick": args.quick, "cores": os.cpu_count(), "shards": SHARDS,
                "model": IMAGE_MODEL, "load_average": load, "sets": results}
     write_results(summary, "ingest", args.json)
 

@@ -1,6 +1,7 @@
-"""An image model run as the service runs it, for the benchmarks, and the other layout for
-comparison: `model.streams` calls at once, each on cores / streams torch threads (what the
-workers do, `shared.encoding.image_models.model_streams`), or one call at a time on every core."""
+"""An image model run as the service runs it, for the benchmarks: `model.streams` calls at once,
+each on cores / streams torch threads (what the workers do,
+`shared.encoding.image_models.model_streams`), or another number of calls, with torch's threads
+set for a block."""
 from __future__ import annotations
 
 import contextlib
@@ -36,12 +37,3 @@ def torch_threads(threads: int) -> Iterator[None]:
     finally:
         torch.set_num_threads(before)
 
-
-def layouts(model: "ImageModel") -> dict[str, tuple[int, int]]:
-    """name -> (calls at once, torch threads per call): the service's layout and one call on
-    every core."""
-    from shared.encoding.image_models import usable_cores  # (torch loads here: after OMP_WAIT_POLICY is set)
-
-    cores = usable_cores()
-    return {f"{model.streams} x {model.threads} thread(s)": (model.streams, model.threads),
-            f"1 x {cores} thread(s)": (1, cores)}

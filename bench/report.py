@@ -12,8 +12,8 @@ there is used) and writes PNGs (matplotlib, Agg backend) to --out (default bench
   query kind, one line per (size, shards);
 - search_memory.png (when the runs measured memory): the shard workers' resident bytes per item
   against size, one line per shard count, with the index's vector + graph bytes per item;
-- ingest_throughput.png: items/s end to end next to the decode, model and serial ceilings, per
-  photo set and run.
+- ingest_throughput.png: items/s end to end next to the in-process pipeline ceiling, per photo
+  set and run.
 
 Several search files are merged (a full run may be split over several invocations, one size
 each); a (size, shards, kind, clients) row measured twice keeps the later file's. The plots show
@@ -155,9 +155,8 @@ def plot_memory(memory: Sequence[dict[str, Any]], out: Path) -> Path:
 
 
 def plot_ingest(runs: Sequence[tuple[str, dict[str, Any]]], out: Path) -> Path:
-    """Grouped bars: per (run, set), end-to-end items/s and the ceilings."""
-    series = (("e2e_items_per_s", "end to end"), ("decode_items_per_s", "decode ceiling"),
-              ("model_items_per_s", "model ceiling"), ("serial_ceiling_items_per_s", "serial ceiling"))
+    """Grouped bars: per (run, set), end-to-end items/s and the ceiling."""
+    series = (("e2e_items_per_s", "end to end"), ("ceiling_items_per_s", "in-process pipeline"))
     groups = [(f"{label}\n{name}", result) for label, run in runs for name, result in run["sets"].items()]
     width = 0.8 / len(series)
     fig, ax = plt.subplots(figsize=(max(6, 2.5 * len(groups)), 4))
