@@ -22,6 +22,7 @@ from shared.encoding.imagedecode import decode_image, make_thumbnail
 from shared.index.labels import shard_for
 from shared.index.records import ItemRecord
 from shared.index.shard_index import ShardIndex
+from shared.runtime.config import get_settings
 
 if TYPE_CHECKING:
     from shared.encoding.encoders import CollectionEncoder
@@ -36,8 +37,8 @@ def _decoded(encoder: "CollectionEncoder", item: Upload) -> tuple[np.ndarray, by
 
 def pipeline_rate(encoder: "CollectionEncoder", items: Sequence[Upload], shards: int) -> float:
     """Items/s of decode + encode + fuse + index insert over `items`, in this process."""
-    indexes = [ShardIndex(encoder.image_dim + encoder.text_dim, image_dim=encoder.image_dim)
-               for _ in range(shards)]
+    indexes = [ShardIndex(encoder.image_dim + encoder.text_dim, image_dim=encoder.image_dim,
+                          recall_target=get_settings().recall_target) for _ in range(shards)]
     chunks = [list(items[start:start + MODEL_BATCH]) for start in range(0, len(items), MODEL_BATCH)]
     t0 = time.perf_counter()
     with ThreadPoolExecutor(os.cpu_count() or 2, thread_name_prefix="decode") as decoders:
