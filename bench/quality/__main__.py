@@ -22,7 +22,11 @@ setting new collections get (MMSEARCH_ENCODER_SETTING) where a measurement does 
    on fused vectors of real features replicated with noise.
 6. Captions first: an item's own caption as a text query, and with an edited copy of its photo
    as a fused query (top-1), and word queries (P@10), for caption/ConSE mixes from 0 to 1.0
-   (bench.quality.captions_first).
+   and for two text blocks (bench.quality.captions_first, bench.quality.two_blocks).
+7. Image descriptors: near-duplicate top-1 over mixed edits and a combined edit (a 3-10 degree
+   rotation, crop, mirror, downscale, overlay and JPEG at once), reported apart, for average vs
+   GeM pooling, one vs two scales and PCA-whitening learned on the originals, with ms per image
+   (bench.quality.descriptors). `--descriptors` runs this one alone.
 """
 from __future__ import annotations
 
@@ -40,6 +44,7 @@ from bench.photos import Photo, foolbox_photos, skimage_photos
 from bench.quality import SEED, TEXT_MODEL
 from bench.quality.captions_first import captions_first
 from bench.quality.crossmodal import crossmodal
+from bench.quality.descriptors import descriptors
 from bench.quality.features import SIZE, Encoded, encode_images
 from bench.quality.hnsw import hnsw_recall
 from bench.quality.neardup import neardup
@@ -85,9 +90,16 @@ def image_models() -> Iterator[tuple[str, ImageModel]]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.quality", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer variants and index items (a few minutes)")
+    parser.add_argument("--descriptors", action="store_true", help="measurement 7 alone")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     variants = 4 if args.quick else 10
+    if args.descriptors:
+        from shared.encoding.image_models import create_image_model
+
+        print("\n== 7. image descriptors, efficientnet_lite0")
+        print(json.dumps(rounded(descriptors(create_image_model("efficientnet_lite0"), collect_photos(), variants))))
+        return
     n_items, n_queries = (20_000, 200) if args.quick else (20_000, 1000)
     photos = collect_photos()
     setting_name = get_settings().encoder_setting
@@ -142,6 +154,9 @@ def main(argv: list[str] | None = None) -> None:
     at_shipped = first["mixes"].get(f"{shipped.caption_conse_mix:g}", {}).get("mean", {})
     summary.update(captions_first_mix=first["chosen_mix"], caption_top1=at_shipped.get("caption_top1"),
                    fused_top1=at_shipped.get("fused_top1"), captions_first=first)
+
+    print("\n== 7. image descriptors, efficientnet_lite0")
+    summary.update(descriptors=descriptors(lite0, photos, variants))
 
     summary["seconds"] = round(time.perf_counter() - started, 1)
     print(f"\ntotal {summary['seconds']} s")

@@ -1,5 +1,6 @@
-"""Edited copies of a photo for the near-duplicate measurement: rotated, cropped, maybe
-mirrored, downscaled, captioned with an overlay text and re-encoded as a low-quality JPEG."""
+"""Edited copies of a photo for the near-duplicate measurements: rotated, cropped, maybe
+mirrored, downscaled, captioned with an overlay text and re-encoded as a low-quality JPEG; the
+combined edit always mirrors and rotates by 3-10 degrees either way."""
 from __future__ import annotations
 
 import cv2
@@ -9,16 +10,18 @@ OVERLAY_TEXTS = ("@holiday_pics", "SALE -50%", "(c) 2019 J. Smith", "best day ev
                  "Photo: Reuters", "lol", "Summer 2021", "www.example.com", "DO NOT COPY")
 
 
-def make_variant(rgb: np.ndarray, rng: np.random.Generator) -> bytes:
-    """JPEG bytes of an edited copy: rotate, crop, maybe mirror, downscale, caption, re-encode."""
+def make_variant(rgb: np.ndarray, rng: np.random.Generator, combined: bool = False) -> bytes:
+    """JPEG bytes of an edited copy: rotate, crop, maybe mirror, downscale, caption, re-encode.
+    `combined`: every edit at once, the mirror always and a rotation of 3-10 degrees."""
     h, w = rgb.shape[:2]
-    rot = cv2.getRotationMatrix2D((w / 2, h / 2), float(rng.uniform(-8, 8)), 1.0)
+    angle = float(rng.choice((-1.0, 1.0)) * rng.uniform(3, 10)) if combined else float(rng.uniform(-8, 8))
+    rot = cv2.getRotationMatrix2D((w / 2, h / 2), angle, 1.0)
     img = cv2.warpAffine(rgb, rot, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
     fx, fy = rng.uniform(0.5, 0.85, size=2)
     cw, ch = max(16, int(w * fx)), max(16, int(h * fy))
     x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
     img = img[y0:y0 + ch, x0:x0 + cw]
-    if rng.random() < 0.5:
+    if combined or rng.random() < 0.5:
         img = img[:, ::-1]
     long_side = int(rng.integers(256, 641))
     scale = min(1.0, long_side / max(img.shape[:2]))
