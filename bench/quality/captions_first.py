@@ -18,6 +18,7 @@ caption of one style of `bench.quality.captions`; queries with `fusion.build_que
 The mix chosen follows the issue's targets: among the mixes whose P@10 (mean of both galleries
 and both caption styles) is not below v1's and whose text-only top-1 is not below the plain
 caption's, the highest fused top-1, then text-only top-1, then P@10 (rounded to 3 decimals).
+The same figures of two text blocks (`bench.quality.two_blocks`) follow the mixes in the table.
 """
 from __future__ import annotations
 
@@ -66,7 +67,12 @@ def edited_features(model: ImageModel, photos: list[Photo]) -> np.ndarray:
 
 def top1(item_vectors: np.ndarray, queries: np.ndarray, own: np.ndarray) -> float:
     """Share of queries whose own item scores strictly above every other item."""
-    scores = queries @ item_vectors.T
+    return strict_top1(queries @ item_vectors.T, own)
+
+
+def strict_top1(scores: np.ndarray, own: np.ndarray) -> float:
+    """top1 from a queries x items score matrix."""
+    scores = scores.copy()
     own_scores = scores[np.arange(len(own)), own]
     scores[np.arange(len(own)), own] = -np.inf
     return float((own_scores > scores.max(axis=1)).mean())
@@ -112,37 +118,44 @@ def choose(rows: dict[float, MixScores]) -> float:
 def captions_first(model: ImageModel, items: list[Photo], gallery: Encoded, text: TextEncoder,
                    shipped: EncoderSetting) -> dict[str, Any]:
     """Measurement 6 on the gallery `items` (their encoding `gallery`): prints its table; returns
-    its figures per caption style and mix, their means, and the mix chosen."""
+    its figures per caption style and mix or two-block scheme, their means, and the mix chosen."""
+    from bench.quality.two_blocks import scheme_scores, schemes  # it builds on this module
+
     conse = ConSE(imagenet_class_vectors(text, shipped), shipped.conse_top_k, shipped.conse_temperature)
     semantic = conse.vectors(gallery.probs)
     fused_rows = np.asarray([i for i, p in enumerate(items) if not p.name.startswith("cifar")])
     edited = edited_features(model, [items[i] for i in fused_rows])
     words = word_queries(items, text)
-    per_style: dict[str, dict[float, MixScores]] = {}
+    per_style: dict[str, dict[str, MixScores]] = {}
     counts = {}
     for style, table in (("literal", literal_captions()), ("casual", casual_captions())):
         captions = [text.encode(table[p.name]) for p in items]
         counts[style] = int(own_captions(captions).sum())
-        per_style[style] = {m: scores_at(m, gallery.features, semantic, captions, edited, fused_rows, words)
+        per_style[style] = {f"{m:g}": scores_at(m, gallery.features, semantic, captions, edited, fused_rows, words)
                             for m in MIXES}
-    mean = {m: MixScores(*np.mean([list(vars(per_style[st][m]).values()) for st in per_style], axis=0).tolist())
-            for m in MIXES}
-    chosen = choose(mean)
+        per_style[style].update({f"two blocks, {name}": scheme_scores(scheme, gallery.features, semantic, captions,
+                                                                      edited, fused_rows, words)
+                                 for name, scheme in schemes().items()})
+    labels = list(per_style["literal"])
+    mean = {k: MixScores(*np.mean([list(vars(per_style[st][k]).values()) for st in per_style], axis=0).tolist())
+            for k in labels}
+    chosen = choose({m: mean[f"{m:g}"] for m in MIXES})
 
     print(f"  gallery {len(items)} captioned items; text-only queries: the items with a caption of their own "
           f"({', '.join(f'{st} {n}' for st, n in counts.items())}); fused queries: {len(fused_rows)} edited photos "
           f"+ their captions; P@10: {len(words[0])} word queries")
-    print(f"  {'':<16}" + "".join(f"{st + ' captions':^30}" for st in per_style) + f"{'mean':^30}")
-    print(f"  {'mix':<16}" + f"{'caption':>8}{'fused':>7}{'p@10':>7}{'half':>7} " * (len(per_style) + 1))
-    for m in MIXES:
-        label = {0.0: "0 (plain SIF)", V1_MIX: f"{V1_MIX:g} (v1)"}.get(m, f"{m:g}")
-        cells = [per_style[st][m] for st in per_style] + [mean[m]]
-        print(f"  {label:<16}" + "".join(f"{s.caption_top1:>8.3f}{s.fused_top1:>7.3f}{s.p10:>7.3f}{s.p10_half:>7.3f} "
+    print(f"  {'':<24}" + "".join(f"{st + ' captions':^30}" for st in per_style) + f"{'mean':^30}")
+    print(f"  {'mix or scheme':<24}" + f"{'caption':>8}{'fused':>7}{'p@10':>7}{'half':>7} " * (len(per_style) + 1))
+    for k in labels:
+        label = {"0": "0 (plain SIF)", f"{V1_MIX:g}": f"{V1_MIX:g} (v1)"}.get(k, k)
+        cells = [per_style[st][k] for st in per_style] + [mean[k]]
+        print(f"  {label:<24}" + "".join(f"{s.caption_top1:>8.3f}{s.fused_top1:>7.3f}{s.p10:>7.3f}{s.p10_half:>7.3f} "
                                          for s in cells))
     print("  caption: text-only top-1 of an item's own caption; fused: caption + edited photo top-1; p@10: word "
-          "queries over the captioned gallery; half: over the half-captioned one")
+          "queries over the captioned gallery; half: over the half-captioned one; two blocks: "
+          "bench.quality.two_blocks")
     print(f"  chosen: mix={chosen:g} (P@10 not below v1's, caption top-1 not below the plain caption's; then the "
           "highest fused top-1, caption top-1, P@10)")
-    return {"mixes": {f"{m:g}": {"mean": mean[m].as_dict(), **{st: per_style[st][m].as_dict() for st in per_style}}
-                      for m in MIXES},
+    return {"mixes": {k: {"mean": mean[k].as_dict(), **{st: per_style[st][k].as_dict() for st in per_style}}
+                      for k in labels},
             "chosen_mix": chosen, "queries": counts, "fused_queries": len(fused_rows)}

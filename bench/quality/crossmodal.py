@@ -49,9 +49,14 @@ class RankScores:
 
 def rank_scores(item_vectors: np.ndarray, relevant: dict[str, np.ndarray], query_vectors: dict[str, np.ndarray]) -> RankScores:
     """precision@10, R-precision and mAP (whole ranking) of word queries over the items."""
+    return ranked_scores({w: item_vectors @ query_vectors[w] for w in relevant}, relevant)
+
+
+def ranked_scores(item_scores: dict[str, np.ndarray], relevant: dict[str, np.ndarray]) -> RankScores:
+    """rank_scores from each word query's scores of the items."""
     p10, rprec, aps, per_query = [], [], [], {}
     for word, rel in relevant.items():
-        order = np.argsort(-(item_vectors @ query_vectors[word]), kind="stable")
+        order = np.argsort(-item_scores[word], kind="stable")
         hits = rel[order]
         n_rel = int(rel.sum())
         p10.append(hits[:10].mean())
