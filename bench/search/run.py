@@ -29,11 +29,13 @@ HELD_OUT = 400  # the last Fashion-MNIST test images: the near queries, left out
 
 def index_bytes_per_item(image_dim: int, text_dim: int) -> float:
     """What `ShardIndex.stats()` counts per item that has both blocks: its float32 vector and
-    both graphs' links and bookkeeping (without building an index)."""
+    its graphs' links and bookkeeping (without building an index)."""
     from shared.index.graph import estimated_bytes
+    from shared.index.layouts import DEFAULT_LAYOUT, graphs
 
-    graph = {"count": 1, "capacity": 1, "deleted": 0}
-    graph_bytes, _ = estimated_bytes(16, [{**graph, "dim": image_dim}, {**graph, "dim": text_dim}])
+    one = {"count": 1, "capacity": 1, "deleted": 0}
+    kept = graphs(DEFAULT_LAYOUT, image_dim + text_dim, image_dim)
+    graph_bytes, _ = estimated_bytes(16, [{**one, "dim": g.stop - g.start} for g in kept])
     return float((image_dim + text_dim) * 4 + graph_bytes)
 
 

@@ -18,8 +18,9 @@ e.g. a text whose words no caption has, or a photo unlike any stored one, whose 
 longer list), or whose search went astray, is searched again with the kind's `far_ef`. That
 one is calibrated the same way on far queries: the same stored items turned towards random
 directions (cosine FAR_COSINES with the item), those of them whose exact k-th score is below
-far_below; it is EF_FAR where none reach the target. A kind whose graphs hold fewer than
-CALIBRATE_MIN items keeps EF_DEFAULT and is never searched again.
+far_below; it is EF_FAR where none reach the target. A kind with fewer than CALIBRATE_MIN
+items that have each of its blocks keeps EF_DEFAULT and is never searched again. The searches
+go through the graphs that a query of the kind searches (`shared.index.layouts`).
 
 A shard recalibrates once it reaches CALIBRATE_MIN items and then whenever it has doubled, or
 updates and deletes reached RECALIBRATE_CHANGED of its size, since the last calibration
@@ -33,7 +34,7 @@ from typing import Callable
 
 import numpy as np
 
-from shared.index.graph import Graph
+from shared.index.graph import Block
 from shared.index.vector_store import VectorStore
 
 CALIBRATION_K = 10        # the k that ef is calibrated for; other k scale it
@@ -43,14 +44,15 @@ EF_FAR = 4096             # far ef (at k = CALIBRATION_K) where no rung of EF_LA
 FAR_COSINES = (0.1, 0.9)  # far calibration queries: cosine with the stored item they turn away from
 FAR_QUANTILE = 0.5        # far_below: this quantile of the calibration queries' k-th score per norm
 CALIBRATION_QUERIES = 64  # stored items used as queries per kind
-CALIBRATE_MIN = 1000      # a kind is calibrated once its graphs hold this many items
+CALIBRATE_MIN = 1000      # a kind is calibrated once this many items have its blocks
 CALIBRATION_MARGIN = 0.5  # calibration queries may miss this share of what the target allows
 RECALIBRATE_CHANGED = 0.2  # updated + deleted items, as a share of the size at the last calibration
-_SCORE_ROWS = 8192        # rows per matmul when scoring a whole graph
+_SCORE_ROWS = 8192        # rows per matmul when scoring a whole block
 
-Search = Callable[[np.ndarray, list[Graph], int, int], list[tuple[int, float]]]
-"""(query, graphs, k, ef) -> best k (label, score) by hnswlib with list size ef, no filter;
-raises RuntimeError where hnswlib reached fewer than k items."""
+Search = Callable[[np.ndarray, int, int], list[tuple[int, float]]]
+"""(query, k, ef) -> best k (label, score) by hnswlib with list size ef, no filter, in the
+graphs that the query's blocks search; raises RuntimeError where hnswlib reached fewer than k
+items."""
 
 
 def ef_for(k: int, ef_at_k10: int = EF_DEFAULT) -> int:
@@ -117,24 +119,24 @@ class Calibration:
 
 @dataclass
 class Dump:
-    """A copy of one graph's stored blocks: the labels of its live items and their rows."""
+    """A copy of one stored block of the items that have it: their labels and rows."""
 
     labels: np.ndarray   # uint64, one per row
     vectors: np.ndarray  # rows as the store keeps them (float16 or float32)
 
 
-def copy_vectors(graph: Graph, block: int, store: VectorStore, blocks: dict[int, int]) -> Dump:
-    """Copy the blocks of a graph's live items (span `block` of the store); `blocks`: label ->
+def copy_vectors(part: Block, block: int, store: VectorStore, blocks: dict[int, int]) -> Dump:
+    """Copy a block of the items that have it (span `block` of the store); `blocks`: label ->
     block bits of every live item. The caller holds the shard's lock."""
-    labels = [label for label, bits in blocks.items() if bits & graph.bit]
+    labels = [label for label, bits in blocks.items() if bits & part.bit]
     return Dump(np.asarray(labels, np.uint64), store.part(block, labels))
 
 
-def measure(graphs: list[Graph], dumps: dict[str, Dump], dim: int, recall_target: float,
+def measure(parts: list[Block], dumps: dict[str, Dump], dim: int, recall_target: float,
             search: Search, rng: np.random.Generator) -> Tuning | None:
-    """The tuning of the query kind that searches `graphs` (see the module doc), None when it
-    has too few items to measure; `dumps` by graph name, `dim` of the fused vectors."""
-    labels = [dumps[g.name].labels for g in graphs]
+    """The tuning of the query kind whose queries have the blocks `parts` (see the module doc),
+    None when it has too few items to measure; `dumps` by block name, `dim` of the fused vectors."""
+    labels = [dumps[part.name].labels for part in parts]
     if min(len(x) for x in labels) < CALIBRATE_MIN:
         return None
     # Queries near stored items that have every searched block.
@@ -145,35 +147,35 @@ def measure(graphs: list[Graph], dumps: dict[str, Dump], dim: int, recall_target
         return None
     count = min(CALIBRATION_QUERIES, len(candidates) // 3)
     picks = rng.choice(candidates, size=3 * count, replace=False)
-    chosen = _stored(graphs, dumps, picks, dim)
+    chosen = _stored(parts, dumps, picks, dim)
     picks, stored = picks[:count], chosen[:count]
     universe = np.unique(np.concatenate(labels))
-    neighbours = _exact_scores(graphs, dumps, universe, stored)
+    neighbours = _exact_scores(parts, dumps, universe, stored)
     neighbours[np.searchsorted(universe, picks), np.arange(count)] = -np.inf
     queries = _off_node(stored, neighbours.max(axis=0), chosen[count:2 * count] - chosen[2 * count:])
-    top, scores = _exact_top(graphs, dumps, universe, queries)
-    far_below = float(np.quantile(scores.min(axis=0) / scale(graphs, queries), FAR_QUANTILE))
+    top, scores = _exact_top(parts, dumps, universe, queries)
+    far_below = float(np.quantile(scores.min(axis=0) / scale(parts, queries), FAR_QUANTILE))
     needed = (1.0 - (1.0 - recall_target) * CALIBRATION_MARGIN) * CALIBRATION_K
-    ef = _smallest_ef(search, graphs, queries, universe[top], needed, EF_LADDER[0], EF_LADDER[-1])
+    ef = _smallest_ef(search, queries, universe[top], needed, EF_LADDER[0], EF_LADDER[-1])
     # Far queries: the same items turned towards random directions, those that end up far.
     directions = np.zeros_like(stored)
-    for graph in graphs:
-        directions[:, graph.start:graph.stop] = rng.standard_normal((count, graph.stop - graph.start))
+    for part in parts:
+        directions[:, part.start:part.stop] = rng.standard_normal((count, part.stop - part.start))
     cosines = rng.uniform(*FAR_COSINES, count)
     far = _off_node(stored, cosines * np.einsum("ij,ij->i", stored, stored), directions)
-    far_top, far_scores = _exact_top(graphs, dumps, universe, far)
-    beyond = far_scores.min(axis=0) / scale(graphs, far) < far_below
-    far_ef = (_smallest_ef(search, graphs, far[beyond], universe[far_top[:, beyond]], needed, ef, EF_FAR)
+    far_top, far_scores = _exact_top(parts, dumps, universe, far)
+    beyond = far_scores.min(axis=0) / scale(parts, far) < far_below
+    far_ef = (_smallest_ef(search, far[beyond], universe[far_top[:, beyond]], needed, ef, EF_FAR)
               if beyond.any() else ef)
     return Tuning(ef, far_below, far_ef)
 
 
-def scale(graphs: list[Graph], queries: np.ndarray) -> np.ndarray:
-    """The sum of the norms of each query's blocks (a part per graph): what `far_below` is per
+def scale(parts: list[Block], queries: np.ndarray) -> np.ndarray:
+    """The sum of the norms of each query's blocks (`parts`): what `far_below` is per
     unit of. Unlike the whole norm it does not change with the weights of a query's blocks
     (`build_query` gives them norms in proportion to weights that sum to one), so a query
     weighted 1:0.25 is as near or as far as at 1:1."""
-    return sum(np.linalg.norm(graph.part(queries), axis=-1) for graph in graphs)
+    return sum(np.linalg.norm(part.part(queries), axis=-1) for part in parts)
 
 
 def _off_node(stored: np.ndarray, nearest: np.ndarray, directions: np.ndarray) -> np.ndarray:
@@ -191,16 +193,16 @@ def _off_node(stored: np.ndarray, nearest: np.ndarray, directions: np.ndarray) -
     return (cosine * stored + np.sqrt(1.0 - cosine ** 2) * noise).astype(np.float32)
 
 
-def _exact_top(graphs: list[Graph], dumps: dict[str, Dump], universe: np.ndarray,
+def _exact_top(parts: list[Block], dumps: dict[str, Dump], universe: np.ndarray,
                queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rows (into `universe`) of each query's exact top CALIBRATION_K, one column per query,
     and their scores."""
-    scores = _exact_scores(graphs, dumps, universe, queries)
+    scores = _exact_scores(parts, dumps, universe, queries)
     top = np.argpartition(-scores, CALIBRATION_K - 1, axis=0)[:CALIBRATION_K]
     return top, scores[top, np.arange(len(queries))]
 
 
-def _smallest_ef(search: Search, graphs: list[Graph], queries: np.ndarray, top: np.ndarray,
+def _smallest_ef(search: Search, queries: np.ndarray, top: np.ndarray,
                  needed: float, start: int, otherwise: int) -> int:
     """The smallest rung of EF_LADDER from `start` on where `search` finds at least `needed` of
     each query's exact top CALIBRATION_K (labels `top`, one column per query) on average;
@@ -210,7 +212,7 @@ def _smallest_ef(search: Search, graphs: list[Graph], queries: np.ndarray, top: 
         found = 0
         for query, expected in zip(queries, truth):
             try:
-                ranked = search(query, graphs, CALIBRATION_K, ef)
+                ranked = search(query, CALIBRATION_K, ef)
             except RuntimeError:  # hnswlib reached too few items: a search answers exactly
                 found += CALIBRATION_K
                 continue
@@ -220,25 +222,25 @@ def _smallest_ef(search: Search, graphs: list[Graph], queries: np.ndarray, top: 
     return otherwise
 
 
-def _stored(graphs: list[Graph], dumps: dict[str, Dump], labels: np.ndarray, dim: int) -> np.ndarray:
-    """The stored vectors of `labels` from the dumps; each label is live in every graph."""
+def _stored(parts: list[Block], dumps: dict[str, Dump], labels: np.ndarray, dim: int) -> np.ndarray:
+    """The stored vectors of `labels` from the dumps; each label has every block of `parts`."""
     vectors = np.zeros((len(labels), dim), np.float32)
-    for graph in graphs:
-        dump = dumps[graph.name]
+    for part in parts:
+        dump = dumps[part.name]
         order = np.argsort(dump.labels)
-        vectors[:, graph.start:graph.stop] = dump.vectors[order[np.searchsorted(dump.labels[order], labels)]]
+        vectors[:, part.start:part.stop] = dump.vectors[order[np.searchsorted(dump.labels[order], labels)]]
     return vectors
 
 
-def _exact_scores(graphs: list[Graph], dumps: dict[str, Dump], universe: np.ndarray,
+def _exact_scores(parts: list[Block], dumps: dict[str, Dump], universe: np.ndarray,
                   queries: np.ndarray) -> np.ndarray:
     """Inner products (one row per label of `universe`, one column per query) of the
-    queries with the dumped vectors of the items in `graphs` (a missing block counts 0)."""
+    queries with the dumped vectors of the items in `parts` (a missing block counts 0)."""
     scores = np.zeros((len(universe), len(queries)), np.float32)
-    for graph in graphs:
-        dump = dumps[graph.name]
+    for part in parts:
+        dump = dumps[part.name]
         where = np.searchsorted(universe, dump.labels)
-        part = np.ascontiguousarray(graph.part(queries).T)
+        part = np.ascontiguousarray(part.part(queries).T)
         for s in range(0, len(where), _SCORE_ROWS):
             scores[where[s:s + _SCORE_ROWS]] += dump.vectors[s:s + _SCORE_ROWS].astype(np.float32) @ part
     return scores

@@ -1,19 +1,21 @@
-"""One hnswlib graph (space "ip") over one block of a shard's stored vectors: the dims it holds,
-how a batch of writes and a search reach it, and an estimate of its memory.
+"""One hnswlib graph (space "ip") over some dims of a shard's stored vectors: the dims it holds,
+which items it holds, how a batch of writes and a search reach it, and an estimate of its memory.
 
-A shard keeps an item's block in the graph of that block (bit IMAGE or TEXT of the item's
-block bits); a one-graph shard keeps every whole vector in one graph, under bit IMAGE.
-Labels are `shared.index.labels.label_for(id)`. The caller holds the shard's lock: hnswlib
-must never write (`add_items`, `mark_deleted`, `resize_index`) alongside a search.
+An item's block bits say which of its blocks are non-zero (IMAGE, TEXT; a one-graph shard's
+whole vectors count as IMAGE). A graph holds the items that have any of its own bits
+(`shared.index.layouts`: the text graph holds the items with a text block, a fused graph
+over the whole vectors, bits IMAGE | TEXT, every item). Labels are
+`shared.index.labels.label_for(id)`. The caller holds the shard's lock: hnswlib must never
+write (`add_items`, `mark_deleted`, `resize_index`) alongside a search.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import hnswlib
 import numpy as np
 
-IMAGE, TEXT = 1, 2        # block bits; a one-graph shard stores every item in graph bit 1
+IMAGE, TEXT = 1, 2        # block bits; a one-graph shard's whole vectors count as IMAGE
 GROWTH = 1.25             # capacity grows by this factor...
 GROW_MIN = 1024           # ...and by at least this many slots
 
@@ -26,14 +28,25 @@ _LOOKUP_BYTES = 40
 
 
 @dataclass
-class Graph:
-    """One hnswlib graph over the dims [start, stop) of the stored vectors."""
+class Block:
+    """The dims [start, stop) of the stored vectors that `name` spans, and the block bits of the
+    items it concerns (for a graph: the items that have any of them)."""
 
     name: str
     bit: int
     start: int
     stop: int
-    index: hnswlib.Index
+
+    def part(self, vector: np.ndarray) -> np.ndarray:
+        """These dims of a vector (or of each row)."""
+        return vector[..., self.start:self.stop]
+
+
+@dataclass
+class Graph(Block):
+    """One hnswlib graph over the dims [start, stop) of the stored vectors."""
+
+    index: hnswlib.Index = field(kw_only=True)
     live: int = 0  # items stored and not deleted
 
     @classmethod
@@ -43,11 +56,7 @@ class Graph:
         # allow_replace_deleted: new items reuse the slots of deleted ones instead of growing.
         index.init_index(max_elements=max(1, capacity), M=M, ef_construction=ef_construction,
                          allow_replace_deleted=True)
-        return cls(name, bit, start, stop, index)
-
-    def part(self, vector: np.ndarray) -> np.ndarray:
-        """This graph's dims of a vector (or of each row)."""
-        return vector[..., self.start:self.stop]
+        return cls(name, bit, start, stop, index=index)
 
     def stored(self, labels: list[int]) -> np.ndarray:
         """The blocks of `labels` (live here) as hnswlib stores them, copied out of the index in

@@ -1,22 +1,20 @@
-"""One shard's searchable index: hnswlib graphs (inner-product space), one per vector block, plus
-item records.
+"""One shard's searchable index: hnswlib graphs (inner-product space) over its items' fused
+vectors, plus item records.
 
-Items are fused vectors `[image / sqrt2, text / sqrt2]` (`shared.encoding.fusion`; a missing block is
-zeros). With `image_dim` (0 < image_dim < dim) the shard keeps one hnswlib graph per block: the
-image graph holds the image blocks of the items that have one, the text graph the text blocks of
-the items that have one; a block that is all zeros is in no graph. Each vector is stored once,
-split in two. Every item's whole vector (zeros included) is also in the shard's vector store
-(`shared.index.vector_store`, float16 by default), which is where exact scores and stored
-vectors are read: hnswlib's `get_items` is far too slow for it. Without `image_dim` one graph
-holds the whole vectors (every item, zeros included).
+Items are fused vectors `[image / sqrt2, text / sqrt2]` (`shared.encoding.fusion`; a missing
+block is zeros). Which graphs a shard keeps and which of them a query searches is its layout
+(`shared.index.layouts`): by default a graph over the whole vectors, which image and fused
+queries search, beside a graph over the text blocks for text queries. Every item's vector is
+also in the shard's vector store (`shared.index.vector_store`, float16 by default), where
+exact scores and stored vectors are read (filtered exact search, hits' block scores,
+calibration): hnswlib's `get_items` is far too slow for it.
 
 Every search ranks by the inner product of the query with the fused stored vector (a missing
-block counts 0). A query with one non-zero block searches only that block's graph, whose metric
-is then the query's own; items without that block score exactly 0 and come after the positive
-scores. A query with both blocks (or none) searches both graphs, joins the candidates and
-scores them exactly from the store (`shared.index.join`), each graph's list first FUSED_DEPTH
-times its own block's calibrated one, then longer until no item outside the lists can outscore
-the k-th (`join.deeper`).
+block counts 0); items outside the graph searched (those without a text block, for a text
+query) score exactly 0 and come after the positive scores. In the per-block layout of older
+snapshots a fused query searches both graphs, joins the candidates and scores them exactly from
+the store (`shared.index.join`), each graph's list first FUSED_DEPTH times its own block's
+calibrated one, then longer until no item outside the lists can outscore the k-th.
 
 The list size (ef) of a search is calibrated per query kind ("image", "text", "fused"; "vector"
 for a one-graph shard) by the shard itself (`shared.index.calibration`), and a query far from
@@ -31,7 +29,7 @@ or `resize_index` alongside `knn_query`, so writes hold the write side of a `RWL
 searches the read side. Snapshots (`shared.index.snapshot`) are single files written
 atomically, with a checksum and the log position they cover, by a forked child (searches here
 go on meanwhile); a snapshot that fails any check is never loaded, and `load(path,
-image_dim=...)` rebuilds a shard of another layout from its vectors.
+image_dim=..., layout=...)` rebuilds a shard of another layout from its vectors.
 """
 from __future__ import annotations
 
@@ -43,9 +41,9 @@ from typing import Any, Iterator
 import numpy as np
 
 from shared.errors import SnapshotError
-from shared.index import calibration, snapshot
+from shared.index import calibration, layouts, snapshot
 from shared.index.filters import MetadataIndex
-from shared.index.graph import IMAGE, TEXT, Graph, estimated_bytes
+from shared.index.graph import Graph, estimated_bytes
 from shared.index.join import by_block, deeper, join, with_zeros
 from shared.index.labels import label_for
 from shared.index.records import ItemRecord
@@ -58,8 +56,6 @@ __all__ = ["EXACT_FILTER_MAX", "ItemRecord", "SearchHit", "ShardIndex"]
 EXACT_FILTER_MAX = 4096  # a filter that matches at most this many items is answered exactly
 FUSED_DEPTH = 2          # a fused search's first list in each block's graph, times the block's own calibrated one
 REBUILD_BATCH = 10_000    # items per upsert when rebuilding a snapshot in another layout
-KINDS_BLOCKS = ("image", "text", "fused")
-KINDS_WHOLE = ("vector",)
 
 
 @dataclass
@@ -83,8 +79,9 @@ class ShardIndex:
     everything that touches hnswlib takes the lock.
     """
 
-    def __init__(self, dim: int, *, image_dim: int = 0, M: int = 16, ef_construction: int = 200,
-                 initial_capacity: int = 1024, recall_target: float = 0.99, vector_dtype: str = "float16") -> None:
+    def __init__(self, dim: int, *, image_dim: int = 0, layout: str = layouts.DEFAULT_LAYOUT, M: int = 16,
+                 ef_construction: int = 200, initial_capacity: int = 1024, recall_target: float = 0.99,
+                 vector_dtype: str = "float16") -> None:
         if dim < 1:
             raise ValueError(f"dim must be >= 1, got {dim}")
         if image_dim < 0:
@@ -93,17 +90,14 @@ class ShardIndex:
             raise ValueError(f"recall_target must be in (0, 1], got {recall_target}")
         self.dim = dim
         self.image_dim = image_dim if image_dim < dim else 0
+        self.layout = layouts.check(layout, self.image_dim)
         self.recall_target = recall_target
-        if self.image_dim:
-            spans = [("image", IMAGE, 0, self.image_dim), ("text", TEXT, self.image_dim, dim)]
-            self.kinds = KINDS_BLOCKS
-        else:
-            spans = [("vector", IMAGE, 0, dim)]
-            self.kinds = KINDS_WHOLE
-        self._graphs = [Graph.empty(name, bit, start, stop, capacity=initial_capacity, M=M,
+        self.kinds = layouts.kinds(self.layout)
+        self._parts = layouts.blocks(dim, self.image_dim)
+        self._graphs = [Graph.empty(g.name, g.bit, g.start, g.stop, capacity=initial_capacity, M=M,
                                     ef_construction=ef_construction)
-                        for name, bit, start, stop in spans]
-        self._store = VectorStore([(g.start, g.stop) for g in self._graphs], dtype=vector_dtype,
+                        for g in layouts.graphs(self.layout, dim, self.image_dim)]
+        self._store = VectorStore([(p.start, p.stop) for p in self._parts], dtype=vector_dtype,
                                   capacity=initial_capacity)
         self._records: dict[int, ItemRecord] = {}
         self._blocks: dict[int, int] = {}  # label -> bits of the graphs that hold the item
@@ -126,7 +120,7 @@ class ShardIndex:
         if not latest:
             return
         with self._lock.write():
-            blocks = {label: self._blocks_of(vectors[row]) for label, row in latest.items()}
+            blocks = {label: layouts.bits_of(self._parts, vectors[row]) for label, row in latest.items()}
             for graph in self._graphs:
                 graph.apply(latest, blocks, self._blocks, vectors)
             self._store.put(list(latest), vectors[list(latest.values())])
@@ -141,11 +135,6 @@ class ShardIndex:
                 self._blocks[label] = blocks[label]
         self._calibration.wrote(inserted, len(latest) - inserted)
         self._calibrate_if_due()
-
-    def _blocks_of(self, vector: np.ndarray) -> int:
-        if not self.image_dim:
-            return IMAGE
-        return sum(g.bit for g in self._graphs if g.part(vector).any())
 
     def delete(self, ids: list[str]) -> int:
         """Delete items; unknown ids are ignored. Returns how many were deleted."""
@@ -182,10 +171,12 @@ class ShardIndex:
             raise ValueError(f"query must have {self.dim} dimensions, got {query.shape[0]}")
         if k <= 0:
             return []
-        graphs = self._graphs_for(query)
-        tuning = self._calibration.tuning[self._kind(graphs)]
+        bits = layouts.bits_of(self._parts, query)
+        kind = layouts.kind_of(self.layout, bits)
+        graphs = layouts.searched(self._graphs, bits)
+        tuning = self._calibration.tuning[kind]
         far_below = (None if tuning.far_below is None
-                     else tuning.far_below * float(calibration.scale(graphs, query)))
+                     else tuning.far_below * float(calibration.scale(layouts.parts_of(self._parts, kind), query)))
         with self._lock.read():
             allowed: set[int] | None = None
             if filter:
@@ -214,27 +205,13 @@ class ShardIndex:
                     ranked = self._store.top(query, list(self._records if allowed is None else allowed), k)
             labels = [label for label, _ in ranked]
             vectors = self._store.vectors(labels, self.dim) if return_vectors else None
-            blocks = (by_block(query, self._graphs, graphs, self._blocks, self._store, ranked)
-                      if self.image_dim else None)
+            blocks = (by_block(query, self._parts, layouts.parts_of(self._parts, kind), self._blocks, self._store,
+                               ranked) if self.image_dim else None)
             return [SearchHit(id=self._records[label].id, label=label, score=float(score),
                               record=self._records[label],
                               vector=None if vectors is None else vectors[i],
                               blocks=None if blocks is None else blocks[i])
                     for i, (label, score) in enumerate(ranked)]
-
-    def _graphs_for(self, query: np.ndarray) -> list[Graph]:
-        """The graphs a query searches: its one non-zero block's, else all of them."""
-        present = [g for g in self._graphs if g.part(query).any()]
-        return present if len(present) == 1 else self._graphs
-
-    def _kind(self, graphs: list[Graph]) -> str:
-        if not self.image_dim:
-            return "vector"
-        return graphs[0].name if len(graphs) == 1 else "fused"
-
-    def _graphs_of(self, kind: str) -> list[Graph]:
-        """The graphs a query of `kind` searches (`_kind`'s inverse)."""
-        return [g for g in self._graphs if g.name == kind] or self._graphs  # "fused"/"vector": all
 
     def _approximate(self, query: np.ndarray, graphs: list[Graph], k: int, ef: int,
                      allowed: set[int] | None, far: tuple[float, int] | None = None) -> list[tuple[int, float]]:
@@ -322,7 +299,7 @@ class ShardIndex:
         graph_bytes, allocated = estimated_bytes(M, list(graphs.values()))
         with self._calibration.lock:
             tuning, calibrated_at = dict(self._calibration.tuning), self._calibration.calibrated_at
-        return {"count": live, "capacity": sum(g["capacity"] for g in graphs.values()),
+        return {"count": live, "layout": self.layout, "capacity": sum(g["capacity"] for g in graphs.values()),
                 "deleted": sum(g["deleted"] for g in graphs.values()), "dim": self.dim,
                 "image_dim": self.image_dim, "M": M, "ef_construction": ef_construction,
                 "recall_target": self.recall_target, "ef": {kind: t.ef for kind, t in tuning.items()},
@@ -346,22 +323,22 @@ class ShardIndex:
                 self._calibration.running.release()
 
     def _calibrate(self) -> dict[str, calibration.Tuning]:
-        with self._lock.read():  # one consistent copy of every graph's vectors
-            copies = {graph.name: calibration.copy_vectors(graph, i, self._store, self._blocks)
-                      for i, graph in enumerate(self._graphs)}
+        with self._lock.read():  # one consistent copy of every block's vectors
+            copies = {part.name: calibration.copy_vectors(part, i, self._store, self._blocks)
+                      for i, part in enumerate(self._parts)}
             count = len(self._records)
             pending = self._calibration.pending()
         rng = np.random.default_rng(count)
-        measured = {kind: calibration.measure(self._graphs_of(kind), copies, self.dim, self.recall_target,
-                                              self._search_unfiltered, rng)
+        measured = {kind: calibration.measure(layouts.parts_of(self._parts, kind), copies, self.dim,
+                                              self.recall_target, self._search_unfiltered, rng)
                     for kind in self.kinds}
         tuning = self._calibration.calibrated(count, pending, measured)
         del copies
         release_free_memory()  # the copies of every vector, or the process keeps their pages
         return tuning
 
-    def _search_unfiltered(self, query: np.ndarray, graphs: list[Graph], k: int,
-                           ef: int) -> list[tuple[int, float]]:
+    def _search_unfiltered(self, query: np.ndarray, k: int, ef: int) -> list[tuple[int, float]]:
+        graphs = layouts.searched(self._graphs, layouts.bits_of(self._parts, query))
         with self._lock.read():
             return self._approximate(query, graphs, k, ef, None)
 
@@ -380,18 +357,18 @@ class ShardIndex:
 
     def _state(self) -> snapshot.ShardState:
         """What a snapshot holds of this shard; the caller holds `_frozen`."""
-        return snapshot.ShardState(self.dim, self.image_dim, self.recall_target, self._calibration.calibrated_at,
+        return snapshot.ShardState(self.dim, self.image_dim, self.layout, self.recall_target, self._calibration.calibrated_at,
                                    self._calibration.tuning, [graph.index for graph in self._graphs],
                                    self._records, self._blocks, self._store)
 
     @classmethod
-    def load(cls, path: Path, *, image_dim: int | None = None,
+    def load(cls, path: Path, *, image_dim: int | None = None, layout: str | None = None,
              recall_target: float | None = None) -> tuple[ShardIndex, str]:
         """Load a snapshot; returns the index and the log position it covers.
 
-        `image_dim`: the layout wanted (see the constructor); a snapshot of another layout (a
-        version 1 snapshot is one graph over the whole vectors) is rebuilt from its vectors.
-        None keeps the snapshot's layout. `recall_target`: None keeps the snapshot's; another
+        `image_dim` and `layout`: the layout wanted (see the constructor); a snapshot of another
+        one (a version 1 snapshot is one graph over the whole vectors, versions 2 and 3 are
+        "blocks") is rebuilt from its vectors. None keeps the snapshot's. `recall_target`: None keeps the snapshot's; another
         one recalibrates. Raises SnapshotError, having built nothing, if the file is missing,
         truncated, of another format or version, or fails its checksum.
         """
@@ -400,8 +377,10 @@ class ShardIndex:
             shard = cls._restored(state)
         except ValueError as exc:
             raise SnapshotError(f"cannot load snapshot {path}: {exc}") from exc
-        if image_dim is not None and (image_dim if 0 < image_dim < shard.dim else 0) != shard.image_dim:
-            shard = shard._relayout(image_dim)
+        wanted_dim = shard.image_dim if image_dim is None else (image_dim if 0 < image_dim < shard.dim else 0)
+        wanted = layouts.check(layout or (shard.layout if shard.image_dim else layouts.DEFAULT_LAYOUT), wanted_dim)
+        if (wanted_dim, wanted) != (shard.image_dim, shard.layout):
+            shard = shard._relayout(wanted_dim, wanted)
         if recall_target is not None and recall_target != shard.recall_target:
             shard.recall_target = recall_target
             shard._calibration.calibrated_at = 0
@@ -413,7 +392,8 @@ class ShardIndex:
         """The shard a snapshot holds; ValueError if its settings cannot be."""
         first = state.graphs[0]
         dtype = "float16" if state.store is None else state.store.dtype
-        shard = cls(state.dim, image_dim=state.image_dim, M=first.M, ef_construction=first.ef_construction,
+        shard = cls(state.dim, image_dim=state.image_dim, layout=state.layout, M=first.M,
+                    ef_construction=first.ef_construction,
                     initial_capacity=1, recall_target=state.recall_target, vector_dtype=dtype)
         if state.tuning is not None:
             if set(state.tuning) != set(shard.kinds):
@@ -431,10 +411,10 @@ class ShardIndex:
         shard._store = state.store or VectorStore.from_graphs(shard._graphs, shard._blocks, dtype)
         return shard
 
-    def _relayout(self, image_dim: int) -> ShardIndex:
+    def _relayout(self, image_dim: int, layout: str) -> ShardIndex:
         """A new shard of another layout holding the same items (vectors read back from here)."""
         M, ef_construction = self._graphs[0].index.M, self._graphs[0].index.ef_construction
-        shard = ShardIndex(self.dim, image_dim=image_dim, M=M, ef_construction=ef_construction,
+        shard = ShardIndex(self.dim, image_dim=image_dim, layout=layout, M=M, ef_construction=ef_construction,
                            initial_capacity=len(self._records), recall_target=self.recall_target,
                            vector_dtype=self._store.dtype)
         labels = list(self._records)

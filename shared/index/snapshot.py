@@ -1,24 +1,26 @@
 """Shard snapshot files: a shard's graphs, records and tuning in one file with the log position
 it covers, written atomically and durably, and loaded only once the whole file checks out.
 
-Snapshot file layout (little-endian), format version 3:
+Snapshot file layout (little-endian), format version 4:
     header   magic b"MMSHARD\\0", u32 format version, u32 dim, u64 count (live items),
              u32 position length, u64 payload length, 32-byte SHA-256
     position the log position the snapshot covers, UTF-8
-    payload  u64 n + n bytes of JSON {"image_dim", "recall_target", "calibrated_at",
+    payload  u64 n + n bytes of JSON {"image_dim", "layout", "recall_target", "calibrated_at",
              "tuning": {kind: {"ef", "far_below" (null: never), "far_ef"}}, "vector_dtype"},
-             per graph (image then text; or the one graph): u64 n + n bytes of hnswlib
-             `save_index` output,
-             per graph's dims: u64 n + n bytes of the vector store's rows of those dims
-             (count x width, "vector_dtype"), one per item in the order of the records,
+             per graph of the layout (`shared.index.layouts.graphs`: fused then text, image
+             then text, or the one graph): u64 n + n bytes of hnswlib `save_index` output,
+             per block (image then text; or the whole vector): u64 n + n bytes of the vector
+             store's rows of its dims (count x width, "vector_dtype"), one per item in the
+             order of the records,
              u64 n + n bytes of JSON records [{"id", "text", "metadata", "has_image",
-             "thumbnail": [offset, length] | null, "blocks"}] (blocks: 1 image graph,
-             2 text graph, 3 both, 0 neither (all zeros); 1 in a one-graph shard),
+             "thumbnail": [offset, length] | null, "blocks"}] (blocks: 1 image, 2 text,
+             3 both, 0 neither (all zeros); 1 in a one-graph shard),
              u64 n + n bytes of thumbnails, concatenated
 The SHA-256 covers every byte after the magic except the digest itself: the header fields,
-the position and the payload. Versions 2 (no vector store: it is rebuilt from the graphs on
-load; its tuning is measured again, `far_below` being per unit of another norm) and 1 (one
-graph over the whole vectors; payload: graph, records without "blocks", thumbnails) still load.
+the position and the payload. Older versions still load: 3 (no "layout": per-block graphs,
+layout "blocks"), 2 (as 3 without the vector store: it is rebuilt from the graphs on load; its
+tuning is measured again, `far_below` being per unit of another norm) and 1 (one graph over
+the whole vectors; payload: graph, records without "blocks", thumbnails).
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ import hnswlib
 import numpy as np
 
 from shared.errors import SnapshotError
+from shared.index import layouts
 from shared.index.calibration import Tuning
 from shared.index.graph import IMAGE
 from shared.index.labels import label_for
@@ -48,8 +51,8 @@ from shared.runtime.forked import ForkFailed, run_forked
 log = logging.getLogger(__name__)
 
 MAGIC = b"MMSHARD\0"
-FORMAT_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+FORMAT_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
 _HEADER = struct.Struct("<8sIIQIQ32s")
 _DIGEST_AT = _HEADER.size - 32
 _U64 = struct.Struct("<Q")
@@ -65,10 +68,11 @@ class ShardState:
 
     dim: int
     image_dim: int                     # 0: one graph over the whole vectors
+    layout: str                        # `shared.index.layouts`
     recall_target: float
     calibrated_at: int                 # live items at the last calibration (0: never)
     tuning: dict[str, Tuning] | None   # per query kind; None (loaded only): version 1 kept none
-    graphs: list[hnswlib.Index]        # the image graph then the text one; or the one graph
+    graphs: list[hnswlib.Index]        # in the order of `layouts.graphs(layout, ...)`
     records: dict[int, ItemRecord]     # by label
     blocks: dict[int, int]             # label -> bits of the graphs that hold the item
     store: VectorStore | None          # every item's vector; None (loaded only): versions 1 and 2 kept none
@@ -115,7 +119,7 @@ def _write(tmp: Path, position: bytes, state: ShardState) -> None:
     graph_files = [tmp.parent / f"graph{i}.hnsw" for i in range(len(state.graphs))]
     for graph, graph_file in zip(state.graphs, graph_files):
         graph.save_index(str(graph_file))
-    meta = {"image_dim": state.image_dim, "recall_target": state.recall_target,
+    meta = {"image_dim": state.image_dim, "layout": state.layout, "recall_target": state.recall_target,
             "calibrated_at": state.calibrated_at,
             "tuning": {kind: asdict(t) for kind, t in state.tuning.items()}, "vector_dtype": state.store.dtype}
     entries, thumbnails, offset = [], [], 0
@@ -190,8 +194,9 @@ def load(path: Path) -> tuple[ShardState, str]:
             if version < 3:  # far_below was per unit of the query's whole norm: measured again on load
                 meta["calibrated_at"] = 0
             image_dim = meta["image_dim"] if 0 < meta["image_dim"] < dim else 0
-            spans = [(0, image_dim), (image_dim, dim)] if image_dim else [(0, dim)]
-            graphs = [_load_graph(f, path, stop - start) for start, stop in spans]
+            layout = layouts.check(meta.get("layout", "blocks"), image_dim)
+            graphs = [_load_graph(f, path, g.stop - g.start) for g in layouts.graphs(layout, dim, image_dim)]
+            spans = [(block.start, block.stop) for block in layouts.blocks(dim, image_dim)]
             dtype = meta.get("vector_dtype")
             parts = [_read_rows(f, count, stop - start, dtype) for start, stop in spans] if version >= 3 else None
             entries = json.loads(_read_exact(f, _read_u64(f)))
@@ -209,7 +214,7 @@ def load(path: Path) -> tuple[ShardState, str]:
             blocks[label] = e.get("blocks", IMAGE)
         tuning = None if meta["tuning"] is None else {kind: Tuning(**t) for kind, t in meta["tuning"].items()}
         store = None if parts is None else VectorStore.of(spans, list(records), parts, dtype)
-        state = ShardState(dim, image_dim, float(meta["recall_target"]), int(meta["calibrated_at"]), tuning,
+        state = ShardState(dim, image_dim, layout, float(meta["recall_target"]), int(meta["calibrated_at"]), tuning,
                            graphs, records, blocks, store)
     except SnapshotError:
         raise

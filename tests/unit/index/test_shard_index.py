@@ -313,10 +313,11 @@ def test_single_block_queries_rank_by_that_block_and_missing_blocks_score_zero(b
         assert not h.vector[:IMAGE_DIM].any()
 
 
-def test_fused_queries_score_the_whole_vector_and_find_items_missing_a_block():
+@pytest.mark.parametrize("layout", ["fused", "blocks"])
+def test_fused_queries_score_the_whole_vector_and_find_items_missing_a_block(layout):
     images, texts, _, _, vectors = items_missing_blocks(12, 400, 4)  # every 4th: text only; the next: image only
     ids = [f"f{j}" for j in range(400)]
-    index = ShardIndex(DIM, image_dim=IMAGE_DIM)
+    index = ShardIndex(DIM, image_dim=IMAGE_DIM, layout=layout)
     index.upsert(ids, vectors, records_for(ids))
     for j in (0, 1, 2):  # a text-only, an image-only and a complete item, each queried by both its blocks
         query = build_query(images[j], texts[j], IMAGE_DIM, TEXT_DIM).vector
@@ -330,11 +331,13 @@ def test_fused_queries_score_the_whole_vector_and_find_items_missing_a_block():
             np.testing.assert_array_equal(h.vector, as_stored(vectors[ids.index(h.id)]))
 
 
-def test_a_fused_query_whose_words_thousands_of_captions_share_gets_the_exact_top_k(monkeypatch):
+@pytest.mark.parametrize("layout", ["fused", "blocks"])
+def test_a_fused_query_whose_words_thousands_of_captions_share_gets_the_exact_top_k(monkeypatch, layout):
     # 3000 items have the query's caption (a text list shorter than 3000 holds any part of them);
     # 3000 others have unrelated captions and images nearer the query's than any of the first's.
     # The best fused items are the caption's items with the best images, which the image graph
-    # lists only past its 3000th place. Uncalibrated, each graph's first list is 4 x 256.
+    # lists only past its 3000th place (in the per-block layout; uncalibrated, each graph's first
+    # list is 2 x 256). The fused graph ranks by the whole vector.
     monkeypatch.setattr(calibration, "CALIBRATE_MIN", 10**6)
     rng = np.random.default_rng(7)
     n = 3000
@@ -344,7 +347,7 @@ def test_a_fused_query_whose_words_thousands_of_captions_share_gets_the_exact_to
     texts = np.concatenate([unit(rng, n, TEXT_DIM), np.tile(caption, (n, 1))])
     vectors = fused_items(np.concatenate([near, far]), texts, np.ones(2 * n, bool), np.ones(2 * n, bool))
     ids = [f"c{j}" for j in range(2 * n)]
-    index = ShardIndex(DIM, image_dim=IMAGE_DIM)
+    index = ShardIndex(DIM, image_dim=IMAGE_DIM, layout=layout)
     for start in range(0, 2 * n, 1000):
         index.upsert(ids[start:start + 1000], vectors[start:start + 1000], records_for(ids[start:start + 1000]))
     query = build_query(target, caption, IMAGE_DIM, TEXT_DIM).vector
@@ -376,24 +379,30 @@ def test_hits_carry_their_score_split_by_block(block_shard, filtered):
     assert one_graph.search(vectors[0], 3)[0].blocks is None  # no blocks to split the score by
 
 
-def test_a_block_that_comes_and_goes_moves_between_graphs():
+@pytest.mark.parametrize("layout", ["fused", "blocks"])
+def test_a_block_that_comes_and_goes_moves_between_graphs(layout):
+    """An item that loses its image leaves the image graph (a tombstone its return revives);
+    the fused graph keeps it, with its new vector."""
     rng = np.random.default_rng(13)
     images, texts = clustered_blocks(rng, 100)
     ids = [f"m{j}" for j in range(100)]
     both = fused_items(images, texts, np.ones(100, bool), np.ones(100, bool))
-    index = ShardIndex(DIM, image_dim=IMAGE_DIM)
+    index = ShardIndex(DIM, image_dim=IMAGE_DIM, layout=layout)
+    image_graph, image_dim = ("image", IMAGE_DIM) if layout == "blocks" else ("fused", DIM)
     index.upsert(ids, both, records_for(ids))
     image_query = build_query(images[7], None, IMAGE_DIM, TEXT_DIM).vector
     assert index.search(image_query, 1)[0].id == "m7"
     text_only = fuse(None, texts[7], IMAGE_DIM, TEXT_DIM)[None, :]
     index.upsert(["m7"], text_only, records_for(["m7"]))
     graphs = index.stats()["graphs"]
-    assert graphs["image"]["count"] == 99 and graphs["image"]["deleted"] == 1 and graphs["text"]["count"] == 100
+    assert graphs[image_graph] == {"count": 99 + (layout == "fused"), "capacity": 1024,
+                                   "deleted": int(layout == "blocks"), "dim": image_dim}
+    assert graphs["text"]["count"] == 100
     hits = {h.id: h for h in index.search(image_query, 100, return_vectors=True)}
     assert hits["m7"].score == 0.0 and not hits["m7"].vector[:IMAGE_DIM].any()
     np.testing.assert_array_equal(hits["m7"].vector, as_stored(text_only[0]))
     index.upsert(["m7"], both[7:8], records_for(["m7"]))  # the image block's tombstone is revived
-    assert index.stats()["graphs"]["image"] == {"count": 100, "capacity": 1024, "deleted": 0, "dim": IMAGE_DIM}
+    assert index.stats()["graphs"][image_graph] == {"count": 100, "capacity": 1024, "deleted": 0, "dim": image_dim}
     top = index.search(image_query, 1, return_vectors=True)[0]
     assert top.id == "m7"
     np.testing.assert_array_equal(top.vector, as_stored(both[7]))
@@ -421,18 +430,22 @@ def test_filters_with_per_block_graphs(block_shard, monkeypatch, exact_max):
                 assert [h.id for h in hits] == expected
 
 
-def test_bytes_stay_within_half_again_of_vectors_and_graphs():
+@pytest.mark.parametrize("layout", ["fused", "blocks"])
+def test_bytes_stay_within_half_again_of_vectors_and_graphs(layout):
+    """The float16 store adds half of the vectors; the fused layout also keeps the text blocks
+    twice in float32 (in the fused graph and the text graph)."""
     rng = np.random.default_rng(16)
     image_dim, n = 1280, 3000
     vectors = np.concatenate([unit(rng, n, image_dim), unit(rng, n, 50)], axis=1) / np.sqrt(2)
     ids = [f"y{j}" for j in range(n)]
-    index = ShardIndex(image_dim + 50, image_dim=image_dim, ef_construction=40)
+    index = ShardIndex(image_dim + 50, image_dim=image_dim, layout=layout, ef_construction=40)
     for start in range(0, n, 500):
         index.upsert(ids[start:start + 500], vectors[start:start + 500], records_for(ids[start:start + 500]))
     stats = index.stats()
     assert stats["vector_bytes"] == n * (image_dim + 50) * 4
     assert 0 < stats["graph_bytes"] < stats["vector_bytes"] / 10
-    assert stats["bytes"] <= 1.5 * (stats["vector_bytes"] + stats["graph_bytes"])
+    second_text = n * 50 * 4 if layout == "fused" else 0
+    assert stats["bytes"] <= 1.5 * (stats["vector_bytes"] + stats["graph_bytes"]) + second_text
 
 
 @pytest.mark.parametrize("exact_max", [shard_index.EXACT_FILTER_MAX, 0], ids=["exact", "hnswlib-filter"])

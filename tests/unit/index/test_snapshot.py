@@ -1,5 +1,5 @@
-"""Tests of shard snapshots: round trips of both layouts, atomic replacement, writing while the
-shard is written and searched, refusal of damaged files, and loading format version 1."""
+"""Tests of shard snapshots: round trips of every layout, atomic replacement, writing while the
+shard is written and searched, refusal of damaged files, and loading format versions 1-3."""
 from __future__ import annotations
 
 import hashlib
@@ -18,7 +18,7 @@ from shared.encoding.fusion import build_query
 from shared.errors import SnapshotError
 from shared.index.labels import label_for
 from shared.index.shard_index import ItemRecord, ShardIndex
-from tests.unit.index.helpers import IMAGE_DIM, TEXT_DIM, DIM, as_stored, filled, items_missing_blocks, records_for, unit
+from tests.unit.index.helpers import IMAGE_DIM, STORED_ABS, TEXT_DIM, DIM, as_stored, filled, items_missing_blocks, records_for, unit
 
 
 def test_snapshot_round_trip(tmp_path: Path):
@@ -168,10 +168,11 @@ def test_missing_foreign_or_too_long_snapshot_is_refused(snapshot_file: Path, tm
         ShardIndex.load(snapshot_file)
 
 
-def test_per_block_delete_revive_and_snapshot_round_trip(tmp_path: Path):
+@pytest.mark.parametrize("layout", ["fused", "blocks"])
+def test_per_block_delete_revive_and_snapshot_round_trip(tmp_path: Path, layout: str):
     images, texts, has_image, has_text, vectors = items_missing_blocks(14, 1500, 5)
     ids = [f"s{j}" for j in range(1500)]
-    index = ShardIndex(DIM, image_dim=IMAGE_DIM, recall_target=0.95)
+    index = ShardIndex(DIM, image_dim=IMAGE_DIM, layout=layout, recall_target=0.95)
     index.upsert(ids, vectors, [ItemRecord(i, text=str(j), has_image=bool(has_image[j])) for j, i in enumerate(ids)])
     assert index.delete(ids[:30]) == 30
     index.upsert(ids[:10], vectors[:10], records_for(ids[:10]))  # revived in place
@@ -218,7 +219,7 @@ def write_v1_snapshot(path: Path, vectors: np.ndarray, ids: list[str], records: 
     path.write_bytes(header[:-32] + digest + pos + payload)
 
 
-def test_a_version_1_snapshot_loads_and_is_rebuilt_per_block(tmp_path: Path):
+def test_a_version_1_snapshot_loads_and_is_rebuilt_with_blocks(tmp_path: Path):
     images, texts, has_image, has_text, vectors = items_missing_blocks(15, 600, 6)
     ids = [f"v{j}" for j in range(600)]
     records = [ItemRecord(i, text=f"t{j}", metadata={"j": j}, has_image=bool(has_image[j])) for j, i in enumerate(ids)]
@@ -231,8 +232,8 @@ def test_a_version_1_snapshot_loads_and_is_rebuilt_per_block(tmp_path: Path):
     upgraded, position = ShardIndex.load(path, image_dim=IMAGE_DIM, recall_target=0.98)
     assert position == "5-1" and len(upgraded) == 600
     stats = upgraded.stats()
-    assert stats["image_dim"] == IMAGE_DIM and stats["recall_target"] == 0.98
-    assert stats["graphs"]["image"]["count"] == has_image.sum() and stats["graphs"]["text"]["count"] == has_text.sum()
+    assert stats["image_dim"] == IMAGE_DIM and stats["layout"] == "fused" and stats["recall_target"] == 0.98
+    assert stats["graphs"]["fused"]["count"] == 600 and stats["graphs"]["text"]["count"] == has_text.sum()
     assert all(upgraded.get(i) == r for i, r in zip(ids, records))
     for j in range(0, 600, 60):
         for q in (build_query(images[j], None, IMAGE_DIM, TEXT_DIM).vector,
@@ -273,7 +274,7 @@ def write_v2_snapshot(path: Path, index: ShardIndex, position: str) -> None:
 def test_a_version_2_snapshot_loads_with_its_vector_store_rebuilt_from_the_graphs(tmp_path: Path):
     images, texts, has_image, has_text, vectors = items_missing_blocks(16, 700, 5)
     ids = [f"w{j}" for j in range(700)]
-    index = ShardIndex(DIM, image_dim=IMAGE_DIM)
+    index = ShardIndex(DIM, image_dim=IMAGE_DIM, layout="blocks")  # the only layout with blocks then
     index.upsert(ids, vectors, [ItemRecord(i, metadata={"j": j}) for j, i in enumerate(ids)])
     index.delete(ids[:40])
     index.upsert(ids[:10], vectors[:10], records_for(ids[:10]))  # revived in place
@@ -291,7 +292,47 @@ def test_a_version_2_snapshot_loads_with_its_vector_store_rebuilt_from_the_graph
             assert [(h.id, h.score) for h in a] == [(h.id, h.score) for h in b]
             for x, y in zip(a, b):
                 np.testing.assert_array_equal(x.vector, y.vector)
-    saved = tmp_path / "v3.bin"
+    saved = tmp_path / "v4.bin"
     loaded.save(saved, "8-2")  # written again in the current format, store and all
     again = ShardIndex.load(saved)[0]
     np.testing.assert_array_equal(again._store.vectors(labels, DIM), loaded._store.vectors(labels, DIM))
+
+
+def as_version_3(path: Path) -> None:
+    """Rewrite a snapshot of a per-block shard as format version 3 wrote it: no "layout"."""
+    data = path.read_bytes()
+    head = struct.Struct("<8sIIQIQ32s")
+    magic, _, dim, count, position_size, _, _ = head.unpack(data[:head.size])
+    at = head.size + position_size
+    position = data[head.size:at]
+    meta_size = struct.unpack("<Q", data[at:at + 8])[0]
+    meta = json.loads(data[at + 8:at + 8 + meta_size])
+    assert meta.pop("layout") == "blocks"
+    meta_json = json.dumps(meta).encode("utf-8")
+    payload = struct.pack("<Q", len(meta_json)) + meta_json + data[at + 8 + meta_size:]
+    header = struct.pack("<8sIIQIQ32s", magic, 3, dim, count, position_size, len(payload), bytes(32))
+    digest = hashlib.sha256(header[8:-32] + position + payload).digest()
+    path.write_bytes(header[:-32] + digest + position + payload)
+
+
+def test_a_version_3_snapshot_keeps_its_per_block_graphs_or_is_rebuilt_with_a_fused_graph(tmp_path: Path):
+    images, texts, has_image, has_text, vectors = items_missing_blocks(17, 1200, 5)
+    ids = [f"u{j}" for j in range(1200)]
+    index = ShardIndex(DIM, image_dim=IMAGE_DIM, layout="blocks")
+    index.upsert(ids, vectors, [ItemRecord(i, metadata={"j": j}) for j, i in enumerate(ids)])
+    path = tmp_path / "v3.bin"
+    index.save(path, "4-4", forked=False)
+    as_version_3(path)
+    kept, position = ShardIndex.load(path, image_dim=IMAGE_DIM)
+    rebuilt = ShardIndex.load(path, layout="fused")[0]
+    assert position == "4-4" and kept.stats()["layout"] == "blocks" and rebuilt.stats()["layout"] == "fused"
+    assert set(rebuilt.stats()["graphs"]) == {"fused", "text"} and len(rebuilt) == 1200
+    for j in range(0, 1200, 120):
+        for q in (build_query(images[j], None, IMAGE_DIM, TEXT_DIM).vector,
+                  build_query(None, texts[j], IMAGE_DIM, TEXT_DIM).vector,
+                  build_query(images[j], texts[j], IMAGE_DIM, TEXT_DIM, {"text": 0.25}).vector):
+            scores = vectors @ q
+            for shard in (kept, rebuilt):  # exact, at float16's precision (the store's)
+                hits = shard.search(q, 5)
+                assert [h.score for h in hits] == pytest.approx(sorted(scores, reverse=True)[:5], abs=STORED_ABS)
+                assert all(h.score == pytest.approx(scores[ids.index(h.id)], abs=STORED_ABS) for h in hits)
