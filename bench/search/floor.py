@@ -9,17 +9,20 @@ import numpy as np
 
 from bench.search.queries import K, Query, recall, top1
 from bench.service import latency_ms
+from shared.index.layouts import DEFAULT_LAYOUT
 from shared.index.shard_index import ItemRecord, ShardIndex
 
 INDEX_BATCH = 1000  # rows per ShardIndex.upsert when building the floor
 
 
 def floor(vectors: np.ndarray, ids: list[str], metadata: list[dict[str, Any]], image_dim: int,
-          queries: dict[str, list[Query]], exact: dict[str, list[list[str]]], repeats: int) -> dict[str, Any]:
-    """One in-process ShardIndex of all vectors (the first `len(metadata)` with that metadata):
+          queries: dict[str, list[Query]], exact: dict[str, list[list[str]]], repeats: int,
+          layout: str = DEFAULT_LAYOUT) -> dict[str, Any]:
+    """One in-process ShardIndex of all vectors (the first `len(metadata)` with that metadata), of
+    `layout` (`shared.index.layouts`):
     build time and its vector and graph bytes (`stats()`); per query kind latency, recall@10
     and top-1, and exact search's top-1."""
-    index = ShardIndex(vectors.shape[1], image_dim=image_dim)
+    index = ShardIndex(vectors.shape[1], image_dim=image_dim, layout=layout)
     t0 = time.perf_counter()
     for start in range(0, len(ids), INDEX_BATCH):
         batch = ids[start:start + INDEX_BATCH]
