@@ -18,9 +18,9 @@ calibrated one, then longer until no item outside the lists can outscore the k-t
 
 The list size (ef) of a search is calibrated per query kind ("image", "text", "fused"; "vector"
 for a one-graph shard) by the shard itself (`shared.index.calibration`), and a query far from
-every item is searched again with a longer list. A single-block search among at most
-CALIBRATE_MIN items uses a list as long as they are many (the whole graph). A fused query found
-far has its first lists lengthened to the far ones instead of a second search. Writes trigger a
+every item is searched again with a longer list. A search of one graph among at most
+CALIBRATE_MIN items uses a list as long as they are many (the whole graph). A per-block fused
+query found far has its first lists lengthened to the far ones instead of a second search. Writes trigger a
 recalibration when one is due, run by the writing thread after it released the write lock.
 
 Only the shard's owner writes it (upserts and deletes from the shard's log, in bounded
@@ -192,7 +192,7 @@ class ShardIndex:
                     # One graph of at most CALIBRATE_MIN items is searched whole (its list holds
                     # every item it reaches): cheap, and duplicates far from every other item (copies
                     # of one photo among unlike ones) hang off the graph where a shorter list misses
-                    # them. Not a fused search: its join would read hundreds of blocks back.
+                    # them. Not a per-block fused search: its join would read hundreds of blocks back.
                     whole = len(graphs) == 1 and pool <= calibration.CALIBRATE_MIN
                     ef = pool if whole else calibration.ef_for(k, tuning.ef)
                     far = None
