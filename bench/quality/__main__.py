@@ -24,9 +24,11 @@ setting new collections get (MMSEARCH_ENCODER_SETTING) where a measurement does 
    as a fused query (top-1), and word queries (P@10), for caption/ConSE mixes from 0 to 1.0
    and for two text blocks (bench.quality.captions_first, bench.quality.two_blocks).
 7. Image descriptors: near-duplicate top-1 over mixed edits and a combined edit (a 3-10 degree
-   rotation, crop, mirror, downscale, overlay and JPEG at once), reported apart, for average vs
-   GeM pooling, one vs two scales and PCA-whitening learned on the originals, with ms per image
-   (bench.quality.descriptors). `--descriptors` runs this one alone.
+   rotation, crop, mirror, downscale, overlay and JPEG at once), reported apart, against the
+   originals and against the originals plus the other photos' copies (hard), for average vs
+   GeM pooling, one vs two scales and PCA-whitening learned on the database, with the encode
+   cost relative to average pooling, timed interleaved (bench.quality.descriptors).
+   `--descriptors` runs this one alone.
 """
 from __future__ import annotations
 

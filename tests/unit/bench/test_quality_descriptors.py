@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from bench.quality.descriptors import avg_pool, gem_pool, pca_whitening, top1, whiten
+from bench.quality.descriptor_cost import interleaved_cost
+from bench.quality.descriptors import avg_pool, gem_pool, pca_whitening, top1, top1_among_distractors, whiten
 from bench.quality.edits import make_variant
 from shared.encoding.imagedecode import decode_image
 
@@ -35,3 +36,21 @@ def test_the_combined_edit_always_mirrors() -> None:
         edited = decode_image(make_variant(rgb, np.random.default_rng(seed), combined=True)).astype(float)
         w = edited.shape[1]
         assert edited[:, w // 2:].mean() > edited[:, : w // 2].mean()  # the white half is on the right now
+
+
+def test_distractors_beat_the_source_only_when_they_come_from_another_photo() -> None:
+    gallery = np.eye(3, dtype=np.float32)
+    queries = np.asarray([[0.8, 0, 0.6], [1.0, 0, 0], [0.7, 0, 0.71]], np.float32)
+    source = np.asarray([0, 0, 2])
+    assert top1(queries, gallery, source).all()  # each nearest its own original
+    # queries 0 and 2 (other photos) are nearer each other (0.986) than their originals; query 1
+    # scores its original 1.0 and query 2 only 0.7 (its sibling, query 0, does not count)
+    assert top1_among_distractors(queries, gallery, source).tolist() == [False, True, False]
+
+
+def test_interleaved_cost_gives_ratios_to_the_baseline() -> None:
+    calls: list[str] = []
+    options = {"a": lambda imgs: calls.append("a"), "b": lambda imgs: calls.append("b")}
+    cost = interleaved_cost(options, [np.zeros(1)] * 4, 4, "a")
+    assert calls == ["a", "b", "b", "a", "a", "b", "b", "a"]  # the order rotates
+    assert cost["a"]["x_baseline"] == 1.0 and cost["b"]["ms_per_image"] >= 0.0
