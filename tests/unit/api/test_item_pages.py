@@ -30,9 +30,18 @@ class Slots:
         self.r, self.items, self.unserved = redis_client, items, unserved
         self.requests: list[dict[str, Any]] = []
         self.stop = threading.Event()
-        for slot in range(APP_SETTINGS["shard_slots"]):
+        self.threads = [threading.Thread(target=self._serve, args=(slot,), daemon=True)
+                        for slot in range(APP_SETTINGS["shard_slots"])]
+        for slot, thread in enumerate(self.threads):
             self.r.set(keys.slot_owner(slot), "stand-in", ex=30)
-            threading.Thread(target=self._serve, args=(slot,), daemon=True).start()
+            thread.start()
+
+    def close(self) -> None:
+        """Stop serving, and wait until no thread of this stand-in can take another request (a
+        later test's stand-ins would otherwise share the slot lists with it)."""
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(5)
 
     def _serve(self, slot: int) -> None:
         while not self.stop.is_set():
@@ -59,7 +68,7 @@ def slots(redis_client):
         return made[-1]
     yield make
     for stand_in in made:
-        stand_in.stop.set()
+        stand_in.close()
 
 
 @pytest.mark.parametrize("query, field", [
