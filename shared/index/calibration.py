@@ -240,7 +240,7 @@ def _exact_scores(parts: list[Block], dumps: dict[str, Dump], universe: np.ndarr
     for part in parts:
         dump = dumps[part.name]
         where = np.searchsorted(universe, dump.labels)
-        part = np.ascontiguousarray(part.part(queries).T)
+        columns = np.ascontiguousarray(part.part(queries).T)
         for s in range(0, len(where), _SCORE_ROWS):
-            scores[where[s:s + _SCORE_ROWS]] += dump.vectors[s:s + _SCORE_ROWS].astype(np.float32) @ part
+            scores[where[s:s + _SCORE_ROWS]] += dump.vectors[s:s + _SCORE_ROWS].astype(np.float32) @ columns
     return scores

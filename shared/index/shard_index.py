@@ -173,10 +173,11 @@ class ShardIndex:
             return []
         bits = layouts.bits_of(self._parts, query)
         kind = layouts.kind_of(self.layout, bits)
+        parts = layouts.parts_of(self._parts, kind)  # the blocks the query has
         graphs = layouts.searched(self._graphs, bits)
         tuning = self._calibration.tuning[kind]
         far_below = (None if tuning.far_below is None
-                     else tuning.far_below * float(calibration.scale(layouts.parts_of(self._parts, kind), query)))
+                     else tuning.far_below * float(calibration.scale(parts, query)))
         with self._lock.read():
             allowed: set[int] | None = None
             if filter:
@@ -205,8 +206,8 @@ class ShardIndex:
                     ranked = self._store.top(query, list(self._records if allowed is None else allowed), k)
             labels = [label for label, _ in ranked]
             vectors = self._store.vectors(labels, self.dim) if return_vectors else None
-            blocks = (by_block(query, self._parts, layouts.parts_of(self._parts, kind), self._blocks, self._store,
-                               ranked) if self.image_dim else None)
+            blocks = (by_block(query, self._parts, parts, self._blocks, self._store, ranked)
+                      if self.image_dim else None)
             return [SearchHit(id=self._records[label].id, label=label, score=float(score),
                               record=self._records[label],
                               vector=None if vectors is None else vectors[i],
