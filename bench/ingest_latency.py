@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from bench.service import FINAL_STATES, Service, latency_ms, real_photos, running_stack, table, write_results
+from bench.service import FINAL_STATES, Service, Upload, latency_ms, real_photos, running_stack, table, write_results
 
 POLL_S = 0.01
 COLLECTION = "latency"
@@ -33,17 +33,19 @@ def until_final(svc: Service, job_id: str, started: float) -> float:
     return time.perf_counter() - started
 
 
-def post(svc: Service, path: str, **kwargs) -> tuple[str, float]:
-    """POST to the collection's `path`; the job id and when the request was sent."""
+def ingest_one(svc: Service, item_id: str, data: bytes) -> tuple[str, float]:
+    """A 1-item multipart ingest; the job id and when the request was sent."""
     started = time.perf_counter()
-    resp = svc.session.post(f"{svc.url}/collections/{COLLECTION}/{path}", timeout=60, **kwargs)
+    return svc.post_items(COLLECTION, [Upload(item_id, data)]), started
+
+
+def delete_one(svc: Service, item_id: str) -> tuple[str, float]:
+    """A delete of one id; the job id and when the request was sent."""
+    started = time.perf_counter()
+    resp = svc.session.post(f"{svc.url}/collections/{COLLECTION}/items/delete", json={"ids": [item_id]}, timeout=60)
     if resp.status_code != 202:
-        raise RuntimeError(f"POST {path}: {resp.status_code} {resp.text[:300]}")
+        raise RuntimeError(f"delete: {resp.status_code} {resp.text[:300]}")
     return resp.json()["job_id"], started
-
-
-def one_image(item_id: str, data: bytes) -> dict:
-    return {"files": [("image", (f"{item_id}.jpg", data, "image/jpeg"))], "data": {"items": f'[{{"id": "{item_id}"}}]'}}
 
 
 def cli_ingest(svc: Service, photo: bytes, folder: Path, n: int) -> float:
@@ -66,20 +68,20 @@ def main() -> None:
                                        "bad image, polled": [], "mmsearch ingest (CLI)": []}
     with running_stack() as svc, tempfile.TemporaryDirectory() as folder:
         svc.create_collection(COLLECTION, 2)
-        job_id, started = post(svc, "items", **one_image("warm-up", photos[0]))
+        job_id, started = ingest_one(svc, "warm-up", photos[0])
         until_final(svc, job_id, started)
         for n in range(args.rounds):
             photo = photos[n % len(photos)]
-            job_id, started = post(svc, "items", **one_image(f"p{n}", photo))
+            job_id, started = ingest_one(svc, f"p{n}", photo)
             seconds["ingest, polled"].append(until_final(svc, job_id, started))
-            job_id, started = post(svc, "items", **one_image(f"w{n}", photo))
+            job_id, started = ingest_one(svc, f"w{n}", photo)
             body = svc.session.get(f"{svc.url}/jobs/{job_id}", params={"wait": 30}, timeout=60).json()
             if body["state"] not in FINAL_STATES:
                 raise RuntimeError(f"a 30 s long-poll answered {body['state']}")
             seconds["ingest, long-poll"].append(time.perf_counter() - started)
-            job_id, started = post(svc, "items/delete", json={"ids": [f"p{n}"]})
+            job_id, started = delete_one(svc, f"p{n}")
             seconds["delete, polled"].append(until_final(svc, job_id, started))
-            job_id, started = post(svc, "items", **one_image(f"bad{n}", b"this is no image" * 8))
+            job_id, started = ingest_one(svc, f"bad{n}", b"this is no image" * 8)
             seconds["bad image, polled"].append(until_final(svc, job_id, started))
             if n % 5 == 0:
                 seconds["mmsearch ingest (CLI)"].append(cli_ingest(svc, photo, Path(folder), n))
