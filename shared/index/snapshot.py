@@ -1,23 +1,26 @@
 """Shard snapshot files: a shard's graphs, records and tuning in one file with the log position
 it covers, written atomically and durably, and loaded only once the whole file checks out.
 
-Snapshot file layout (little-endian), format version 4:
+Snapshot file layout (little-endian), format version 5:
     header   magic b"MMSHARD\\0", u32 format version, u32 dim, u64 count (live items),
              u32 position length, u64 payload length, 32-byte SHA-256
     position the log position the snapshot covers, UTF-8
     payload  u64 n + n bytes of JSON {"image_dim", "layout", "recall_target", "calibrated_at",
-             "tuning": {kind: {"ef", "far_below" (null: never), "far_ef"}}, "vector_dtype"},
+             "tuning": {kind: {"ef", "far_below" (null: never), "far_ef"}}, "vector_dtype",
+             "vector_dtypes" (one per block: how the store keeps it)},
              per graph of the layout (`shared.index.layouts.graphs`: fused then text, image
              then text, or the one graph): u64 n + n bytes of hnswlib `save_index` output,
              per block (image then text; or the whole vector): u64 n + n bytes of the vector
-             store's rows of its dims (count x width, "vector_dtype"), one per item in the
+             store's rows of its dims (count x width, of the block's "vector_dtypes"), one per item in the
              order of the records,
              u64 n + n bytes of JSON records [{"id", "text", "metadata", "has_image",
              "thumbnail": [offset, length] | null, "blocks"}] (blocks: 1 image, 2 text,
              3 both, 0 neither (all zeros); 1 in a one-graph shard),
              u64 n + n bytes of thumbnails, concatenated
 The SHA-256 covers every byte after the magic except the digest itself: the header fields,
-the position and the payload. Older versions still load: 3 (no "layout": per-block graphs,
+the position and the payload. Older versions still load: 4 (every block of "vector_dtype": a
+narrow block written in float16 is kept in float32 from then on, `shared.index.vector_store`),
+3 (as 4 without "layout": per-block graphs,
 layout "blocks"), 2 (as 3 without the vector store: it is rebuilt from the graphs on load; its
 tuning is measured again, `far_below` being per unit of another norm) and 1 (one graph over
 the whole vectors; payload: graph, records without "blocks", thumbnails).
@@ -51,8 +54,8 @@ from shared.runtime.forked import ForkFailed, run_forked
 log = logging.getLogger(__name__)
 
 MAGIC = b"MMSHARD\0"
-FORMAT_VERSION = 4
-READABLE_VERSIONS = (1, 2, 3, 4)
+FORMAT_VERSION = 5
+READABLE_VERSIONS = (1, 2, 3, 4, 5)
 _HEADER = struct.Struct("<8sIIQIQ32s")
 _DIGEST_AT = _HEADER.size - 32
 _U64 = struct.Struct("<Q")
@@ -121,7 +124,8 @@ def _write(tmp: Path, position: bytes, state: ShardState) -> None:
         graph.save_index(str(graph_file))
     meta = {"image_dim": state.image_dim, "layout": state.layout, "recall_target": state.recall_target,
             "calibrated_at": state.calibrated_at,
-            "tuning": {kind: asdict(t) for kind, t in state.tuning.items()}, "vector_dtype": state.store.dtype}
+            "tuning": {kind: asdict(t) for kind, t in state.tuning.items()}, "vector_dtype": state.store.dtype,
+            "vector_dtypes": state.store.dtypes}
     entries, thumbnails, offset = [], [], 0
     for label, r in state.records.items():
         thumb = None
@@ -135,8 +139,8 @@ def _write(tmp: Path, position: bytes, state: ShardState) -> None:
     meta_json = json.dumps(meta, separators=(",", ":")).encode("utf-8")
     graph_sizes = [graph_file.stat().st_size for graph_file in graph_files]
     labels = list(state.records)
-    row_bytes = np.dtype(state.store.dtype).itemsize
-    store_sizes = [len(labels) * (stop - start) * row_bytes for start, stop in state.store.spans]
+    store_sizes = [len(labels) * (stop - start) * np.dtype(dtype).itemsize
+                   for (start, stop), dtype in zip(state.store.spans, state.store.dtypes)]
     payload_size = ((3 + len(graph_files) + len(store_sizes)) * _U64.size + len(meta_json) + sum(graph_sizes)
                     + sum(store_sizes) + len(records_json) + offset)
     header = _HEADER.pack(MAGIC, FORMAT_VERSION, state.dim, len(entries), len(position),
@@ -198,7 +202,9 @@ def load(path: Path) -> tuple[ShardState, str]:
             graphs = [_load_graph(f, path, g.stop - g.start) for g in layouts.graphs(layout, dim, image_dim)]
             spans = [(block.start, block.stop) for block in layouts.blocks(dim, image_dim)]
             dtype = meta.get("vector_dtype")
-            parts = [_read_rows(f, count, stop - start, dtype) for start, stop in spans] if version >= 3 else None
+            dtypes = meta.get("vector_dtypes") or [dtype] * len(spans)
+            parts = ([_read_rows(f, count, stop - start, part_dtype) for (start, stop), part_dtype in zip(spans, dtypes)]
+                     if version >= 3 else None)
             entries = json.loads(_read_exact(f, _read_u64(f)))
             thumbnails = _read_exact(f, _read_u64(f))
             if f.tell() != _HEADER.size + len(position.encode("utf-8")) + payload_size:

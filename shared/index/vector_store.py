@@ -5,7 +5,10 @@ hnswlib 0.8's `get_items` costs 200-550 us per 1280-d vector; a row here is read
 microsecond, so the exact scores of any set of items (the fused join, filtered exact search,
 hits' block scores, calibration) come from here. Rows are kept as `dtype` (float16 by default:
 half the bytes of the float32 copy each graph keeps, so the shard stays within 1.5x of vectors
-plus graphs) and scored in float32. A new item takes a deleted item's row before a fresh one;
+plus graphs) and scored in float32; a narrow span (at most SCANNED_WIDTH dims: the text block)
+is kept in float32 whatever `dtype` says, so that every row of it can be scored at once
+(`top` over the whole store): a scan that converted float16 rows would cost ten times as much.
+A new item takes a deleted item's row before a fresh one;
 when fewer than half of the rows are in use the arrays are compacted. The caller holds the
 shard's lock (the write side for `put` and `remove`).
 """
@@ -18,7 +21,25 @@ import numpy as np
 from shared.index.graph import GROW_MIN, GROWTH, Graph
 
 DTYPES = ("float16", "float32")
+SCANNED_WIDTH = 64  # spans this narrow are stored in float32 (module doc)
 _SCORE_ROWS = 256   # rows converted to float32 at a time when scoring (they stay in cache)
+_SCAN_ROWS = 65536  # float32 rows scored at a time by a scan of the whole store
+
+
+def span_dtype(width: int, dtype: str) -> str:
+    """How a store of `dtype` keeps a span `width` dims wide (module doc)."""
+    return "float32" if width <= SCANNED_WIDTH else dtype
+
+
+def _best(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the best k scores, best first, ties in index order; every index that reaches
+    the k-th score competes for the last places, not just those argpartition picked."""
+    if k < len(scores):
+        chosen = np.argpartition(-scores, k - 1)[:k]
+        chosen = np.flatnonzero(scores >= scores[chosen].min())
+    else:
+        chosen = np.arange(len(scores))
+    return chosen[np.argsort(-scores[chosen], kind="stable")[:k]]
 
 
 class VectorStore:
@@ -29,8 +50,10 @@ class VectorStore:
             raise ValueError(f"vector dtype must be one of {DTYPES}, got {dtype!r}")
         self.spans = spans
         self.dtype = dtype
+        self.dtypes = [span_dtype(stop - start, dtype) for start, stop in spans]  # as each part is kept
         capacity = max(1, capacity)
-        self._parts = [np.zeros((capacity, stop - start), dtype) for start, stop in spans]
+        self._parts = [np.zeros((capacity, stop - start), part_dtype)
+                       for (start, stop), part_dtype in zip(spans, self.dtypes)]
         self._labels = np.zeros(capacity, np.uint64)  # the label of each row in use
         self._rows: dict[int, int] = {}
         self._free: list[int] = []  # rows below _used that no item holds
@@ -38,9 +61,10 @@ class VectorStore:
 
     @classmethod
     def of(cls, spans: list[tuple[int, int]], labels: list[int], parts: list[np.ndarray], dtype: str) -> VectorStore:
-        """A store holding `labels` in rows 0..n-1; `parts`: one array of their rows per span."""
+        """A store holding `labels` in rows 0..n-1; `parts`: one array of their rows per span (of
+        any float type: each is kept as its span is)."""
         store = cls(spans, dtype=dtype, capacity=1)
-        store._parts = [np.ascontiguousarray(part, dtype) for part in parts]
+        store._parts = [np.ascontiguousarray(part, part_dtype) for part, part_dtype in zip(parts, store.dtypes)]
         store._labels = np.asarray(labels, np.uint64)
         store._rows = {label: row for row, label in enumerate(labels)}
         store._used = len(labels)
@@ -167,11 +191,24 @@ class VectorStore:
         for block, (start, stop) in enumerate(self.spans):
             if query[start:stop].any():
                 scores += self._scores(block, rows, query)
-        if k < len(scores):
-            chosen = np.argpartition(-scores, k - 1)[:k]
-            # The k-th score may tie with rows left out: keep every row that reaches it, in order.
-            chosen = np.flatnonzero(scores >= scores[chosen].min())
-        else:
-            chosen = np.arange(len(scores))
-        order = chosen[np.argsort(-scores[chosen], kind="stable")[:k]]
-        return [(labels[i], float(scores[i])) for i in order]
+        return [(labels[i], float(scores[i])) for i in _best(scores, k)]
+
+    def scannable(self, query: np.ndarray) -> bool:
+        """Whether every span where the query is non-zero is kept in float32 (`top_of_all`
+        then reads the rows as they are)."""
+        return all(part_dtype == "float32" for (start, stop), part_dtype in zip(self.spans, self.dtypes)
+                   if query[start:stop].any())
+
+    def top_of_all(self, query: np.ndarray, k: int) -> list[tuple[int, float]]:
+        """Exact best k (label, score) of every stored item, as `top`, by one pass over the rows in
+        use (ties in row order); for a query that is `scannable`, else as slow as converting them."""
+        scores = np.zeros(self._used, np.float32)
+        for part, (start, stop) in zip(self._parts, self.spans):
+            if query[start:stop].any():
+                q = np.ascontiguousarray(query[start:stop], np.float32)
+                for s in range(0, self._used, _SCAN_ROWS):  # numpy's loop, not BLAS (see _scores)
+                    scores[s:s + _SCAN_ROWS] = np.einsum("ij,j->i", part[s:min(s + _SCAN_ROWS, self._used)], q)
+        if self._free:
+            scores[self._free] = -np.inf  # rows no item holds
+        best = _best(scores, min(k, len(self._rows)))
+        return [(int(label), float(scores[i])) for i, label in zip(best, self._labels[best].tolist())]

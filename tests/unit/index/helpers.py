@@ -5,16 +5,24 @@ from __future__ import annotations
 import numpy as np
 
 from shared.encoding.fusion import fuse
+from shared.index import layouts
 from shared.index.shard_index import ItemRecord, ShardIndex
+from shared.index.vector_store import span_dtype
 
 IMAGE_DIM, TEXT_DIM = 96, 24
 DIM = IMAGE_DIM + TEXT_DIM
 STORED_ABS = 2e-4  # how far a score read from the float16 vector store may be from the float32 one
 
 
-def as_stored(vectors: np.ndarray) -> np.ndarray:
-    """`vectors` as the shard's vector store gives them back (float16 by default)."""
-    return np.asarray(vectors, np.float16).astype(np.float32)
+def as_stored(vectors: np.ndarray, image_dim: int = IMAGE_DIM) -> np.ndarray:
+    """`vectors` as the vector store of a shard of them gives them back (float16 by default): a
+    block as its store span keeps it (`span_dtype`: the narrow text block, or a narrow whole
+    vector, as it was). Vectors no wider than `image_dim` are a one-block shard's."""
+    out = np.array(vectors, np.float32)
+    width = out.shape[-1]
+    for block in layouts.blocks(width, image_dim if width > image_dim else 0):
+        out[..., block.start:block.stop] = block.part(out).astype(span_dtype(block.stop - block.start, "float16"))
+    return out
 
 
 def unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:

@@ -16,6 +16,7 @@ import pytest
 
 from shared.encoding.fusion import build_query
 from shared.errors import SnapshotError
+from shared.index import layouts
 from shared.index.labels import label_for
 from shared.index.shard_index import ItemRecord, ShardIndex
 from tests.unit.index.helpers import IMAGE_DIM, STORED_ABS, TEXT_DIM, DIM, as_stored, filled, items_missing_blocks, records_for, unit
@@ -243,7 +244,8 @@ def test_a_version_1_snapshot_loads_and_is_rebuilt_with_blocks(tmp_path: Path):
             scores = vectors @ q
             assert [h.id for h in hits] == [ids[i] for i in np.argsort(-scores, kind="stable")[:5]]
             for h in hits:
-                np.testing.assert_array_equal(h.vector, as_stored(vectors[ids.index(h.id)]))
+                # Rebuilt from the one-block shard's store: every dim went through float16.
+                np.testing.assert_array_equal(h.vector, as_stored(vectors[ids.index(h.id)], DIM))
     saved = tmp_path / "new.bin"
     upgraded.save(saved, "5-1")
     assert ShardIndex.load(saved)[0].stats()["image_dim"] == IMAGE_DIM
@@ -298,21 +300,51 @@ def test_a_version_2_snapshot_loads_with_its_vector_store_rebuilt_from_the_graph
     np.testing.assert_array_equal(again._store.vectors(labels, DIM), loaded._store.vectors(labels, DIM))
 
 
-def as_version_3(path: Path) -> None:
-    """Rewrite a snapshot of a per-block shard as format version 3 wrote it: no "layout"."""
+def as_older_version(path: Path, version: int) -> None:
+    """Rewrite a snapshot as format version 4 wrote it (every vector store block in the store's
+    "vector_dtype", no "vector_dtypes"), or 3 (4 of a per-block shard, without "layout")."""
     data = path.read_bytes()
     head = struct.Struct("<8sIIQIQ32s")
     magic, _, dim, count, position_size, _, _ = head.unpack(data[:head.size])
     at = head.size + position_size
     position = data[head.size:at]
-    meta_size = struct.unpack("<Q", data[at:at + 8])[0]
-    meta = json.loads(data[at + 8:at + 8 + meta_size])
-    assert meta.pop("layout") == "blocks"
-    meta_json = json.dumps(meta).encode("utf-8")
-    payload = struct.pack("<Q", len(meta_json)) + meta_json + data[at + 8 + meta_size:]
-    header = struct.pack("<8sIIQIQ32s", magic, 3, dim, count, position_size, len(payload), bytes(32))
+    sections = []
+    while at < len(data):
+        size = struct.unpack("<Q", data[at:at + 8])[0]
+        sections.append(data[at + 8:at + 8 + size])
+        at += 8 + size
+    meta = json.loads(sections[0])
+    dtypes = meta.pop("vector_dtypes")
+    if version == 3:
+        assert meta.pop("layout") == "blocks"
+    graphs = len(layouts.graphs(meta.get("layout", "blocks"), dim, meta["image_dim"]))
+    for i, kept_as in enumerate(dtypes):
+        section = 1 + graphs + i
+        sections[section] = np.frombuffer(sections[section], kept_as).astype(meta["vector_dtype"]).tobytes()
+    sections[0] = json.dumps(meta).encode("utf-8")
+    payload = b"".join(struct.pack("<Q", len(section)) + section for section in sections)
+    header = struct.pack("<8sIIQIQ32s", magic, version, dim, count, position_size, len(payload), bytes(32))
     digest = hashlib.sha256(header[8:-32] + position + payload).digest()
     path.write_bytes(header[:-32] + digest + position + payload)
+
+
+def test_a_version_4_snapshot_loads_with_its_float16_text_block_kept_in_float32(tmp_path: Path):
+    images, texts, has_image, has_text, vectors = items_missing_blocks(18, 1100, 5)
+    ids = [f"t{j}" for j in range(1100)]
+    index = ShardIndex(DIM, image_dim=IMAGE_DIM)
+    index.upsert(ids, vectors, [ItemRecord(i, metadata={"j": j}) for j, i in enumerate(ids)])
+    path = tmp_path / "v4.bin"
+    index.save(path, "6-1", forked=False)
+    as_older_version(path, 4)
+    loaded, position = ShardIndex.load(path)
+    assert position == "6-1" and len(loaded) == 1100 and loaded._store.dtypes == ["float16", "float32"]
+    labels = [label_for(i) for i in ids]
+    # The text block was written in float16: it comes back at that precision, held in float32.
+    np.testing.assert_array_equal(loaded._store.part(1, labels), vectors[:, IMAGE_DIM:].astype(np.float16))
+    for j in range(0, 1100, 110):
+        q = build_query(None, texts[j], IMAGE_DIM, TEXT_DIM).vector
+        hits = loaded.search(q, 5)
+        assert [h.score for h in hits] == pytest.approx(sorted(vectors @ q, reverse=True)[:5], abs=STORED_ABS)
 
 
 def test_a_version_3_snapshot_keeps_its_per_block_graphs_or_is_rebuilt_with_a_fused_graph(tmp_path: Path):
@@ -322,7 +354,7 @@ def test_a_version_3_snapshot_keeps_its_per_block_graphs_or_is_rebuilt_with_a_fu
     index.upsert(ids, vectors, [ItemRecord(i, metadata={"j": j}) for j, i in enumerate(ids)])
     path = tmp_path / "v3.bin"
     index.save(path, "4-4", forked=False)
-    as_version_3(path)
+    as_older_version(path, 3)
     kept, position = ShardIndex.load(path, image_dim=IMAGE_DIM)
     rebuilt = ShardIndex.load(path, layout="fused")[0]
     assert position == "4-4" and kept.stats()["layout"] == "blocks" and rebuilt.stats()["layout"] == "fused"

@@ -8,16 +8,18 @@ import pytest
 
 from shared.encoding.fusion import build_query
 from shared.index.graph import GROW_MIN
+from shared.index import shard_index
 from shared.index.shard_index import ItemRecord, ShardIndex
 from shared.index.vector_store import VectorStore
 from tests.unit.index.helpers import (DIM, IMAGE_DIM, STORED_ABS, TEXT_DIM, as_stored, items_missing_blocks,
                                       records_for, unit)
 
-SPANS = [(0, 12), (12, 16)]
+W, WIDE = 96, 80  # a wide span kept in float16 and a narrow one kept in float32
+SPANS = [(0, WIDE), (WIDE, W)]
 
 
 def filled_store(n: int, dtype: str = "float16", seed: int = 0) -> tuple[VectorStore, np.ndarray]:
-    vectors = unit(np.random.default_rng(seed), n, 16)
+    vectors = unit(np.random.default_rng(seed), n, W)
     store = VectorStore(SPANS, dtype=dtype, capacity=8)
     store.put(list(range(1, n + 1)), vectors)
     return store, vectors
@@ -27,10 +29,10 @@ def test_rows_by_label_grow_and_read_back_per_block():
     store, vectors = filled_store(100)
     assert len(store) == 100 and store.capacity >= 100
     labels = [5, 1, 100]
-    np.testing.assert_array_equal(store.vectors(labels, 16), as_stored(vectors[[4, 0, 99]]))
-    np.testing.assert_array_equal(store.part(1, labels), np.asarray(vectors[[4, 0, 99], 12:], np.float16))
-    query = unit(np.random.default_rng(1), 1, 16)[0]
-    expected = as_stored(vectors[[4, 0, 99]]) @ query
+    np.testing.assert_array_equal(store.vectors(labels, W), as_stored(vectors[[4, 0, 99]], WIDE))
+    np.testing.assert_array_equal(store.part(1, labels), np.asarray(vectors[[4, 0, 99], WIDE:]))
+    query = unit(np.random.default_rng(1), 1, W)[0]
+    expected = as_stored(vectors[[4, 0, 99]], WIDE) @ query
     np.testing.assert_allclose(store.scores(0, labels, query) + store.scores(1, labels, query), expected, atol=1e-6)
     with pytest.raises(KeyError):
         store.scores(0, [101], query)
@@ -40,14 +42,14 @@ def test_an_update_keeps_its_row_and_a_delete_frees_it_for_the_next_new_label():
     store, vectors = filled_store(50)
     capacity = store.capacity
     store.put([7], -vectors[6:7])
-    np.testing.assert_array_equal(store.vectors([7], 16)[0], as_stored(-vectors[6]))
+    np.testing.assert_array_equal(store.vectors([7], W)[0], as_stored(-vectors[6], WIDE))
     store.remove([3, 4, 999])  # an unknown label is ignored
     assert len(store) == 48
     with pytest.raises(KeyError):
-        store.vectors([3], 16)
+        store.vectors([3], W)
     store.put([200, 201], vectors[:2])  # the freed rows, not new ones
     assert store.capacity == capacity and len(store) == 50
-    np.testing.assert_array_equal(store.vectors([200, 201, 5], 16), as_stored(vectors[[0, 1, 4]]))
+    np.testing.assert_array_equal(store.vectors([200, 201, 5], W), as_stored(vectors[[0, 1, 4]], WIDE))
 
 
 def test_mostly_free_rows_are_compacted_and_the_rest_stay_readable():
@@ -56,50 +58,63 @@ def test_mostly_free_rows_are_compacted_and_the_rest_stay_readable():
     store.remove(range(1, 3 * GROW_MIN + 1))
     assert store.capacity < big and len(store) == GROW_MIN
     kept = list(range(3 * GROW_MIN + 1, 4 * GROW_MIN + 1))
-    np.testing.assert_array_equal(store.vectors(kept, 16), as_stored(vectors[3 * GROW_MIN:]))
+    np.testing.assert_array_equal(store.vectors(kept, W), as_stored(vectors[3 * GROW_MIN:], WIDE))
     store.put([1], vectors[:1])
-    np.testing.assert_array_equal(store.vectors([1, kept[-1]], 16), as_stored(vectors[[0, -1]]))
+    np.testing.assert_array_equal(store.vectors([1, kept[-1]], W), as_stored(vectors[[0, -1]], WIDE))
 
 
 @pytest.mark.parametrize("dtype", ["float16", "float32"])
 def test_top_is_the_exact_top_k_of_the_labels_given(dtype):
     store, vectors = filled_store(500, dtype)
-    stored = as_stored(vectors) if dtype == "float16" else vectors
-    query = unit(np.random.default_rng(2), 1, 16)[0]
+    stored = as_stored(vectors, WIDE) if dtype == "float16" else vectors
+    query = unit(np.random.default_rng(2), 1, W)[0]
     labels = list(range(1, 501, 2))
     scores = stored[np.asarray(labels) - 1] @ query
     expected = [labels[i] for i in np.argsort(-scores, kind="stable")[:7]]
     top = store.top(query, labels, 7)
     assert [label for label, _ in top] == expected
     np.testing.assert_allclose([score for _, score in top], np.sort(scores)[::-1][:7], atol=1e-6)
-    text_only = np.concatenate([np.zeros(12, np.float32), query[12:]])
+    text_only = np.concatenate([np.zeros(WIDE, np.float32), query[WIDE:]])
     assert [s for _, s in store.top(text_only, labels, 3)] == pytest.approx(
-        sorted((stored[np.asarray(labels) - 1, 12:] @ query[12:]).tolist(), reverse=True)[:3], abs=1e-6)
+        sorted((stored[np.asarray(labels) - 1, WIDE:] @ query[WIDE:]).tolist(), reverse=True)[:3], abs=1e-6)
     assert len(store.top(query, labels[:3], 10)) == 3
+
+
+def test_a_scan_of_the_whole_store_is_top_over_every_live_label():
+    store, vectors = filled_store(3000)
+    store.remove(range(1, 3000, 3))  # free rows amid the live ones, holding their old rows
+    store.put([5000], vectors[:1])   # a new label in a freed row
+    live = sorted(set(range(1, 3001)) - set(range(1, 3000, 3))) + [5000]
+    text_only = np.concatenate([np.zeros(WIDE, np.float32), unit(np.random.default_rng(5), 1, W - WIDE)[0]])
+    assert store.scannable(text_only) and not store.scannable(np.ones(W, np.float32))
+    top = store.top_of_all(text_only, 10)
+    assert [label for label, _ in top] == [label for label, _ in store.top(text_only, live, 10)]
+    assert len(store.top_of_all(text_only, 5000)) == len(live)
+    assert 1 not in {label for label, _ in store.top_of_all(-text_only, 10)}  # freed: never returned
 
 
 def test_ties_at_the_kth_score_keep_the_order_of_the_labels():
     store = VectorStore(SPANS, dtype="float32")
-    store.put([1, 2, 3, 4], np.ones((4, 16), np.float32))
-    assert [label for label, _ in store.top(np.ones(16, np.float32), [4, 2, 3, 1], 2)] == [4, 2]
+    store.put([1, 2, 3, 4], np.ones((4, W), np.float32))
+    assert [label for label, _ in store.top(np.ones(W, np.float32), [4, 2, 3, 1], 2)] == [4, 2]
 
 
 def test_float16_rows_score_within_rounding_of_float32():
     store, vectors = filled_store(300)
-    query = unit(np.random.default_rng(3), 1, 16)[0]
+    query = unit(np.random.default_rng(3), 1, W)[0]
     scores = store.scores(0, list(range(1, 301)), query) + store.scores(1, list(range(1, 301)), query)
     assert np.abs(scores - vectors @ query).max() < 2e-3
-    assert store.bytes() == store.capacity * (16 * 2 + 8)
+    assert store.bytes() == store.capacity * (WIDE * 2 + (W - WIDE) * 4 + 8)  # the narrow span in float32
 
 
 def test_a_store_of_given_rows_and_its_checks():
-    vectors = unit(np.random.default_rng(4), 3, 16)
-    store = VectorStore.of(SPANS, [9, 8, 7], [vectors[:, :12], vectors[:, 12:]], "float16")
-    np.testing.assert_array_equal(store.vectors([7, 9], 16), as_stored(vectors[[2, 0]]))
+    vectors = unit(np.random.default_rng(4), 3, W)
+    store = VectorStore.of(SPANS, [9, 8, 7], [vectors[:, :WIDE], vectors[:, WIDE:]], "float16")
+    np.testing.assert_array_equal(store.vectors([7, 9], W), as_stored(vectors[[2, 0]], WIDE))
     store.put([6], vectors[:1])  # grows from exactly full
     assert len(store) == 4
     with pytest.raises(ValueError):
-        VectorStore.of(SPANS, [9, 9, 7], [vectors[:, :12], vectors[:, 12:]], "float16")
+        VectorStore.of(SPANS, [9, 9, 7], [vectors[:, :WIDE], vectors[:, WIDE:]], "float16")
     with pytest.raises(ValueError):
         VectorStore(SPANS, dtype="int8")
 
@@ -153,3 +168,30 @@ def test_deleted_items_are_never_returned_and_their_rows_are_reused():
         assert top.id == ids[j]
         np.testing.assert_array_equal(top.vector, as_stored(vectors[j]))
     assert not set(ids[:1000:2]) & {h.id for h in index.search(np.ones(DIM, np.float32), 3000)}
+
+
+@pytest.mark.parametrize("rows_per_ef", [0, 10**6], ids=["graph", "scan"])
+def test_text_queries_scanned_or_searched_give_the_exact_top_k_without_deleted_items(monkeypatch, rows_per_ef):
+    """A text query may scan the store's float32 text blocks instead of searching the text graph
+    (SCAN_ROWS_PER_EF); either way it gets exact search's top k, never a deleted item, and items
+    without a text block score 0."""
+    monkeypatch.setattr(shard_index, "SCAN_ROWS_PER_EF", rows_per_ef)
+    images, texts, has_image, has_text, vectors = items_missing_blocks(23, 2600, 4)
+    ids = [f"s{j}" for j in range(2500)]
+    index = ShardIndex(DIM, image_dim=IMAGE_DIM)
+    index.upsert(ids, vectors[:2500], records_for(ids))
+    index.delete(ids[::7])
+    live = np.ones(2500, bool)
+    live[::7] = False
+    for j in range(2500, 2600, 4):
+        query = kind_query("text", images[j], texts[j])
+        exact = np.where(live, vectors[:2500] @ query, -np.inf)
+        hits = index.search(query, 10)
+        expected = [ids[i] for i in np.argsort(-exact, kind="stable")[:10]]
+        if rows_per_ef:  # the scan is exact
+            assert [h.id for h in hits] == expected
+            assert [h.score for h in hits] == pytest.approx(np.sort(exact)[::-1][:10], abs=1e-5)
+        else:
+            assert len({h.id for h in hits} & set(expected)) >= 9
+        assert all(h.score == pytest.approx(exact[ids.index(h.id)], abs=1e-5) for h in hits)
+    assert not set(ids[::7]) & {h.id for h in index.search(kind_query("text", images[0], texts[0]), 2500)}
