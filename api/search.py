@@ -1,9 +1,14 @@
 """/v1/collections/<name>/search: hand a validated query to the query workers.
 
-The search task (queue "query") gets the request's own id as its task id; Celery keeps no
-result for it. Synchronously, the task names a list (`reply_to`, keys.search_answer) where the
-query worker pushes the body, and the API waits on that list (shared.store.replies: no result
-backend round trips) up to MMSEARCH_SEARCH_TIMEOUT_S (503 after that).
+A synchronous search is a request on the query workers' list (keys.SEARCH_REQUESTS,
+shared.store.replies) that names the request's own id and a list (`reply_to`,
+keys.search_answer) where the query worker pushes the body; the API waits on that list up to
+MMSEARCH_SEARCH_TIMEOUT_S (503 after that), and a request nobody took by then is dropped. No
+Celery message: its delivery bookkeeping (a message moved to the unacknowledged set and back,
+each an fsynced write) cost about 3 ms a search, and its redelivery of a killed worker's
+message would come long after the asker gave up. An asynchronous search is a Celery task
+(queue "query") with the request's id as its task id and its job's id, delivered and
+acknowledged late like every task; Celery keeps no result for either.
 It answers with the merged hits, `took_ms` being the API's own wall time, and `cached` whether
 the query worker served them from its result cache; a worker error body becomes the HTTP error
 it names. With `?async=1` the id is also a "search" job's id, which the query worker finishes
@@ -110,9 +115,9 @@ def search(name: str) -> Response | tuple[Response, int]:
         kwargs["offset"] = query.offset
     if is_async:
         jobs.create_job(svc.redis, "search", name, coll.cid, 1, job_id=sid)
-    else:
-        kwargs["reply_to"] = keys.search_answer(sid)
-    svc.celery.send_task(queues.SEARCH, kwargs=kwargs, task_id=sid, queue=queues.QUERY)
-    if is_async:
+        svc.celery.send_task(queues.SEARCH, kwargs=kwargs, task_id=sid, queue=queues.QUERY)
         return accepted(sid)
-    return _answer(_wait_answer(sid, svc.settings.search_timeout_s), started)
+    timeout_s = svc.settings.search_timeout_s
+    replies.send(svc.redis, {keys.SEARCH_REQUESTS: {**kwargs, "search_id": sid}}, keys.search_answer(sid),
+                 expires=time.time() + timeout_s)
+    return _answer(_wait_answer(sid, timeout_s), started)

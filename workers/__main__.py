@@ -10,6 +10,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse
 import logging
+import threading
 import time
 import warnings
 
@@ -110,7 +111,8 @@ def main(argv: list[str] | None = None) -> None:
                        help="a read replica: follow the slot's logs and answer its searches, never write")
     shard.add_argument("-c", "--concurrency", type=int, default=4, help="request threads per slot")
     query = sub.add_parser("query", help="encode and fan out searches (queue 'query')")
-    query.add_argument("-c", "--concurrency", type=int, default=8, help="query threads")
+    query.add_argument("-c", "--concurrency", type=int, default=8,
+                       help="threads for synchronous searches, and as many for Celery's tasks (async searches, exports)")
     args = parser.parse_args(argv)
     if args.role in ("encode", "query"):
         keep_freed_memory()  # before any thread allocates: every thread then shares the tuned heap
@@ -136,8 +138,15 @@ def main(argv: list[str] | None = None) -> None:
         from workers.reaper import Reaper
         from workers.resources import redis_client
 
+        from celery.signals import worker_shutting_down
+
+        from workers.query import start_request_threads
+
         warm_up_default_models(report_start_up("query"))  # the thread pool runs in this process
         Reaper(redis_client(), cfg, celery=app).start()  # stuck jobs re-driven or failed (one query worker acts)
+        stop = threading.Event()  # no more synchronous searches taken once Celery starts its shutdown
+        worker_shutting_down.connect(lambda **_: stop.set(), weak=False)
+        start_request_threads(args.concurrency, stop)
         app.worker_main(["worker", "-Q", queues.QUERY, "-P", "threads", "-c", str(args.concurrency),
                          "-n", f"query-{os.getpid()}@%h", *common])
     else:

@@ -1,4 +1,9 @@
-"""Query workers (queue "query"): encode a search, fan it out to the shard slots, merge the top-k.
+"""Query workers: encode a search, fan it out to the shard slots, merge the top-k.
+
+Synchronous searches are requests on the list keys.SEARCH_REQUESTS (shared.store.replies; the
+API waits for the answer), popped by the process's request threads (`serve_requests`);
+asynchronous ones are Celery tasks on the queue "query", whose answer goes into their job.
+Both run `run`.
 
 `search` reads the collection's state (workers.search_reads: is it live, which slots are, the
 shard logs' ends or the marks of `after_job`), encodes the query (workers.query_message: text
@@ -6,8 +11,8 @@ with GloVe, no torch; an image with the collection's image model), asks every li
 shards' top-k and merges what they answered by the shard deadline (workers.fanout). A step that
 refuses the search (workers.search_refused) makes its error the answer.
 
-The result is pushed to the list the synchronous caller (the API) named in `reply_to`
-(shared.store.replies), or stored in the search's job when it is asynchronous. A search that
+The result is pushed to the list the synchronous caller (the API) named in its request's
+`reply_to`, or stored in the search's job when it is asynchronous. A search that
 fails unexpectedly answers an `internal` error there before it fails, so nobody waits for it
 until a timeout.
 
@@ -24,16 +29,24 @@ that far.
 """
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from typing import Any
 
+import redis
+
 from shared.runtime import logs
-from shared.store import jobs, queues, replies
+from shared.store import jobs, keys, queues, replies
 from shared.store.streamids import at_least
 from workers import fanout, query_message, search_cache, search_reads
 from workers.celery_app import app
 from workers.resources import redis_client, settings
 from workers.search_refused import SearchRefused
+
+log = logging.getLogger(__name__)
+
+POP_TIMEOUT_S = 1.0  # a request thread's blocking pop; it sees a stop this late at most
 
 _cache = search_cache.ResultCache()
 
@@ -53,15 +66,51 @@ def _finish(job_id: str | None, reply_to: str | None, body: dict[str, Any]) -> d
 def search(self, collection: str, cid: str, text: str | None, image: dict[str, Any] | None, k: int,
            weights: dict[str, float] | None, filter: dict[str, Any] | None, job_id: str | None = None,
            after_job: str | None = None, reply_to: str | None = None, offset: int = 0):
-    logs.bind(job_id=job_id)  # async searches have a job; sync ones unbind the previous task's
+    """An asynchronous search (its job's id in `job_id`)."""
+    return run(self.request.id or jobs.new_job_id(), collection, cid, text, image, k, weights, filter, job_id,
+               after_job, reply_to, offset)
+
+
+def run(search_id: str, collection: str, cid: str, text: str | None, image: dict[str, Any] | None, k: int,
+        weights: dict[str, float] | None, filter: dict[str, Any] | None, job_id: str | None = None,
+        after_job: str | None = None, reply_to: str | None = None, offset: int = 0) -> dict[str, Any]:
+    """Answer one search (hits `offset`..`offset + k - 1`) to its job and/or `reply_to`; return the body."""
+    logs.bind(job_id=job_id)  # async searches have a job; sync ones unbind the previous one's
     try:
-        body = _search(self.request.id or jobs.new_job_id(), collection, cid, text, image, offset + k, weights,
-                       filter, after_job)
+        body = _search(search_id, collection, cid, text, image, offset + k, weights, filter, after_job)
         body = body if body.get("error") else fanout.page_of(body, offset, k)
     except Exception:
         _finish(job_id, reply_to, SearchRefused("internal", "search failed").body())
         raise
     return _finish(job_id, reply_to, body)
+
+
+def serve_requests(stop: threading.Event) -> None:
+    """Answer the synchronous searches of keys.SEARCH_REQUESTS, one at a time, until `stop` is
+    set; a request past its deadline is dropped unanswered (shared.store.replies)."""
+    r = redis_client()
+    while not stop.is_set():
+        try:
+            request = replies.take(r, keys.SEARCH_REQUESTS, POP_TIMEOUT_S)
+        except redis.exceptions.RedisError as exc:
+            log.warning("search requests could not be read (%s)", exc)
+            stop.wait(1.0)
+            continue
+        if request is None:
+            continue
+        try:
+            run(reply_to=request.reply_to, **request.body)
+        except Exception:  # answered `internal` already; the next request is served all the same
+            log.exception("search %s failed", request.body.get("search_id"))
+
+
+def start_request_threads(count: int, stop: threading.Event) -> list[threading.Thread]:
+    """`count` started threads that run `serve_requests` until `stop` is set."""
+    threads = [threading.Thread(target=serve_requests, args=(stop,), daemon=True, name=f"search-requests-{i}")
+               for i in range(count)]
+    for thread in threads:
+        thread.start()
+    return threads
 
 
 def _timings(encoding: float, encoded: float) -> dict[str, float]:

@@ -16,6 +16,9 @@ LIVE_CIDS = f"{PREFIX}:cids"                   # set of live collection ids
 ACTIVE_JOBS = f"{PREFIX}:jobs:active"          # zset: job id -> created_at, until the reaper sees it final
 JOBS_BY_TIME = f"{PREFIX}:jobs:by_time"        # zset: job id -> created_at, while its record may exist
 REAPER_LOCK = f"{PREFIX}:reaper"               # one stuck-job reaper at a time
+# list: synchronous searches, pushed by the API and popped by the query workers' request threads
+# (no Celery: a search lost with its worker only times out, as its asker gives up anyway)
+SEARCH_REQUESTS = f"{PREFIX}:queries"
 
 
 def _keyed(kind: str) -> Callable[[str | int], str]:

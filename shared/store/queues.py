@@ -7,6 +7,8 @@ QUERY = "query"
 
 ENCODE_ITEMS = "mmsearch.encode_items"   # kwargs: job_id, collection, cid, items
 SEARCH = "mmsearch.search"               # kwargs: collection, cid, text, image, k, weights, filter, job_id
+# (an asynchronous search; a synchronous one is a request on keys.SEARCH_REQUESTS with the same
+# fields and its `search_id`, shared.store.replies)
 EXPORT = "mmsearch.export"               # kwargs: job_id, collection, cid
 
 # What a request on a slot's list (keys.slot_searches, shared.store.replies) asks, its "op".

@@ -313,7 +313,7 @@ BAD_SEARCHES = [
 def test_malformed_search_is_refused(client, coll, redis_client, request_kw, status, field):
     error = assert_error(client.post("/v1/collections/photos/search", **request_kw), status, "invalid_request")
     assert error["details"]["field"] == field
-    assert redis_client.llen(queues.QUERY) == 0
+    assert redis_client.llen(queues.QUERY) == 0 and redis_client.llen(keys.SEARCH_REQUESTS) == 0
     assert not list(redis_client.scan_iter("mms:job:*")) and not list(redis_client.scan_iter("mms:stage:*"))
 
 
@@ -322,6 +322,7 @@ def test_bad_async_flag_and_unknown_collection(client, coll, redis_client):
     assert_error(client.post("/v1/collections/nope/search", json={"text": "cat"}), 404, "not_found")
     assert_error(client.post("/v1/collections/nope/items", json={"items": [ITEM]}), 404, "not_found")
     assert redis_client.llen(queues.QUERY) == 0 and redis_client.llen(queues.ENCODE) == 0
+    assert redis_client.llen(keys.SEARCH_REQUESTS) == 0
 
 
 # Ingest ---------------------------------------------------------------------------------
@@ -462,11 +463,16 @@ def test_sync_search_without_workers_times_out(client, coll, redis_client):
                          503, "unavailable")
     assert time.monotonic() - started >= APP_SETTINGS["search_timeout_s"]
     assert "timed out" in error["message"]
-    (message,) = queued(redis_client, queues.QUERY)
-    assert message["_task"] == queues.SEARCH and message["text"] == "cat" and message["k"] == 3
-    assert message["job_id"] is None and message["cid"] == cid(redis_client) and "offset" not in message
+    assert redis_client.llen(queues.QUERY) == 0  # no Celery task: a request on the query workers' list
+    (raw,) = redis_client.lrange(keys.SEARCH_REQUESTS, 0, -1)
+    sent = json.loads(raw)
+    message = sent["request"]
+    assert message["text"] == "cat" and message["k"] == 3 and "offset" not in message
+    assert message["job_id"] is None and message["cid"] == cid(redis_client)
+    assert sent["reply_to"] == keys.search_answer(message["search_id"])
+    assert sent["expires"] <= time.time() + 0.1  # nobody may take it once its asker gave up
     client.post("/v1/collections/photos/search", json={"text": "cat", "k": 10, "offset": 990})
-    assert queued(redis_client, queues.QUERY)[-1]["offset"] == 990
+    assert json.loads(redis_client.lrange(keys.SEARCH_REQUESTS, -1, -1)[0])["request"]["offset"] == 990
 
 
 def test_async_search_creates_a_job_and_stages_the_query_image(client, coll, redis_client):

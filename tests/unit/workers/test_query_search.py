@@ -323,6 +323,30 @@ def test_the_answer_goes_to_the_callers_list_and_a_failure_answers_too(setup, mo
     assert json.loads(setup.r.lpop(reply_to)) == {"error": {"code": "internal", "message": "search failed"}}
 
 
+def test_synchronous_search_requests_are_answered_on_their_reply_lists_and_late_ones_dropped(setup):
+    stop = threading.Event()
+    threads = query_worker.start_request_threads(2, stop)
+
+    def ask(search_id: str, expires_in: float, **kw: Any) -> None:
+        body = {"collection": setup.coll.name, "cid": setup.coll.cid, "text": "a query", "image": None, "k": 5,
+                "weights": None, "filter": None, "job_id": None, "search_id": search_id, **kw}
+        replies.send(setup.r, {keys.SEARCH_REQUESTS: body}, keys.search_answer(search_id), time.time() + expires_in)
+
+    try:
+        ask("late", -1.0)
+        ask("other", 5.0, cid="no-such-cid")
+        ask("paged", 5.0, offset=2)
+        assert replies.wait_one(setup.r, keys.search_answer("other"), 5)["error"]["code"] == "not_found"
+        paged = replies.wait_one(setup.r, keys.search_answer("paged"), 5)
+        assert paged["offset"] == 2 and hit_ids(paged) == hit_ids(setup.search(k=7))[2:]
+        assert replies.wait_one(setup.r, keys.search_answer("late"), 0.5) is None  # past its deadline: dropped
+        assert setup.r.llen(keys.SEARCH_REQUESTS) == 0
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+
+
 def test_a_deleted_collection_is_not_searched(setup):
     setup.search(k=5)
     catalog.delete_collection(setup.r, setup.coll.name)
