@@ -44,8 +44,8 @@ over the shard workers, over N, is the service's bytes per item. Next to it the 
 estimate of vector + graph bytes per item (`ShardIndex.stats()` of the floor: float32 vectors,
 level-0 links, labels, upper levels) and the ratio of the two (target: at most 1.5).
 
-Where a 1-client query's time goes: the client's round trip, the API's `took_ms`, the Celery
-runtime of the search task (from the query worker's log) and the mean index search of one shard
+Where a 1-client query's time goes: the client's round trip, the API's `took_ms`, the query
+worker's time from the query's decoding to the merged answer (the answers' `timings`) and the mean index search of one shard
 (from the shard workers' search histogram), next to the query encoding and the index search timed
 here.
 

@@ -96,17 +96,18 @@ def report(results: Results, slots: int, load: list[float]) -> None:
         f"whole index by stats() {f['bytes'] / n:.0f} B/item"
         for n, f in floors.items()))
     for b in results.breakdown:
-        b["api_hops_ms"] = _minus(b["api_took_ms"], b["search_task_ms"])
+        b["api_hops_ms"] = _minus(b["api_took_ms"], b["query_worker_ms"])
     print("\n== where a 1-client query's time goes (mean ms). client: HTTP round trip; API took: the API's\n"
-          "   own wall time; search task: its Celery runtime from the query worker's log; encode: the\n"
-          "   query worker's decode + encode of the query (its timings); shard search:\n"
+          "   own wall time; query worker: its time from decoding the query to the merged answer (the\n"
+          "   answers' timings); encode: the query worker's decode + encode of the query; shard search:\n"
           "   one shard's index search as the shard workers' histogram recorded it (the shards of a query\n"
-          "   run in parallel); API hops = API took - search task (broker, reply list, API work);\n"
+          "   run in parallel); API hops = API took - query worker (request and answer lists, the\n"
+          "   collection's reads, API work);\n"
           "   encode / index here: the same query encoding and a search of one index of all items, in this\n"
           "   process (timed apart from the service runs, so under other load)")
-    print(table(["items", "shards", "kind", "client", "API took", "API hops", "search task", "encode",
+    print(table(["items", "shards", "kind", "client", "API took", "API hops", "query worker", "encode",
                  "shard search", "encode here", "index here"],
                 [[b["items"], b["shards"], b["kind"], b["client_ms"], b["api_took_ms"], b["api_hops_ms"],
-                  b["search_task_ms"], b["encode_ms"], b["shard_search_ms"], b["encode_here_ms"], b["index_here_ms"]]
+                  b["query_worker_ms"], b["encode_ms"], b["shard_search_ms"], b["encode_here_ms"], b["index_here_ms"]]
                  for b in results.breakdown]))
     print(f"\nload average at the end (other processes share these cores): {load}")

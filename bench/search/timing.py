@@ -16,9 +16,8 @@ import requests
 
 from bench.search.plan import Plan, Results
 from bench.search.queries import K, Query, recall, top1
-from bench.service import Service, TaskEvent, TaskLog, latency_ms, runtimes
+from bench.service import Service, latency_ms
 from shared.runtime import metrics
-from shared.store import queues
 from shared.store.catalog import get_collection
 
 
@@ -53,11 +52,12 @@ def run_clients(svc: Service, name: str, queries: list[Query], clients: int) -> 
     return cell
 
 
-def search_task_ms(events: list[TaskEvent]) -> float | None:
-    """Mean Celery runtime (ms) of the search task during a run, from the query worker's log:
-    decode and encode the query, send the slot requests, gather their answers, merge."""
-    times = runtimes(events).get(queues.SEARCH)
-    return round(float(np.mean(times)) * 1000, 1) if times else None
+def query_worker_ms(bodies: list[dict[str, Any]]) -> float | None:
+    """Mean time (ms) the query worker spent on a run's searches from the decoding of the query
+    on, as their answers' `timings` say: decode and encode the query, send the slot requests,
+    gather their answers, merge."""
+    times = [b["timings"]["encode_ms"] + b["timings"]["search_ms"] for b in bodies if "timings" in b]
+    return round(float(np.mean(times)), 1) if times else None
 
 
 def shard_searches(r: Any, cid: str) -> tuple[float, float]:
@@ -90,7 +90,6 @@ def measure_collection(svc: Service, name: str, queries: dict[str, list[Query]],
                        exact: dict[str, list[list[str]]], encode_ms: dict[str, float], plan: Plan,
                        labels: dict[str, int], results: Results) -> None:
     """Every (kind, clients) run against one filled collection, each with queries of its own."""
-    tasks = TaskLog(svc.log_dir)
     cid = get_collection(svc.redis, name).cid
     for kind, pool in queries.items():
         slices = plan.slices()
@@ -99,11 +98,9 @@ def measure_collection(svc: Service, name: str, queries: dict[str, list[Query]],
         for clients in plan.client_counts:
             part = next(slices)
             qs, truths = pool[part], exact[kind][part]
-            tasks.mark()
             searched_before, cpu_before = shard_searches(svc.redis, cid), role_cpu_seconds(svc)
             cell = run_clients(svc, name, qs, clients)
             cpu = cpu_ms_per_search(cpu_before, role_cpu_seconds(svc), len(cell.latencies))
-            events = tasks.since_mark()
             count, seconds = np.subtract(shard_searches(svc.redis, cid), searched_before)
             recalls = [recall([h["id"] for h in body["hits"]], truths[i]) for i, body in cell.answers]
             # Every query of a run is distinct; a cache hit would be reported apart.
@@ -129,5 +126,5 @@ def measure_collection(svc: Service, name: str, queries: dict[str, list[Query]],
                     "api_took_ms": round(float(np.mean([b["took_ms"] for _, b in cell.answers])), 1),
                     "encode_ms": round(float(np.mean([b["timings"]["encode_ms"] for _, b in cell.answers])), 2),
                     "encode_here_ms": encode_ms["text" if qs[0].image is None else "image"],
-                    "search_task_ms": search_task_ms(events),
+                    "query_worker_ms": query_worker_ms([b for _, b in cell.answers]),
                     "shard_search_ms": round(float(seconds / count) * 1000, 2) if count else None})

@@ -9,6 +9,7 @@ from bench.search.plan import Results, estimated_minutes, parse_ints
 from bench.search.queries import KINDS
 from bench.search.run import index_bytes_per_item
 from bench.search.tables import report
+from bench.search.timing import query_worker_ms
 from shared.index.shard_index import ItemRecord, ShardIndex
 
 
@@ -22,7 +23,7 @@ def measured(items: int) -> Results:
                "client_p95_ms": 13.0, "encode_p50_ms": 1.0,
                "cpu_ms": {"api": 2.0, "query": 4.0, "shard": 5.0, "redis": 0.5, "bench": 1.0}}],
         breakdown=[{"items": items, "shards": 1, "kind": "text", "client_ms": 10.5, "api_took_ms": 9.0,
-                    "encode_ms": 1.0, "encode_here_ms": 1.0, "search_task_ms": 7.5, "shard_search_ms": 2.0}],
+                    "encode_ms": 1.0, "encode_here_ms": 1.0, "query_worker_ms": 7.5, "shard_search_ms": 2.0}],
         fills=[{"items": items, "shards": 1, "fill_s": 50.0, "items_per_s": items / 50, "snapshots_s": 1.0}],
         floors={items: {"build_s": 20.0, "vector_bytes": 3000 * items, "graph_bytes": 1000 * items,
                         "bytes": 4200 * items, **floor}},
@@ -80,3 +81,9 @@ def test_index_bytes_without_a_floor_are_what_stats_counts() -> None:
     index.upsert(ids, vectors, [ItemRecord(i) for i in ids])
     stats = index.stats()
     assert index_bytes_per_item(32, 8) == pytest.approx((stats["vector_bytes"] + stats["graph_bytes"]) / 300, rel=1e-3)
+
+
+def test_the_query_workers_time_is_its_answers_encoding_plus_search():
+    bodies = [{"timings": {"encode_ms": 1.0, "search_ms": 4.0}}, {"timings": {"encode_ms": 2.0, "search_ms": 5.0}},
+              {"error": {"code": "not_found"}}]
+    assert query_worker_ms(bodies) == 6.0 and query_worker_ms([]) is None
