@@ -23,6 +23,7 @@ refused at once, 503 naming the worker's start-up stage (api.readiness), not aft
 """
 from __future__ import annotations
 
+import base64
 import re
 import time
 from typing import Any
@@ -35,7 +36,7 @@ from api.context import services
 from api.errors import ApiError, HTTP_CODES
 from api.jobs import accepted
 from api.readiness import require_role
-from api.validation import SearchInput, image_source, invalid, parse_search_json, parse_search_multipart
+from api.validation import SearchInput, invalid, parse_search_json, parse_search_multipart
 from shared.store import jobs, keys, queues, replies, staging
 
 bp = Blueprint("search", __name__, url_prefix="/collections/<name>/search")
@@ -104,10 +105,13 @@ def search(name: str) -> Response | tuple[Response, int]:
     require_role("query", "search")
     svc = services()
     sid = jobs.new_job_id()
-    staged = None
-    if isinstance(query.image, bytes):
-        staged = staging.stage(svc.redis, coll.cid, sid, {0: query.image}, svc.settings.staging_ttl_s)[0]
-    kwargs = {"collection": name, "cid": coll.cid, "text": query.text, "image": image_source(query.image, staged),
+    image = query.image
+    if isinstance(image, bytes):
+        # An async search's image waits for its worker in staging; a synchronous one travels in its
+        # request, which is gone once taken (no stage and release: two fsynced writes less).
+        image = ({"staged": staging.stage(svc.redis, coll.cid, sid, {0: image}, svc.settings.staging_ttl_s)[0]}
+                 if is_async else {"inline": base64.b64encode(image).decode("ascii")})
+    kwargs = {"collection": name, "cid": coll.cid, "text": query.text, "image": image,
               "k": query.k, "weights": query.weights, "filter": query.filter, "job_id": sid if is_async else None}
     if after_job:
         kwargs["after_job"] = after_job

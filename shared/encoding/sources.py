@@ -1,6 +1,7 @@
 """Fetching the bytes of an item's or a query's image from where the request put them.
 
-Sources are `{"staged": key}` (uploaded, in Redis), `{"url": ...}` and `{"path": ...}` (read by
+Sources are `{"staged": key}` (uploaded, in Redis), `{"inline": base64}` (a synchronous
+search's uploaded image, in its request), `{"url": ...}` and `{"path": ...}` (read by
 shared.encoding.path_reader). Every failure is a `SourceError` whose `code` and message go into
 the job's errors (messages name the URL or the path relative to the ingest root, never an
 internal path).
@@ -21,6 +22,7 @@ URLs (`fetch_url`), checked at every hop, redirects included:
 """
 from __future__ import annotations
 
+import base64
 import http.client
 import socket
 import ssl
@@ -236,6 +238,8 @@ def load_image_bytes(source: dict[str, Any], r: redis.Redis, settings: Settings)
     """The raw bytes of one image source; SourceError when they cannot be had."""
     if not isinstance(source, dict):
         raise SourceError("invalid_item", "unknown image source")
+    if "inline" in source:  # a synchronous search's uploaded image, base64 in its request
+        return base64.b64decode(source["inline"])
     if "staged" in source:
         data = staging.fetch(r, source["staged"])
         if data is None:

@@ -475,6 +475,15 @@ def test_sync_search_without_workers_times_out(client, coll, redis_client):
     assert json.loads(redis_client.lrange(keys.SEARCH_REQUESTS, -1, -1)[0])["request"]["offset"] == 990
 
 
+def test_a_sync_search_carries_its_uploaded_image_in_the_request_and_stages_nothing(client, coll, redis_client):
+    assert_error(client.post("/v1/collections/photos/search", content_type="multipart/form-data",
+                             data={"image": (io.BytesIO(PNG), "q.png"), "k": "4"}), 503, "unavailable")
+    (raw,) = redis_client.lrange(keys.SEARCH_REQUESTS, 0, -1)
+    message = json.loads(raw)["request"]
+    assert message["image"] == {"inline": base64.b64encode(PNG).decode()} and message["k"] == 4
+    assert not list(redis_client.scan_iter("mms:stage:*"))
+
+
 def test_async_search_creates_a_job_and_stages_the_query_image(client, coll, redis_client):
     resp = client.post("/v1/collections/photos/search?async=1", content_type="multipart/form-data", data={
         "image": (io.BytesIO(PNG), "q.png"), "text": "cat", "k": "7", "weights": '{"image": 2}',
