@@ -5,7 +5,7 @@ API waits for the answer), popped by the process's request threads (`serve_reque
 asynchronous ones are Celery tasks on the queue "query", whose answer goes into their job.
 Both run `run`.
 
-`search` reads the collection's state (workers.search_reads: is it live, which slots are, the
+A search (`_search`) reads the collection's state (workers.search_reads: is it live, which slots are, the
 shard logs' ends or the marks of `after_job`), encodes the query (workers.query_message: text
 with GloVe, no torch; an image with the collection's image model), asks every live slot for its
 shards' top-k and merges what they answered by the shard deadline (workers.fanout). A step that
