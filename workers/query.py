@@ -29,12 +29,9 @@ that far.
 """
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from typing import Any
-
-import redis
 
 from shared.runtime import logs
 from shared.store import jobs, keys, queues, replies
@@ -43,8 +40,6 @@ from workers import fanout, query_message, search_cache, search_reads
 from workers.celery_app import app
 from workers.resources import redis_client, settings
 from workers.search_refused import SearchRefused
-
-log = logging.getLogger(__name__)
 
 POP_TIMEOUT_S = 1.0  # a request thread's blocking pop; it sees a stop this late at most
 
@@ -88,20 +83,9 @@ def run(search_id: str, collection: str, cid: str, text: str | None, image: dict
 def serve_requests(stop: threading.Event) -> None:
     """Answer the synchronous searches of keys.SEARCH_REQUESTS, one at a time, until `stop` is
     set; a request past its deadline is dropped unanswered (shared.store.replies)."""
-    r = redis_client()
-    while not stop.is_set():
-        try:
-            request = replies.take(r, keys.SEARCH_REQUESTS, POP_TIMEOUT_S)
-        except redis.exceptions.RedisError as exc:
-            log.warning("search requests could not be read (%s)", exc)
-            stop.wait(1.0)
-            continue
-        if request is None:
-            continue
-        try:
-            run(reply_to=request.reply_to, **request.body)
-        except Exception:  # answered `internal` already; the next request is served all the same
-            log.exception("search %s failed", request.body.get("search_id"))
+    # A search that fails has answered `internal` already (`run`); the next is served all the same.
+    replies.serve(redis_client(), keys.SEARCH_REQUESTS, stop,
+                  lambda request: run(reply_to=request.reply_to, **request.body), POP_TIMEOUT_S, "search requests")
 
 
 def start_request_threads(count: int, stop: threading.Event) -> list[threading.Thread]:

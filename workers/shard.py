@@ -45,8 +45,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
-import redis
-
 from shared.store import keys, queues, replies
 from shared.runtime import metrics
 from shared.encoding.fusion import FusedQuery, build_query
@@ -227,21 +225,8 @@ def serve_slot_requests(own: SlotFollower, stop: threading.Event) -> None:
     """Answer the requests of `own`'s slot (keys.slot_searches, shared.store.replies: searches
     and item look-ups) until `stop` is set, one at a time. A request whose asker has given up
     (past its expiry) is dropped unanswered."""
-    r, slot = redis_client(), own.slot
-    key = keys.slot_searches(slot)
-    while not stop.is_set():
-        try:
-            request = replies.take(r, key, POP_TIMEOUT_S)
-        except redis.exceptions.RedisError as exc:
-            log.warning("slot %d: requests could not be read (%s)", slot, exc)
-            stop.wait(1.0)
-            continue
-        if request is None:
-            continue
-        try:
-            _serve(own, request)
-        except Exception:  # one bad request must not stop the slot's searches
-            log.exception("slot %d: a request failed", slot)
+    replies.serve(redis_client(), keys.slot_searches(own.slot), stop, functools.partial(_serve, own),
+                  POP_TIMEOUT_S, f"slot {own.slot}")
 
 
 def serve_slot(own: SlotFollower, stop: threading.Event, concurrency: int) -> None:

@@ -3,7 +3,8 @@
 The API, the query workers and the shard workers ask each other for answers this way. A
 request is one JSON document pushed onto the list its servers pop (`send`): the request itself,
 the list its answer goes to (`reply_to`) and the epoch second after which nobody waits for it
-(`expires`). A server pops it (`take`, which drops one past its expiry unanswered) and pushes
+(`expires`). A server pops it (`take`, which drops one past its expiry unanswered; `serve`
+takes them in a loop) and pushes
 its answer onto `reply_to` (`answer`, or `queue_push` inside a larger pipelined write). The
 asker pops the answers (`gather`, `wait_one`) until it has them all or its deadline passed, in
 blocking pops of at most `BLPOP_MAX_S` each, below the Redis client's socket timeout.
@@ -16,8 +17,9 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,6 +74,27 @@ def take(r: redis.Redis, key: str, timeout_s: float) -> Request | None:
         log.debug("%s: dropped a request past its deadline", key)
         return None
     return request
+
+
+def serve(r: redis.Redis, key: str, stop: threading.Event, handle: Callable[[Request], None],
+          pop_timeout_s: float, what: str) -> None:
+    """Take the requests of list `key` (`take`) and `handle` each, one at a time, until `stop`
+    is set (seen within `pop_timeout_s`). Redis away: logged, tried again a second later; a
+    request whose handling raised: logged, and the next one served all the same. `what` names
+    the list in the log."""
+    while not stop.is_set():
+        try:
+            request = take(r, key, pop_timeout_s)
+        except redis.exceptions.RedisError as exc:
+            log.warning("%s: requests could not be read (%s)", what, exc)
+            stop.wait(1.0)
+            continue
+        if request is None:
+            continue
+        try:
+            handle(request)
+        except Exception:
+            log.exception("%s: a request failed", what)
 
 
 def answer(r: redis.Redis, reply_to: str, body: Any) -> None:

@@ -1,7 +1,9 @@
 """shared.store.replies on a real Redis: requests taken in order, dropped past their expiry or
-unreadable; answers gathered until a count or a deadline, in bounded blocking pops."""
+unreadable; served in a loop; answers gathered until a count or a deadline, in bounded blocking
+pops."""
 from __future__ import annotations
 
+import threading
 import time
 
 from shared.store import replies
@@ -54,3 +56,22 @@ def test_gathering_stops_at_the_deadline_in_bounded_pops(redis_client, monkeypat
     assert replies.wait_one(redis_client, "reply", 0.2) is None
     replies.answer(redis_client, "reply", {"n": 2})
     assert replies.wait_one(redis_client, "reply", 1) == {"n": 2}
+
+
+def test_serve_handles_each_request_in_turn_past_a_failing_one_until_stopped(redis_client):
+    stop, handled = threading.Event(), []
+
+    def handle(request: replies.Request) -> None:
+        handled.append(request.body["n"])
+        if request.body["n"] == 1:
+            raise ValueError("this one fails")
+        if request.body["n"] == 3:
+            stop.set()
+
+    for n in range(1, 5):
+        replies.send(redis_client, {"requests": {"n": n}}, "reply", expires=time.time() + 30)
+    server = threading.Thread(target=replies.serve, args=(redis_client, "requests", stop, handle, 0.1, "test"))
+    server.start()
+    server.join(10)
+    assert not server.is_alive() and handled == [1, 2, 3]
+    assert redis_client.llen("requests") == 1  # left for whoever serves the list next
