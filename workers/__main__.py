@@ -135,12 +135,11 @@ def main(argv: list[str] | None = None) -> None:
                          "-c", str(args.concurrency or encode_concurrency(cfg)),
                          "-n", f"encode-{os.getpid()}@%h", *common])
     elif args.role == "query":
-        from workers.reaper import Reaper
-        from workers.resources import redis_client
-
         from celery.signals import worker_shutting_down
 
         from workers.query import start_request_threads
+        from workers.reaper import Reaper
+        from workers.resources import redis_client
 
         warm_up_default_models(report_start_up("query"))  # the thread pool runs in this process
         Reaper(redis_client(), cfg, celery=app).start()  # stuck jobs re-driven or failed (one query worker acts)

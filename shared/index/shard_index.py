@@ -22,9 +22,10 @@ every item is searched again with a longer list. Where the store keeps every blo
 has in float32 (a text query: `shared.index.vector_store`) and the list would be long for the
 shard's size (SCAN_ROWS_PER_EF), an unfiltered search scans the store exactly instead: at
 25,000 items a text query found far took 2 ms at its far list of 4096, the scan 0.25 ms.
-A search of one graph among at most CALIBRATE_MIN items uses a list as long as they are many (the whole graph). A per-block fused
-query found far has its first lists lengthened to the far ones instead of a second search. Writes trigger a
-recalibration when one is due, run by the writing thread after it released the write lock.
+A search of one graph among at most CALIBRATE_MIN items uses a list as long as they are many
+(the whole graph). A per-block fused query found far has its first lists lengthened to the far
+ones instead of a second search. Writes trigger a recalibration when one is due, run by the
+writing thread after it released the write lock.
 
 Only the shard's owner writes it (upserts and deletes from the shard's log, in bounded
 batches); any number of threads search it. hnswlib must never run `add_items`, `mark_deleted`
