@@ -16,7 +16,7 @@ import warnings
 
 from shared.store import queues
 from shared.store.roles import READY, RoleReporter
-from shared.runtime.allocator import keep_freed_memory
+from shared.runtime.allocator import hand_back_large_blocks, keep_freed_memory
 from shared.runtime.logs import quiet_task_lines, setup_logging
 from shared.runtime.redis_conn import wait_for_redis
 from shared.runtime.config import Settings
@@ -116,6 +116,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.role in ("encode", "query"):
         keep_freed_memory()  # before any thread allocates: every thread then shares the tuned heap
+    else:
+        hand_back_large_blocks()  # before the index's arrays are allocated
 
     cfg = settings()
     setup_logging(cfg.log_level)

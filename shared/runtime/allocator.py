@@ -12,14 +12,21 @@ faulting until every thread shared the main arena. The price is that the process
 MALLOC_TRIM_BYTES of freed heap instead of handing it back, and that its threads share one
 malloc lock.
 
-The opposite need, in the shard workers: `release_free_memory()` hands the heap's free pages
-back to the system (malloc_trim) after a large transient copy, such as a calibration's copy of
-every vector; otherwise glibc keeps them and the worker's resident memory stays at the peak.
+The opposite need, in the shard workers, whose memory is the index itself. glibc raises its mmap
+threshold each time it frees a block that it had mmapped (up to 32 MB), so that after the first
+calibration copies and resizes the arrays that grow with the shard (a graph's or the store's
+narrow arrays, hnswlib's lock arrays) come from the heap, and each resize leaves the old array
+behind as a hole that later allocations only partly fill: some 1,700 bytes per item of free heap
+in a 25,000-item shard. `hand_back_large_blocks()` fixes the threshold at HANDED_BACK_BYTES, so
+that every larger block is mmapped and its pages go back to the system when it is freed.
+`release_free_memory()` hands the heap's free pages back (malloc_trim) after a large transient
+copy, such as a calibration's copy of every vector.
 
 `keep_freed_memory()` sets glibc's mmap and trim thresholds and one arena, once per process
 (mallopt); with a C library without mallopt it does nothing. A thread that has allocated before
 the call keeps its own arena, so the model workers call it first thing (`python -m workers`);
 `shared.encoding.image_models` calls it too, for any other process that builds a CPU model.
+The shard workers call `hand_back_large_blocks()` first thing instead.
 """
 from __future__ import annotations
 
@@ -33,6 +40,7 @@ M_MMAP_THRESHOLD = -3
 M_ARENA_MAX = -8
 MALLOC_MMAP_BYTES = 256 * 2**20  # blocks below this come from the heap, whose freed space is reused
 MALLOC_TRIM_BYTES = 512 * 2**20  # free space at the heap's top kept up to this
+HANDED_BACK_BYTES = 2**20        # shard workers: blocks from this size on are mmapped, given back when freed
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +64,20 @@ def keep_freed_memory() -> bool:
         (M_ARENA_MAX, 1), (M_MMAP_THRESHOLD, MALLOC_MMAP_BYTES), (M_TRIM_THRESHOLD, MALLOC_TRIM_BYTES)))
     if not ok:
         log.warning("mallopt refused the heap thresholds: CPU models may spend time in page faults")
+    return ok
+
+
+@functools.cache
+def hand_back_large_blocks() -> bool:
+    """Fix the mmap threshold at HANDED_BACK_BYTES (the first call in a process); whether the C
+    library took it."""
+    mallopt = getattr(_libc(), "mallopt", None)
+    if mallopt is None:
+        log.debug("no mallopt in this C library: the heap keeps its defaults")
+        return False
+    ok = bool(mallopt(M_MMAP_THRESHOLD, HANDED_BACK_BYTES))
+    if not ok:
+        log.warning("mallopt refused the mmap threshold: a shard may keep freed arrays resident")
     return ok
 
 

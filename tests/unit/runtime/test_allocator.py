@@ -1,7 +1,8 @@
 """shared.runtime.allocator: with the heap thresholds set, a freed 38 MB tensor (the size of a big
 activation at batch 8) is reused, not faulted in again, in the main thread and in a thread
-started later, like the encode worker's model thread (each case in a fresh interpreter: the
-settings are per process and stay set)."""
+started later, like the encode worker's model thread; with large blocks handed back, a shard
+grown by the owner's batches keeps less memory resident per item (each case in a fresh
+interpreter: the settings are per process and stay set)."""
 import subprocess
 import sys
 
@@ -42,3 +43,41 @@ def test_freed_buffers_are_reused_instead_of_faulted_in_again():
     pages = 38 * 2**20 // 4096
     assert all(n > 5 * pages for n in page_faults("default"))  # each of the 20 buffers faults in again
     assert all(n < pages for n in page_faults("keep"))  # one heap block, reused
+
+
+SHARD_PROGRAM = """
+import sys
+import numpy as np
+from shared.runtime.allocator import hand_back_large_blocks
+if sys.argv[1] == "hand-back":
+    assert hand_back_large_blocks()
+from shared.index.shard_index import ItemRecord, ShardIndex
+
+def resident():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+rng = np.random.default_rng(0)
+n, image_dim, text_dim = 4000, 1280, 50
+index = ShardIndex(image_dim + text_dim, image_dim=image_dim)
+before = resident()
+for start in range(0, n, 256):  # the owner's batches; the shard calibrates at 1000 and 2000 items
+    vectors = np.abs(rng.standard_normal((min(256, n - start), image_dim + text_dim), np.float32))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = [f"syn-{i}" for i in range(start, start + len(vectors))]
+    index.upsert(ids, vectors, [ItemRecord(i, metadata={"bucket": j % 100}) for j, i in enumerate(ids, start)])
+print((resident() - before) / n)
+"""
+
+
+def shard_bytes_per_item(mode: str) -> float:
+    out = subprocess.run([sys.executable, "-c", SHARD_PROGRAM, mode], capture_output=True, text=True, check=True)
+    return float(out.stdout)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_a_shard_that_hands_back_large_blocks_keeps_less_resident():
+    """Without it the arrays that grow with the shard come from the heap once a calibration's
+    copies have raised glibc's threshold, and their old copies stay resident as holes."""
+    default, handed_back = shard_bytes_per_item("default"), shard_bytes_per_item("hand-back")
+    assert handed_back < 0.85 * default, (handed_back, default)
