@@ -22,6 +22,14 @@ far_below; it is EF_FAR where none reach the target. A kind with fewer than CALI
 items that have each of its blocks keeps EF_DEFAULT and is never searched again. The searches
 go through the graphs that a query of the kind searches (`shared.index.layouts`).
 
+The calibration queries are stored items turned a little; a shard's real queries may be farther
+(a photo with words that no item's text block holds): in one in-process shard of 25,000 of
+`bench.search`'s items, 50-56 of 60 fused queries (held-out images with their class names) were
+below far_below and searched twice. So a shard keeps, per kind, the running share of its
+unfiltered searches found far (`Calibration.saw`, each weighing FAR_SHARE_WEIGHT); while that
+share makes two searches dearer on average than one with the far list (`straight_to_far`),
+an unfiltered search takes the far list at once.
+
 A shard recalibrates once it reaches CALIBRATE_MIN items and then whenever it has doubled, or
 updates and deletes reached RECALIBRATE_CHANGED of its size, since the last calibration
 (`Calibration`). Searches go on meanwhile; the new ef values replace the old ones at once.
@@ -47,6 +55,7 @@ CALIBRATION_QUERIES = 64  # stored items used as queries per kind
 CALIBRATE_MIN = 1000      # a kind is calibrated once this many items have its blocks
 CALIBRATION_MARGIN = 0.5  # calibration queries may miss this share of what the target allows
 RECALIBRATE_CHANGED = 0.2  # updated + deleted items, as a share of the size at the last calibration
+FAR_SHARE_WEIGHT = 1 / 32  # weight of each search in its kind's running share of far queries
 _SCORE_ROWS = 8192        # rows per matmul when scoring a whole block
 
 Search = Callable[[np.ndarray, int, int], list[tuple[int, float]]]
@@ -83,6 +92,20 @@ class Calibration:
         self._changed = 0       # updated and deleted items since then
         self.lock = threading.Lock()
         self.running = threading.Lock()
+        # Per kind, the running share of unfiltered searches found far; updates may race (a lost
+        # one changes nothing that matters), so no lock.
+        self.far_share: dict[str, float] = {kind: 0.0 for kind in kinds}
+
+    def straight_to_far(self, kind: str, ef: int, far_ef: int) -> bool:
+        """Whether a search of `kind` should take its far list at once: when so many of the kind's
+        recent searches were far that searching with ef first, then again with far_ef, costs more
+        on average than one search with far_ef (the costs taken as proportional to the lists)."""
+        return ef + self.far_share[kind] * far_ef > far_ef
+
+    def saw(self, kind: str, far: bool) -> None:
+        """Count an unfiltered search of `kind` into its running share of far queries."""
+        share = self.far_share[kind]
+        self.far_share[kind] = share + FAR_SHARE_WEIGHT * (float(far) - share)
 
     def wrote(self, inserted: int, changed: int) -> None:
         """Count a batch of writes: new items, and updated or deleted ones."""

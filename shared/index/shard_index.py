@@ -193,6 +193,7 @@ class ShardIndex:
             if pool == 0:
                 return []
             k = min(k, pool)
+            counted = False  # whether this search counts towards its kind's share of far ones
             if allowed is not None and pool <= EXACT_FILTER_MAX:
                 ranked = self._store.top(query, list(allowed), k)
             else:
@@ -206,6 +207,9 @@ class ShardIndex:
                     far = None
                     if not whole and far_below is not None and tuning.far_ef > tuning.ef:
                         far = (far_below, min(calibration.ef_for(k, tuning.far_ef), max(calibration.EF_FAR, 2 * k)))
+                        counted = allowed is None  # the running share of far searches is of unfiltered ones
+                        if counted and self._calibration.straight_to_far(kind, ef, far[1]):
+                            ef, far = far[1], None
                     # An unfiltered search of one graph whose dims the store keeps in float32
                     # scans the store instead wherever that is the cheaper of the two.
                     scans = allowed is None and len(graphs) == 1 and self._store.scannable(query)
@@ -218,6 +222,8 @@ class ShardIndex:
                                       else self._approximate(query, graphs, k, far[1], allowed))
                 except RuntimeError:  # hnswlib reached fewer than k qualifying items
                     ranked = self._store.top(query, list(self._records if allowed is None else allowed), k)
+                if counted and ranked:
+                    self._calibration.saw(kind, ranked[-1][1] < far_below)
             labels = [label for label, _ in ranked]
             vectors = self._store.vectors(labels, self.dim) if return_vectors else None
             blocks = (by_block(query, self._parts, parts, self._blocks, self._store, ranked)

@@ -61,7 +61,9 @@ def test_a_lower_recall_target_calibrates_a_smaller_ef(monkeypatch):
 def list_sizes_searched(index: ShardIndex, monkeypatch) -> list[int]:
     """The list in which the searches of `index` append each list size (ef) they search with: a
     single-graph search each time it searches, a fused one for its first lists and again when it
-    lengthens them to the far ones."""
+    lengthens them to the far ones. The shard's running shares of far searches start at 0 (the
+    shard is shared by the package's tests)."""
+    monkeypatch.setattr(index._calibration, "far_share", dict.fromkeys(index.kinds, 0.0))
     calls: list[int] = []
     approximate, list_sizes = index._approximate, index._list_sizes
 
@@ -102,6 +104,31 @@ def test_a_query_far_from_every_item_is_searched_again_with_a_long_list(block_sh
     calls.clear()
     index.search(block_shard["queries"]["image"][0], 1500)
     assert calls == [2400, max(calibration.EF_FAR, 3000)]  # ef scales with k; the long list is at least 2k
+
+
+def test_a_kind_mostly_found_far_takes_the_far_list_at_once(block_shard, monkeypatch):
+    index, ids, vectors = block_shard["index"], block_shard["ids"], block_shard["vectors"]
+    queries = block_shard["queries"]["image"]
+    calls = list_sizes_searched(index, monkeypatch)
+    monkeypatch.setitem(index._calibration.tuning, "image", calibration.Tuning(16, 0.99, 64))  # every query far
+    for query in queries[:60]:  # two searches each until three in four were far: 16 + 0.75 * 64 = 64
+        index.search(query, 10)
+    assert calls[:4] == [16, 64, 16, 64] and calls[-1:] == [64] and len(calls) < 120
+    calls.clear()
+    hits = index.search(queries[60], 10)
+    assert calls == [64]  # one search, with the far list
+    exact = {ids[j] for j in np.argsort(-(vectors @ queries[60]), kind="stable")[:10]}
+    assert len({h.id for h in hits} & exact) >= 9
+    calls.clear()
+    everything = {"tens": {"$in": list(range(10))}}  # more items than exact filtered search takes
+    index.search(queries[61], 10, filter=everything)
+    assert calls == [16, 64]  # a filtered search neither takes the far list at once nor counts
+    monkeypatch.setitem(index._calibration.tuning, "image", calibration.Tuning(16, -1.0, 64))  # none far
+    for query in queries[62:82]:
+        index.search(query, 10)
+    calls.clear()
+    index.search(queries[82], 10)
+    assert calls == [16]  # the share fell: the short list first again
 
 
 def test_calibration_copes_with_duplicate_items():
