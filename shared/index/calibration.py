@@ -43,7 +43,7 @@ from typing import Callable
 import numpy as np
 
 from shared.index.graph import Block
-from shared.index.vector_store import VectorStore
+from shared.index.vector_store import VectorStore, as_float32
 
 CALIBRATION_K = 10        # the k that ef is calibrated for; other k scale it
 EF_DEFAULT = 256          # ef at CALIBRATION_K until a kind is calibrated
@@ -265,5 +265,5 @@ def _exact_scores(parts: list[Block], dumps: dict[str, Dump], universe: np.ndarr
         where = np.searchsorted(universe, dump.labels)
         columns = np.ascontiguousarray(part.part(queries).T)
         for s in range(0, len(where), _SCORE_ROWS):
-            scores[where[s:s + _SCORE_ROWS]] += dump.vectors[s:s + _SCORE_ROWS].astype(np.float32) @ columns
+            scores[where[s:s + _SCORE_ROWS]] += as_float32(dump.vectors[s:s + _SCORE_ROWS]) @ columns
     return scores

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
+import cv2
 import numpy as np
 
 from shared.index.graph import GROW_MIN, GROWTH, Graph
@@ -29,6 +30,16 @@ _SCAN_ROWS = 65536  # float32 rows scored at a time by a scan of the whole store
 def span_dtype(width: int, dtype: str) -> str:
     """How a store of `dtype` keeps a span `width` dims wide (module doc)."""
     return "float32" if width <= SCANNED_WIDTH else dtype
+
+
+def as_float32(rows: np.ndarray) -> np.ndarray:
+    """Stored rows (float16 or float32) in float32. OpenCV converts float16 with the CPU's F16C
+    instructions; numpy 2.4's astype does not, and took 5.3 ms for 2,500 rows of 1280 dims where
+    OpenCV takes 0.43: most of a filtered exact search at 1M items on 4 shards (2,500 items per
+    shard at 1%) went to it."""
+    if rows.dtype != np.float16 or rows.ndim != 2 or not rows.size:
+        return rows.astype(np.float32, copy=False)
+    return cv2.convertFp16(np.ascontiguousarray(rows).view(np.int16))
 
 
 def _best(scores: np.ndarray, k: int) -> np.ndarray:
@@ -177,7 +188,7 @@ class VectorStore:
         part = self._parts[block]
         out = np.empty(len(rows), np.float32)
         for s in range(0, len(rows), _SCORE_ROWS):
-            chunk = part[rows[s:s + _SCORE_ROWS]].astype(np.float32, copy=False)
+            chunk = as_float32(part[rows[s:s + _SCORE_ROWS]])
             # numpy's own loop, not BLAS: BLAS's threaded gemv stalls for milliseconds when the
             # cores are busy (with other searches), where this takes well under one.
             out[s:s + _SCORE_ROWS] = np.einsum("ij,j->i", chunk, q)

@@ -10,7 +10,7 @@ from shared.encoding.fusion import build_query
 from shared.index.graph import GROW_MIN
 from shared.index import shard_index
 from shared.index.shard_index import ItemRecord, ShardIndex
-from shared.index.vector_store import VectorStore
+from shared.index.vector_store import VectorStore, as_float32
 from tests.unit.index.helpers import (DIM, IMAGE_DIM, STORED_ABS, TEXT_DIM, as_stored, items_missing_blocks,
                                       records_for, unit)
 
@@ -195,3 +195,17 @@ def test_text_queries_scanned_or_searched_give_the_exact_top_k_without_deleted_i
             assert len({h.id for h in hits} & set(expected)) >= 9
         assert all(h.score == pytest.approx(exact[ids.index(h.id)], abs=1e-5) for h in hits)
     assert not set(ids[::7]) & {h.id for h in index.search(kind_query("text", images[0], texts[0]), 2500)}
+
+
+def test_rows_read_as_float32_keep_every_float16_value():
+    """Every float16 bit pattern but NaN's (zeros of both signs, subnormals, normals, infinities),
+    and rows of any length, come out as numpy's own conversion gives them; float32 rows as they are."""
+    every = np.arange(2**16, dtype=np.uint32).astype(np.uint16).view(np.float16)
+    every = every[~np.isnan(every)]
+    for rows in (every[:63488].reshape(248, 256), every[:130].reshape(13, 10), every[-7:].reshape(1, 7)):
+        converted = as_float32(rows)
+        assert converted.dtype == np.float32 and converted.shape == rows.shape
+        assert np.array_equal(converted, rows.astype(np.float32))
+        assert np.array_equal(np.signbit(converted), np.signbit(rows))
+    plain = np.ones((3, 4), np.float32)
+    assert as_float32(plain) is plain and as_float32(every[:5]).dtype == np.float32
