@@ -62,7 +62,9 @@ def run(svc: Service, plan: Plan) -> Results:
     neighbours = neighbour_lists(base, 10)
     results = Results()
     for n in plan.sizes:
-        if not fits_in_memory(n, dims["image"] + dims["text"]):
+        # Collections kept in --data-dir are in the shard workers' memory already (loaded at start).
+        kept = plan.keep and all(svc.find_collection(f"n{n}-s{shards}") for shards in plan.shard_counts)
+        if not kept and not fits_in_memory(n, dims["image"] + dims["text"]):
             note(f"N={n}: a collection of {n} vectors would not fit in memory; skipped")
             results.skipped.append({"items": n, "reason": "memory"})
             continue
