@@ -20,10 +20,13 @@ import cv2
 import numpy as np
 
 from shared.index.graph import GROW_MIN, GROWTH, Graph
+from shared.runtime.allocator import HANDED_BACK_BYTES
 
 DTYPES = ("float16", "float32")
 SCANNED_WIDTH = 64  # spans this narrow are stored in float32 (module doc)
-_SCORE_ROWS = 256   # rows converted to float32 at a time when scoring (they stay in cache)
+# Bytes of float32 rows converted at a time when scoring: they stay in cache, and below the shard
+# workers' mmap threshold, whose blocks are faulted in, zeroed, each time (shared.runtime.allocator).
+_SCORE_BYTES = HANDED_BACK_BYTES // 4
 _SCAN_ROWS = 65536  # float32 rows scored at a time by a scan of the whole store
 
 
@@ -187,11 +190,12 @@ class VectorStore:
         q = np.ascontiguousarray(query[start:stop], np.float32)
         part = self._parts[block]
         out = np.empty(len(rows), np.float32)
-        for s in range(0, len(rows), _SCORE_ROWS):
-            chunk = as_float32(part[rows[s:s + _SCORE_ROWS]])
+        step = max(1, _SCORE_BYTES // (4 * (stop - start)))
+        for s in range(0, len(rows), step):
+            chunk = as_float32(part[rows[s:s + step]])
             # numpy's own loop, not BLAS: BLAS's threaded gemv stalls for milliseconds when the
             # cores are busy (with other searches), where this takes well under one.
-            out[s:s + _SCORE_ROWS] = np.einsum("ij,j->i", chunk, q)
+            out[s:s + step] = np.einsum("ij,j->i", chunk, q)
         return out
 
     def top(self, query: np.ndarray, labels: list[int], k: int) -> list[tuple[int, float]]:

@@ -18,7 +18,13 @@ calibration copies and resizes the arrays that grow with the shard (a graph's or
 narrow arrays, hnswlib's lock arrays) come from the heap, and each resize leaves the old array
 behind as a hole that later allocations only partly fill: some 1,700 bytes per item of free heap
 in a 25,000-item shard. `hand_back_large_blocks()` fixes the threshold at HANDED_BACK_BYTES, so
-that every larger block is mmapped and its pages go back to the system when it is freed.
+that every larger block is mmapped and its pages go back to the system when it is freed. Fixing
+it also fixes glibc's trim threshold, at 128 KB unless set: the heap would then hand back the
+space of every transient block freed at its top and fault it in again, zeroed, at the next
+search (a filtered exact search at 1M items spent more than half its CPU time in the kernel), so
+the same call keeps KEPT_TOP_BYTES of free space at the heap's top. A search's own transient
+blocks stay below HANDED_BACK_BYTES for the same reason (`shared.index.vector_store` scores in
+chunks).
 `release_free_memory()` hands the heap's free pages back (malloc_trim) after a large transient
 copy, such as a calibration's copy of every vector.
 
@@ -41,6 +47,7 @@ M_ARENA_MAX = -8
 MALLOC_MMAP_BYTES = 256 * 2**20  # blocks below this come from the heap, whose freed space is reused
 MALLOC_TRIM_BYTES = 512 * 2**20  # free space at the heap's top kept up to this
 HANDED_BACK_BYTES = 2**20        # shard workers: blocks from this size on are mmapped, given back when freed
+KEPT_TOP_BYTES = 64 * 2**20      # shard workers: free space at the heap's top kept up to this
 
 log = logging.getLogger(__name__)
 
@@ -69,15 +76,16 @@ def keep_freed_memory() -> bool:
 
 @functools.cache
 def hand_back_large_blocks() -> bool:
-    """Fix the mmap threshold at HANDED_BACK_BYTES (the first call in a process); whether the C
-    library took it."""
+    """Fix the mmap threshold at HANDED_BACK_BYTES and the trim threshold at KEPT_TOP_BYTES (the
+    first call in a process); whether the C library took them."""
     mallopt = getattr(_libc(), "mallopt", None)
     if mallopt is None:
         log.debug("no mallopt in this C library: the heap keeps its defaults")
         return False
-    ok = bool(mallopt(M_MMAP_THRESHOLD, HANDED_BACK_BYTES))
+    ok = all(mallopt(option, value) for option, value in (
+        (M_MMAP_THRESHOLD, HANDED_BACK_BYTES), (M_TRIM_THRESHOLD, KEPT_TOP_BYTES)))
     if not ok:
-        log.warning("mallopt refused the mmap threshold: a shard may keep freed arrays resident")
+        log.warning("mallopt refused the heap thresholds: a shard may keep freed arrays resident")
     return ok
 
 
