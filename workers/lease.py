@@ -12,6 +12,10 @@ positions) until it renews again; it keeps answering searches from memory. When 
 (e.g. restarted from its AOF, where the lease has expired meanwhile) the owner takes its
 expired lease back if nobody else took the slot, else it gives the slot up.
 
+Once the owner has loaded the slot's shards and serves its requests, it writes its token to
+`mms:serving:<slot>` (`serve`; again at its next renewal if Redis did not answer), which
+`/readyz` compares with the lease (shared.store.slots): a new owner's token is not there yet.
+
 A read replica holds `mms:replica:<slot>:<n>` (the first free n) the same way, so the API and
 the query workers see the slot served while its owner is down; a replica never exits over its
 lease, it takes another free replica lease of its slot.
@@ -67,6 +71,8 @@ class SlotLease:
         self._unreachable = False
         self.retaken = 0  # times the lease was taken back after it had lapsed
         self.taken = threading.Event()  # set once another process was found holding it
+        self._serving = False  # the slot's shards are loaded and its requests served here
+        self._marked = False   # ...and Redis has the mark
 
     def try_acquire(self) -> bool:
         """Take the lease if nobody holds it; whether it is now ours."""
@@ -102,10 +108,26 @@ class SlotLease:
                 self.retaken += 1
                 log.warning("slot %d: the %s lease had lapsed (Redis unreachable?); taken back", self.slot, self.role)
             self._valid_until = sent + LEASE_MS / 1000
+            if self._serving and (result == 2 or not self._marked):
+                self._mark_serving()
             return True
         self._valid_until = 0.0
         self.lost()
         return True
+
+    def serve(self) -> None:
+        """Mark the slot served by this process (an owner that has loaded its shards)."""
+        self._serving = True
+        self._mark_serving()
+
+    def _mark_serving(self) -> None:
+        try:
+            self.r.set(keys.slot_serving(self.slot), self.token)
+        except redis.exceptions.RedisError as exc:  # the next renewal writes it
+            log.warning("slot %d: cannot mark the slot served (%s)", self.slot, exc)
+            self._marked = False
+        else:
+            self._marked = True
 
     def lost(self) -> None:
         """Another process holds the lease: stop renewing it and say so (`taken`)."""

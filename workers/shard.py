@@ -231,7 +231,8 @@ def serve_slot_requests(own: SlotFollower, stop: threading.Event) -> None:
 
 def serve_slot(own: SlotFollower, stop: threading.Event, concurrency: int) -> None:
     """Once `own` has replayed the logs to their end (so that no search sees a half-loaded
-    shard), answer its slot's requests on `concurrency` threads until `stop` is set."""
+    shard), answer its slot's requests on `concurrency` threads until `stop` is set; an owner
+    then marks its slot served."""
     started = time.monotonic()
     while not own.caught_up.wait(CATCH_UP_SAY_S):
         if stop.is_set():
@@ -241,6 +242,8 @@ def serve_slot(own: SlotFollower, stop: threading.Event, concurrency: int) -> No
     for i in range(concurrency):
         threading.Thread(target=serve_slot_requests, args=(own, stop), daemon=True,
                          name=f"slot-{own.slot}-requests-{i}").start()
+    if own.lease is not None and not own.replica:
+        own.lease.serve()  # /readyz waits for this (shared.store.slots)
 
 
 def _until_signalled() -> None:

@@ -48,6 +48,8 @@ def status(ctx: click.Context, as_json: bool) -> None:
             click.echo("queues       " + "  ".join(f"{q}={n}" for q, n in ready["queues"].items()))
         if not ready["ready"] and ready.get("missing_shards"):
             click.echo(f"missing      {ready['missing_shards']}")
+        if not ready["ready"] and ready.get("loading_slots"):
+            click.echo(f"loading      slots {ready['loading_slots']}")
         click.echo(f"collections  {len(colls)}")
         if colls:
             collections_table(colls)

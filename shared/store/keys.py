@@ -30,6 +30,9 @@ def _keyed(kind: str) -> Callable[[str | int], str]:
 
 # lease held (and renewed) by the process that owns a shard slot
 slot_owner = _keyed("owner")
+# the owner lease token of the process that has loaded the slot's shards and serves its requests
+# (a token other than the owner's: the owner is still loading them)
+slot_serving = _keyed("serving")
 # list: search requests for one shard slot, pushed by the query workers and popped by the
 # slot's owner and read replicas (no Celery: a search lost with its worker is only late)
 slot_searches = _keyed("searches")

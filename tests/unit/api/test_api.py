@@ -540,7 +540,7 @@ def test_redis_down_is_unavailable(make_app):
     assert client.get("/healthz").json == {"status": "ok"}
 
 
-def test_readyz_wants_an_owner_for_every_shard_slot(client, redis_client):
+def test_readyz_wants_an_owner_that_has_loaded_every_shard_slot(client, redis_client):
     assert client.get("/readyz").status_code == 200  # no collections: nothing to own
     client.post("/v1/collections", json={"name": "photos", "shards": 3})
     error = assert_error(client.get("/readyz"), 503, "unavailable")
@@ -551,6 +551,12 @@ def test_readyz_wants_an_owner_for_every_shard_slot(client, redis_client):
     assert error["details"]["missing_slots"] == [1] and error["details"]["missing_shards"] == {"photos": [1]}
     assert "without a live owner: [1]" in error["message"]
     redis_client.set(keys.slot_owner(1), "w1", ex=30)
+    redis_client.set(keys.slot_serving(0), "w0")
+    redis_client.set(keys.slot_serving(1), "an-earlier-owner")  # w1 is still loading slot 1
+    error = assert_error(client.get("/readyz"), 503, "unavailable")
+    assert error["details"]["missing_slots"] == [] and error["details"]["loading_slots"] == [1]
+    assert "still loading their shards: [1]" in error["message"]
+    redis_client.set(keys.slot_serving(1), "w1")
     redis_client.rpush(queues.ENCODE, "m1", "m2")
     resp = client.get("/readyz")
     assert resp.status_code == 200 and resp.json["status"] == "ready"

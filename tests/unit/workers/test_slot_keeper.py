@@ -1,5 +1,6 @@
 """Which shard slots a process owns (workers.slot_keeper), on a real Redis: every free slot up to
-its cap, lapsed ones later when their data is reachable, never one that another process holds."""
+its cap, lapsed ones later when their data is reachable, never one that another process holds;
+a slot counts as loading until its owner marks it served."""
 from __future__ import annotations
 
 import threading
@@ -117,3 +118,21 @@ def test_a_slot_whose_lease_another_process_took_is_given_up_and_taken_again_onc
     assert holder(redis_client, 0) == "intruder"  # released nothing of theirs
     redis_client.delete(keys.slot_owner(0))
     assert keeper.look() == [0]
+
+
+def test_a_slot_counts_as_loading_until_its_owner_marks_it_served(redis_client, keepers):
+    from shared.store.slots import loading_slots
+
+    redis_client.set(keys.slot_serving(1), "an-earlier-owner")
+    keeper = keepers()
+    assert keeper.look() == [0, 1]
+    wait_served(keepers, {0, 1})  # `serve` here marks nothing: both still load as far as Redis knows
+    assert loading_slots(redis_client, [0, 1]) == {0, 1}
+    lease = keeper.held[0].lease
+    lease.serve()
+    assert loading_slots(redis_client, [0, 1]) == {1}
+    redis_client.delete(keys.slot_owner(0), keys.slot_serving(0))  # a Redis restart that lost both
+    lease.renew()  # takes its lapsed lease back, and marks the slot served again
+    assert holder(redis_client, 0) == lease.token and loading_slots(redis_client, [0, 1]) == {1}
+    keeper.stop()
+    assert loading_slots(redis_client, [0, 1]) == set()  # no owner: missing, not loading
