@@ -329,7 +329,8 @@ def _operations(secured: bool, limited: bool = False) -> dict[str, dict[str, Sch
                           "and every shard of every collection has a live owner that has loaded it."),
             "503": {"description": "Not ready; `message` says what is missing and `details` gives roles (each "
                                    "worker role's start-up stage), redis, missing_slots, missing_shards, "
-                                   "loading_slots (owned, shards still loading) and queues.", "content": {JSON_TYPE: {"schema": ref("Error")}}}})},
+                                   "loading_slots (owned, shards still loading) and queues.",
+                    "content": {JSON_TYPE: {"schema": ref("Error")}}}})},
         "/openapi.json": {"get": op("This document", "operations", {"200": {
             "description": "OpenAPI 3.0 document.", "content": {JSON_TYPE: {"schema": {"type": "object"}}}}})},
         "/metrics": {"get": {**op("Prometheus metrics (text exposition format)", "operations", {

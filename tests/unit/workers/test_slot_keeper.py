@@ -10,6 +10,7 @@ import pytest
 
 from shared.runtime.config import Settings
 from shared.store import catalog, keys
+from shared.store.slots import loading_slots
 from workers.slot_follower import SNAPSHOT, shard_dir
 from workers.slot_keeper import SlotKeeper
 
@@ -121,8 +122,6 @@ def test_a_slot_whose_lease_another_process_took_is_given_up_and_taken_again_onc
 
 
 def test_a_slot_counts_as_loading_until_its_owner_marks_it_served(redis_client, keepers):
-    from shared.store.slots import loading_slots
-
     redis_client.set(keys.slot_serving(1), "an-earlier-owner")
     keeper = keepers()
     assert keeper.look() == [0, 1]
