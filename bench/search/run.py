@@ -35,7 +35,7 @@ def index_bytes_per_item(image_dim: int, text_dim: int) -> float:
 
     one = {"count": 1, "capacity": 1, "deleted": 0}
     kept = graphs(DEFAULT_LAYOUT, image_dim + text_dim, image_dim)
-    graph_bytes, _ = estimated_bytes(16, [{**one, "dim": g.stop - g.start} for g in kept])
+    graph_bytes, _ = estimated_bytes(16, [{**one, "dim": g.stop - g.start, "graph_dim": g.stop - g.start} for g in kept])
     return float((image_dim + text_dim) * 4 + graph_bytes)
 
 

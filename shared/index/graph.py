@@ -5,15 +5,20 @@ An item's block bits say which of its blocks are non-zero (IMAGE, TEXT; a one-gr
 whole vectors count as IMAGE). A graph holds the items that have any of its own bits
 (`shared.index.layouts`: the text graph holds the items with a text block, a fused graph
 over the whole vectors, bits IMAGE | TEXT, every item). Labels are
-`shared.index.labels.label_for(id)`. The caller holds the shard's lock: hnswlib must never
-write (`add_items`, `mark_deleted`, `resize_index`) alongside a search.
+`shared.index.labels.label_for(id)`. A projected graph (`shared.index.projection`) holds each
+item's projection instead of its dims, and scores a search by the projections. The caller holds
+the shard's lock: hnswlib must never write (`add_items`, `mark_deleted`, `resize_index`)
+alongside a search.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import hnswlib
 import numpy as np
+
+from shared.index.projection import Projection
 
 IMAGE, TEXT = 1, 2        # block bits; a one-graph shard's whole vectors count as IMAGE
 GROWTH = 1.25             # capacity grows by this factor...
@@ -44,19 +49,28 @@ class Block:
 
 @dataclass
 class Graph(Block):
-    """One hnswlib graph over the dims [start, stop) of the stored vectors."""
+    """One hnswlib graph over the dims [start, stop) of the stored vectors (over their
+    projections by `projection`, when it has one)."""
 
     index: hnswlib.Index = field(kw_only=True)
     live: int = 0  # items stored and not deleted
+    projection: Projection | None = field(default=None, kw_only=True)
+    learned_at: int = field(default=0, kw_only=True)  # items here when directions were last learned (0: never)
 
     @classmethod
     def empty(cls, name: str, bit: int, start: int, stop: int, *, capacity: int, M: int,
-              ef_construction: int) -> Graph:
-        index = hnswlib.Index(space="ip", dim=stop - start)
+              ef_construction: int, projection: Projection | None = None) -> Graph:
+        index = hnswlib.Index(space="ip", dim=stop - start if projection is None else projection.dims)
         # allow_replace_deleted: new items reuse the slots of deleted ones instead of growing.
         index.init_index(max_elements=max(1, capacity), M=M, ef_construction=ef_construction,
                          allow_replace_deleted=True)
-        return cls(name, bit, start, stop, index=index)
+        return cls(name, bit, start, stop, index=index, projection=projection)
+
+    def points(self, vectors: np.ndarray) -> np.ndarray:
+        """What the graph holds of `vectors` (one vector or rows): their dims here, projected
+        when the graph is."""
+        part = self.part(vectors)
+        return np.ascontiguousarray(part) if self.projection is None else self.projection(part)
 
     def stored(self, labels: list[int]) -> np.ndarray:
         """The blocks of `labels` (live here) as hnswlib stores them, copied out of the index in
@@ -70,6 +84,19 @@ class Graph(Block):
         slots = dict(zip(raw[live, label_at:label_at + 8].view(np.uint64)[:, 0].tolist(), live.tolist()))
         rows = [slots[label] for label in labels]
         return raw[rows, start:start + 4 * (self.stop - self.start)].view(np.float32)
+
+    def rebuilt(self, projection: Projection, labels: list[int], read: Callable[[list[int]], np.ndarray],
+                batch: int) -> Graph:
+        """A graph of the same settings holding `labels` (every item live here), projected by
+        `projection`; `read(labels)`: their stored vectors, read `batch` at a time."""
+        graph = Graph.empty(self.name, self.bit, self.start, self.stop, capacity=len(labels), M=self.index.M,
+                            ef_construction=self.index.ef_construction, projection=projection)
+        graph.learned_at = len(labels)
+        for start in range(0, len(labels), batch):
+            chunk = labels[start:start + batch]
+            graph.index.add_items(graph.points(read(chunk)), np.asarray(chunk, dtype=np.uint64))
+        graph.live = len(labels)
+        return graph
 
     def apply(self, latest: dict[int, int], blocks: dict[int, int], stored: dict[int, int],
               vectors: np.ndarray) -> None:
@@ -111,8 +138,8 @@ class Graph(Block):
             rows = [latest[label] for label in labels]
             # replace_deleted only for labels absent from the graph: hnswlib would
             # otherwise give a live label a second slot and return it twice.
-            self.index.add_items(np.ascontiguousarray(self.part(vectors[rows])),
-                                 np.asarray(labels, dtype=np.uint64), replace_deleted=replace_deleted)
+            self.index.add_items(self.points(vectors[rows]), np.asarray(labels, dtype=np.uint64),
+                                 replace_deleted=replace_deleted)
 
     def remove(self, label: int) -> None:
         """Delete a live item's block (its slot is reused by a later new item)."""
@@ -122,7 +149,8 @@ class Graph(Block):
     def knn(self, query: np.ndarray, size: int, allowed: set[int] | None,
             blocks: dict[int, int]) -> tuple[list[int], list[float]]:
         """The best `size` (labels, scores) of the query's part, clamped to the items here
-        (those of `allowed`, when given; `blocks`: label -> block bits)."""
+        (those of `allowed`, when given; `blocks`: label -> block bits); in a projected graph,
+        by the projections' scores."""
         # hnswlib searches with a candidate list of max(ef, k) and returns the best k of it,
         # so asking for `size` results is a search with ef = size. This leaves the index's
         # shared `ef` setting alone, which concurrent searches could not change.
@@ -131,13 +159,15 @@ class Graph(Block):
         if size == 0:
             return [], []
         labels, distances = self.index.knn_query(
-            self.part(query), k=size, num_threads=1, filter=None if allowed is None else allowed.__contains__)
+            self.points(query), k=size, num_threads=1, filter=None if allowed is None else allowed.__contains__)
         return labels[0].tolist(), (1.0 - distances[0]).tolist()  # "ip" distance is 1 - <q, v>
 
     def sizes(self) -> dict[str, int]:
-        """Live items, allocated slots, tombstones and dims."""
+        """Live items, allocated slots, tombstones, the dims of its part of the vectors ("dim")
+        and the dims each item takes in the graph ("graph_dim": fewer once projected)."""
         return {"count": self.live, "capacity": self.index.get_max_elements(),
-                "deleted": self.index.get_current_count() - self.live, "dim": self.stop - self.start}
+                "deleted": self.index.get_current_count() - self.live, "dim": self.stop - self.start,
+                "graph_dim": self.index.dim}
 
 
 def estimated_bytes(M: int, sizes: list[dict[str, int]]) -> tuple[int, int]:
@@ -147,6 +177,6 @@ def estimated_bytes(M: int, sizes: list[dict[str, int]]) -> tuple[int, int]:
     links = (2 * M + 1) * 4 + 8 + _SLOT_OVERHEAD  # level 0 links, label, per-slot bookkeeping
     per_item = _LOOKUP_BYTES + (M + 1) * 4 / max(M - 1, 1)  # label map, upper levels
     graph_bytes = sum(g["count"] * (links + per_item) for g in sizes)
-    allocated = sum(g["capacity"] * (g["dim"] * 4 + links) + (g["count"] + g["deleted"]) * per_item
+    allocated = sum(g["capacity"] * (g["graph_dim"] * 4 + links) + (g["count"] + g["deleted"]) * per_item
                     for g in sizes)
     return int(graph_bytes), int(allocated)

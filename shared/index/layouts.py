@@ -55,6 +55,13 @@ def graphs(layout: str, dim: int, image_dim: int) -> list[Block]:
     return blocks(dim, image_dim)
 
 
+def projectable(layout: str) -> bool:
+    """Whether a shard of `layout` may project its wide graphs (`shared.index.projection`): where
+    a query searches one graph alone. A per-block fused search bounds what its lists missed by
+    the graphs' own scores, which a projection would make approximate."""
+    return layout != "blocks"
+
+
 def kinds(layout: str) -> tuple[str, ...]:
     """The query kinds a shard of `layout` calibrates."""
     return ("vector",) if layout == "whole" else ("image", "text", "fused")

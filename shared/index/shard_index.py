@@ -7,7 +7,10 @@ block is zeros). Which graphs a shard keeps and which of them a query searches i
 queries search, beside a graph over the text blocks for text queries. Every item's vector is
 also in the shard's vector store (`shared.index.vector_store`, float16 by default), where
 exact scores and stored vectors are read (filtered exact search, hits' block scores,
-calibration): hnswlib's `get_items` is far too slow for it.
+calibration): hnswlib's `get_items` is far too slow for it. A wide graph searched alone (the
+fused one) holds, once it has enough items, their projections onto fewer dims learned from the
+shard's own items, rebuilt beside the old one while searches go on (`shared.index.projection`);
+the head of its list is then ranked exactly from the store.
 
 Every search ranks by the inner product of the query with the fused stored vector (a missing
 block counts 0); items outside the graph searched (those without a text block, for a text
@@ -38,6 +41,7 @@ image_dim=..., layout=...)` rebuilds a shard of another layout from its vectors.
 """
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,11 +50,12 @@ from typing import Any, Iterator
 import numpy as np
 
 from shared.errors import SnapshotError
-from shared.index import calibration, layouts, snapshot
+from shared.index import calibration, layouts, projection, snapshot
 from shared.index.filters import MetadataIndex
 from shared.index.graph import Graph, estimated_bytes
 from shared.index.join import by_block, deeper, join, with_zeros
 from shared.index.labels import label_for
+from shared.index.projection import Projection
 from shared.index.records import ItemRecord
 from shared.index.rwlock import RWLock
 from shared.index.vector_store import VectorStore
@@ -89,7 +94,8 @@ class ShardIndex:
 
     def __init__(self, dim: int, *, image_dim: int = 0, layout: str = layouts.DEFAULT_LAYOUT, M: int = 16,
                  ef_construction: int = 200, initial_capacity: int = 1024, recall_target: float = 0.99,
-                 vector_dtype: str = "float16") -> None:
+                 vector_dtype: str = "float16", project_at: int = projection.PROJECT_AT,
+                 projected_dims: int = projection.PROJECTED_DIMS) -> None:
         if dim < 1:
             raise ValueError(f"dim must be >= 1, got {dim}")
         if image_dim < 0:
@@ -111,7 +117,9 @@ class ShardIndex:
         self._blocks: dict[int, int] = {}  # label -> bits of the graphs that hold the item
         self._metadata = MetadataIndex()  # labels by metadata value, for filters
         self._lock = RWLock()
+        self._writing = threading.Lock()  # one write (or projection) at a time; searches go on
         self._calibration = calibration.Calibration(self.kinds)
+        self._project_at, self._projected_dims = project_at, projected_dims
 
     # -- writes ------------------------------------------------------------------------------
     def upsert(self, ids: list[str], vectors: np.ndarray, records: list[ItemRecord]) -> None:
@@ -127,6 +135,14 @@ class ShardIndex:
         latest = {label_for(item_id): row for row, item_id in enumerate(ids)}  # last one wins
         if not latest:
             return
+        with self._writing:
+            inserted = self._put(latest, vectors, records)
+            self._calibration.wrote(inserted, len(latest) - inserted)
+            self._project_if_due()
+        self._calibrate_if_due()
+
+    def _put(self, latest: dict[int, int], vectors: np.ndarray, records: list[ItemRecord]) -> int:
+        """Write a batch (`latest`: label -> row) under the write lock; returns how many items are new."""
         with self._lock.write():
             blocks = {label: layouts.bits_of(self._parts, vectors[row]) for label, row in latest.items()}
             for graph in self._graphs:
@@ -141,24 +157,24 @@ class ShardIndex:
                 self._records[label] = records[row]
                 self._metadata.add(label, records[row].metadata)
                 self._blocks[label] = blocks[label]
-        self._calibration.wrote(inserted, len(latest) - inserted)
-        self._calibrate_if_due()
+        return inserted
 
     def delete(self, ids: list[str]) -> int:
         """Delete items; unknown ids are ignored. Returns how many were deleted."""
         labels = {label_for(item_id) for item_id in ids}
         deleted = 0
-        with self._lock.write():
-            for label in labels:
-                if label in self._records:
-                    blocks = self._blocks.pop(label)
-                    for graph in self._graphs:
-                        if blocks & graph.bit:
-                            graph.remove(label)
-                    self._metadata.remove(label, self._records.pop(label).metadata)
-                    deleted += 1
-            self._store.remove(labels)
-        self._calibration.wrote(0, deleted)
+        with self._writing:
+            with self._lock.write():
+                for label in labels:
+                    if label in self._records:
+                        blocks = self._blocks.pop(label)
+                        for graph in self._graphs:
+                            if blocks & graph.bit:
+                                graph.remove(label)
+                        self._metadata.remove(label, self._records.pop(label).metadata)
+                        deleted += 1
+                self._store.remove(labels)
+            self._calibration.wrote(0, deleted)
         self._calibrate_if_due()
         return deleted
 
@@ -242,7 +258,10 @@ class ShardIndex:
         (far_below as a score, far ef), with which a fused search whose first k-th score is below
         it lengthens its lists to the far ef's (a single-graph caller searches again itself)."""
         if len(graphs) == 1:
-            ranked = list(zip(*graphs[0].knn(query, max(k, ef), allowed, self._blocks)))
+            labels, scores = graphs[0].knn(query, max(k, ef), allowed, self._blocks)
+            # A projected graph's scores are approximate: the head of its list is ranked again exactly.
+            ranked = (self._store.top(query, labels[:calibration.ef_for(k, projection.RERANK_DEPTH)], k)
+                      if graphs[0].projection is not None and labels else list(zip(labels, scores)))
         else:
             sizes = self._list_sizes(graphs, k, ef)
             cap = max(*sizes, calibration.ef_for(k, calibration.EF_FAR))
@@ -359,6 +378,31 @@ class ShardIndex:
         release_free_memory()  # the copies of every vector, or the process keeps their pages
         return tuning
 
+    def _project_if_due(self) -> None:
+        """Project each wide graph that is due (`shared.index.projection`) and have the shard
+        recalibrated: a new graph is built beside it from the stored vectors, then takes its place.
+        The caller holds `_writing`, so no write comes between the items read and the swap, while
+        searches go on in the graph replaced."""
+        if not layouts.projectable(self.layout):
+            return
+        for i, graph in enumerate(self._graphs):
+            if not projection.due(graph.stop - graph.start, graph.live, graph.learned_at,
+                                  dims=self._projected_dims, project_at=self._project_at):
+                continue
+            labels = [label for label, bits in self._blocks.items() if bits & graph.bit]
+            sample = graph.part(self._store.vectors(projection.sample(labels, len(labels)), self.dim))
+            learned = Projection.learn(sample, self._projected_dims)
+            del sample
+            if learned.kept < projection.MIN_KEPT:
+                graph.learned_at = len(labels)
+                continue
+            rebuilt = graph.rebuilt(learned, labels, lambda batch: self._store.vectors(batch, self.dim), REBUILD_BATCH)
+            with self._lock.write():
+                self._graphs[i] = rebuilt
+            with self._calibration.lock:
+                self._calibration.calibrated_at = 0
+            release_free_memory()
+
     def _search_unfiltered(self, query: np.ndarray, k: int, ef: int) -> list[tuple[int, float]]:
         graphs = layouts.searched(self._graphs, layouts.bits_of(self._parts, query))
         with self._lock.read():
@@ -381,7 +425,8 @@ class ShardIndex:
         """What a snapshot holds of this shard; the caller holds `_frozen`."""
         return snapshot.ShardState(self.dim, self.image_dim, self.layout, self.recall_target, self._calibration.calibrated_at,
                                    self._calibration.tuning, [graph.index for graph in self._graphs],
-                                   self._records, self._blocks, self._store)
+                                   self._records, self._blocks, self._store,
+                                   [(graph.projection, graph.learned_at) for graph in self._graphs])
 
     @classmethod
     def load(cls, path: Path, *, image_dim: int | None = None, layout: str | None = None,
@@ -406,6 +451,8 @@ class ShardIndex:
         if recall_target is not None and recall_target != shard.recall_target:
             shard.recall_target = recall_target
             shard._calibration.calibrated_at = 0
+        with shard._writing:
+            shard._project_if_due()  # a snapshot of before projections, or one now due
         shard._calibrate_if_due()
         return shard, position
 
@@ -422,8 +469,8 @@ class ShardIndex:
                 raise ValueError(f"tuning of {sorted(state.tuning)}, expected {sorted(shard.kinds)}")
             shard._calibration.tuning = state.tuning
         shard._calibration.calibrated_at = state.calibrated_at
-        for graph, index in zip(shard._graphs, state.graphs):
-            graph.index = index
+        for graph, index, (projected, learned_at) in zip(shard._graphs, state.graphs, state.projections):
+            graph.index, graph.projection, graph.learned_at = index, projected, learned_at
             graph.live = sum(1 for bits in state.blocks.values() if bits & graph.bit)
         shard._records = state.records
         shard._blocks = state.blocks

@@ -1,13 +1,16 @@
 """Shard snapshot files: a shard's graphs, records and tuning in one file with the log position
 it covers, written atomically and durably, and loaded only once the whole file checks out.
 
-Snapshot file layout (little-endian), format version 5:
+Snapshot file layout (little-endian), format version 6:
     header   magic b"MMSHARD\\0", u32 format version, u32 dim, u64 count (live items),
              u32 position length, u64 payload length, 32-byte SHA-256
     position the log position the snapshot covers, UTF-8
     payload  u64 n + n bytes of JSON {"image_dim", "layout", "recall_target", "calibrated_at",
              "tuning": {kind: {"ef", "far_below" (null: never), "far_ef"}}, "vector_dtype",
-             "vector_dtypes" (one per block: how the store keeps it)},
+             "vector_dtypes" (one per block: how the store keeps it), "projections" (one per graph,
+             `shared.index.projection`: {"dims" (0: not projected), "learned_at" (items when its
+             directions were last learned; 0: never), "kept"})},
+             per graph with dims: u64 n + n bytes of its directions (float32, dims x width),
              per graph of the layout (`shared.index.layouts.graphs`: fused then text, image
              then text, or the one graph): u64 n + n bytes of hnswlib `save_index` output,
              per block (image then text; or the whole vector): u64 n + n bytes of the vector
@@ -18,7 +21,8 @@ Snapshot file layout (little-endian), format version 5:
              3 both, 0 neither (all zeros); 1 in a one-graph shard),
              u64 n + n bytes of thumbnails, concatenated
 The SHA-256 covers every byte after the magic except the digest itself: the header fields,
-the position and the payload. Older versions still load: 4 (every block of "vector_dtype": a
+the position and the payload. Older versions still load: 5 (as 6 without "projections": no
+graph projected; a graph due is projected on load), 4 (every block of "vector_dtype": a
 narrow block written in float16 is kept in float32 from then on, `shared.index.vector_store`),
 3 (as 4 without "layout": per-block graphs,
 layout "blocks"), 2 (as 3 without the vector store: it is rebuilt from the graphs on load; its
@@ -47,6 +51,7 @@ from shared.index import layouts
 from shared.index.calibration import Tuning
 from shared.index.graph import IMAGE
 from shared.index.labels import label_for
+from shared.index.projection import Projection
 from shared.index.records import ItemRecord
 from shared.index.vector_store import DTYPES, VectorStore
 from shared.runtime.forked import ForkFailed, run_forked
@@ -54,8 +59,8 @@ from shared.runtime.forked import ForkFailed, run_forked
 log = logging.getLogger(__name__)
 
 MAGIC = b"MMSHARD\0"
-FORMAT_VERSION = 5
-READABLE_VERSIONS = (1, 2, 3, 4, 5)
+FORMAT_VERSION = 6
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6)
 _HEADER = struct.Struct("<8sIIQIQ32s")
 _DIGEST_AT = _HEADER.size - 32
 _U64 = struct.Struct("<Q")
@@ -79,6 +84,7 @@ class ShardState:
     records: dict[int, ItemRecord]     # by label
     blocks: dict[int, int]             # label -> bits of the graphs that hold the item
     store: VectorStore | None          # every item's vector; None (loaded only): versions 1 and 2 kept none
+    projections: list[tuple[Projection | None, int]]  # per graph: its projection (None: none) and learned_at
 
 
 def save(path: Path, position: str, state: Callable[[], ShardState],
@@ -125,7 +131,9 @@ def _write(tmp: Path, position: bytes, state: ShardState) -> None:
     meta = {"image_dim": state.image_dim, "layout": state.layout, "recall_target": state.recall_target,
             "calibrated_at": state.calibrated_at,
             "tuning": {kind: asdict(t) for kind, t in state.tuning.items()}, "vector_dtype": state.store.dtype,
-            "vector_dtypes": state.store.dtypes}
+            "vector_dtypes": state.store.dtypes,
+            "projections": [{"dims": 0 if p is None else p.dims, "learned_at": learned_at,
+                             "kept": None if p is None else p.kept} for p, learned_at in state.projections]}
     entries, thumbnails, offset = [], [], 0
     for label, r in state.records.items():
         thumb = None
@@ -137,12 +145,13 @@ def _write(tmp: Path, position: bytes, state: ShardState) -> None:
                         "has_image": r.has_image, "thumbnail": thumb, "blocks": state.blocks[label]})
     records_json = json.dumps(entries, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     meta_json = json.dumps(meta, separators=(",", ":")).encode("utf-8")
+    directions = [p.directions.tobytes() for p, _ in state.projections if p is not None]
     graph_sizes = [graph_file.stat().st_size for graph_file in graph_files]
     labels = list(state.records)
     store_sizes = [len(labels) * (stop - start) * np.dtype(dtype).itemsize
                    for (start, stop), dtype in zip(state.store.spans, state.store.dtypes)]
-    payload_size = ((3 + len(graph_files) + len(store_sizes)) * _U64.size + len(meta_json) + sum(graph_sizes)
-                    + sum(store_sizes) + len(records_json) + offset)
+    payload_size = ((3 + len(directions) + len(graph_files) + len(store_sizes)) * _U64.size + len(meta_json)
+                    + sum(map(len, directions)) + sum(graph_sizes) + sum(store_sizes) + len(records_json) + offset)
     header = _HEADER.pack(MAGIC, FORMAT_VERSION, state.dim, len(entries), len(position),
                           payload_size, bytes(32))
     digest = hashlib.sha256(header[len(MAGIC):_DIGEST_AT])
@@ -163,6 +172,9 @@ def _write(tmp: Path, position: bytes, state: ShardState) -> None:
         emit(position)
         emit(_U64.pack(len(meta_json)))
         emit(meta_json)
+        for data in directions:
+            emit(_U64.pack(len(data)))
+            emit(data)
         for graph_file, graph_size in zip(graph_files, graph_sizes):
             emit(_U64.pack(graph_size))
             with open(graph_file, "rb") as graph:
@@ -199,7 +211,11 @@ def load(path: Path) -> tuple[ShardState, str]:
                 meta["calibrated_at"] = 0
             image_dim = meta["image_dim"] if 0 < meta["image_dim"] < dim else 0
             layout = layouts.check(meta.get("layout", "blocks"), image_dim)
-            graphs = [_load_graph(f, path, g.stop - g.start) for g in layouts.graphs(layout, dim, image_dim)]
+            kept = layouts.graphs(layout, dim, image_dim)
+            projections = [(_read_projection(f, p, g.stop - g.start) if p["dims"] else None, int(p["learned_at"]))
+                           for g, p in zip(kept, meta.get("projections") or [{"dims": 0, "learned_at": 0}] * len(kept))]
+            graphs = [_load_graph(f, path, g.stop - g.start if p is None else p.dims)
+                      for g, (p, _) in zip(kept, projections)]
             spans = [(block.start, block.stop) for block in layouts.blocks(dim, image_dim)]
             dtype = meta.get("vector_dtype")
             dtypes = meta.get("vector_dtypes") or [dtype] * len(spans)
@@ -221,7 +237,7 @@ def load(path: Path) -> tuple[ShardState, str]:
         tuning = None if meta["tuning"] is None else {kind: Tuning(**t) for kind, t in meta["tuning"].items()}
         store = None if parts is None else VectorStore.of(spans, list(records), parts, dtype)
         state = ShardState(dim, image_dim, layout, float(meta["recall_target"]), int(meta["calibrated_at"]), tuning,
-                           graphs, records, blocks, store)
+                           graphs, records, blocks, store, projections)
     except SnapshotError:
         raise
     except (OSError, RuntimeError, ValueError, KeyError, TypeError) as exc:
@@ -263,6 +279,11 @@ def _load_graph(f: BinaryIO, path: Path, dim: int) -> hnswlib.Index:
     finally:
         os.unlink(name)
     return index
+
+
+def _read_projection(f: BinaryIO, meta: dict[str, int], width: int) -> Projection:
+    """One projection section of a snapshot: the directions of a graph `width` dims wide."""
+    return Projection(_read_rows(f, meta["dims"], width, "float32"), float(meta["kept"]))
 
 
 def _read_rows(f: BinaryIO, count: int, width: int, dtype: str) -> np.ndarray:

@@ -74,3 +74,16 @@ def items_missing_blocks(seed: int, n: int, every: int) -> tuple[np.ndarray, np.
     images, texts = clustered_blocks(np.random.default_rng(seed), n)
     has_image, has_text = np.arange(n) % every != 0, np.arange(n) % every != 1
     return images, texts, has_image, has_text, fused_items(images, texts, has_image, has_text)
+
+
+WIDE_IMAGE_DIM = 600  # image blocks wide enough for the default projection (`shared.index.projection`)
+
+
+def wide_items(rng: np.random.Generator, n: int, rank: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Image blocks of WIDE_IMAGE_DIM dims whose energy lies mostly in `rank` directions (as CNN
+    features' does in a few hundred), and clustered TEXT_DIM text blocks; unit norm each."""
+    basis = unit(rng, rank, WIDE_IMAGE_DIM)
+    weights = rng.standard_normal((n, rank)) * np.linspace(1.0, 0.3, rank)
+    images = weights @ basis + 0.02 * rng.standard_normal((n, WIDE_IMAGE_DIM))
+    _, texts = clustered_blocks(rng, n)
+    return (images / np.linalg.norm(images, axis=1, keepdims=True)).astype(np.float32), texts

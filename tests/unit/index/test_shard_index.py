@@ -396,13 +396,15 @@ def test_a_block_that_comes_and_goes_moves_between_graphs(layout):
     index.upsert(["m7"], text_only, records_for(["m7"]))
     graphs = index.stats()["graphs"]
     assert graphs[image_graph] == {"count": 99 + (layout == "fused"), "capacity": 1024,
-                                   "deleted": int(layout == "blocks"), "dim": image_dim}
+                                   "deleted": int(layout == "blocks"), "dim": image_dim,
+                                   "graph_dim": image_dim}
     assert graphs["text"]["count"] == 100
     hits = {h.id: h for h in index.search(image_query, 100, return_vectors=True)}
     assert hits["m7"].score == 0.0 and not hits["m7"].vector[:IMAGE_DIM].any()
     np.testing.assert_array_equal(hits["m7"].vector, as_stored(text_only[0]))
     index.upsert(["m7"], both[7:8], records_for(["m7"]))  # the image block's tombstone is revived
-    assert index.stats()["graphs"][image_graph] == {"count": 100, "capacity": 1024, "deleted": 0, "dim": image_dim}
+    assert index.stats()["graphs"][image_graph] == {"count": 100, "capacity": 1024, "deleted": 0, "dim": image_dim,
+                                                 "graph_dim": image_dim}
     top = index.search(image_query, 1, return_vectors=True)[0]
     assert top.id == "m7"
     np.testing.assert_array_equal(top.vector, as_stored(both[7]))

@@ -301,8 +301,9 @@ def test_a_version_2_snapshot_loads_with_its_vector_store_rebuilt_from_the_graph
 
 
 def as_older_version(path: Path, version: int) -> None:
-    """Rewrite a snapshot as format version 4 wrote it (every vector store block in the store's
-    "vector_dtype", no "vector_dtypes"), or 3 (4 of a per-block shard, without "layout")."""
+    """Rewrite a snapshot of graphs not projected as format version 5 wrote it (no
+    "projections"), 4 (5 with every vector store block in the store's "vector_dtype", no
+    "vector_dtypes") or 3 (4 of a per-block shard, without "layout")."""
     data = path.read_bytes()
     head = struct.Struct("<8sIIQIQ32s")
     magic, _, dim, count, position_size, _, _ = head.unpack(data[:head.size])
@@ -314,13 +315,15 @@ def as_older_version(path: Path, version: int) -> None:
         sections.append(data[at + 8:at + 8 + size])
         at += 8 + size
     meta = json.loads(sections[0])
-    dtypes = meta.pop("vector_dtypes")
-    if version == 3:
-        assert meta.pop("layout") == "blocks"
-    graphs = len(layouts.graphs(meta.get("layout", "blocks"), dim, meta["image_dim"]))
-    for i, kept_as in enumerate(dtypes):
-        section = 1 + graphs + i
-        sections[section] = np.frombuffer(sections[section], kept_as).astype(meta["vector_dtype"]).tobytes()
+    assert not any(graph["dims"] for graph in meta.pop("projections"))
+    if version <= 4:
+        dtypes = meta.pop("vector_dtypes")
+        if version == 3:
+            assert meta.pop("layout") == "blocks"
+        graphs = len(layouts.graphs(meta.get("layout", "blocks"), dim, meta["image_dim"]))
+        for i, kept_as in enumerate(dtypes):
+            section = 1 + graphs + i
+            sections[section] = np.frombuffer(sections[section], kept_as).astype(meta["vector_dtype"]).tobytes()
     sections[0] = json.dumps(meta).encode("utf-8")
     payload = b"".join(struct.pack("<Q", len(section)) + section for section in sections)
     header = struct.pack("<8sIIQIQ32s", magic, version, dim, count, position_size, len(payload), bytes(32))
