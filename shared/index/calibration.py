@@ -6,29 +6,40 @@ k / CALIBRATION_K (`ef_for`), per query kind ("image", "text", "fused"; "vector"
 one-graph shard). The queries are CALIBRATION_QUERIES of the shard's own stored items that
 have the kind's blocks, each turned towards the difference of two other stored items until it
 is as close to the item as the item's nearest other item is (like a new item among similar
-ones). Exact top-k comes from a matmul over every live item's block vectors (copied out of
-the shard's vector store under the read lock, then computed outside it). `ef` is the smallest
-rung of EF_LADDER whose recall@k reaches the `recall_target` with a margin for the sample (it
-may miss only CALIBRATION_MARGIN of what the target allows: 99.5% for 99%), the last rung if none
-does; `far_below` is the median exact k-th score of the calibration queries per unit of
+ones). A kind of two blocks (fused) has CALIBRATION_QUERIES of them per mix of MIX_WEIGHTS,
+the weights its queries may give the blocks, in turn (a mix that favours one block is harder
+to search than 1:1; calibrated on 1:1 alone, 0.25:1 queries fell short of the target). Exact
+top-k comes from a matmul over every live item's block vectors (copied out of the shard's
+vector store under the read lock, then computed outside it). `ef` is the smallest rung of
+EF_LADDER whose recall@k reaches the `recall_target` on each mix with a margin for the sample
+(it may miss only CALIBRATION_MARGIN of what the target allows: 99.5% for 99%), the last rung
+if none does; `far_below` is the median exact k-th score of the calibration queries per unit of
 `scale` (the sum of their blocks' norms; FAR_QUANTILE; with the lowest one instead, real text
 queries only a little farther than the calibration ones stayed at ef, short of the recall
 target). A query farther from the items than that (its k-th score below far_below x its scale:
-e.g. a text whose words no caption has, or a photo unlike any stored one, whose top k are near-ties that a graph finds only with a
-longer list), or whose search went astray, is searched again with the kind's `far_ef`. That
-one is calibrated the same way on far queries: the same stored items turned towards random
-directions (cosine FAR_COSINES with the item), those of them whose exact k-th score is below
-far_below; it is EF_FAR where none reach the target. A kind with fewer than CALIBRATE_MIN
-items that have each of its blocks keeps EF_DEFAULT and is never searched again. The searches
-go through the graphs that a query of the kind searches (`shared.index.layouts`).
+e.g. a text whose words no caption has, or a photo unlike any stored one, whose top k are
+near-ties that a graph finds only with a longer list), or whose search went astray, is searched
+again with a longer list, the longer the farther it is: its kind's far `bands`, each a k-th score
+per unit of scale and the list that queries below it need. They are calibrated the same way on
+far queries: the same stored items turned towards random directions (cosine FAR_COSINES with the
+item), FAR_BANDS x CALIBRATION_QUERIES of them, those whose exact k-th score is below far_below
+sorted by it and cut into FAR_BANDS bands of equal count; each band's list is the smallest rung
+from the nearer band's on that reaches the target on its queries, EF_FAR where none does. (With
+one far list for all of them, at 1M items every real text query of `bench.search`, only a
+little below far_below, was searched again with the list of the farthest ones: 4096 where 1024
+reached 0.997.) A kind with fewer than CALIBRATE_MIN items that have each of its blocks keeps
+EF_DEFAULT and is never searched again. The searches go through the graphs that a query of the
+kind searches (`shared.index.layouts`).
 
 The calibration queries are stored items turned a little; a shard's real queries may be farther
 (a photo with words that no item's text block holds): in one in-process shard of 25,000 of
 `bench.search`'s items, 50-56 of 60 fused queries (held-out images with their class names) were
 below far_below and searched twice. So a shard keeps, per kind, the running share of its
-unfiltered searches found far (`Calibration.saw`, each weighing FAR_SHARE_WEIGHT); while that
-share makes two searches dearer on average than one with the far list (`straight_to_far`),
-an unfiltered search takes the far list at once.
+unfiltered searches that needed each list, its own (`ef`) and each band's (`Calibration.saw`, each
+search weighing SHARE_WEIGHT), and an unfiltered search starts with the list that makes its
+expected cost least (`Calibration.first_ef`: the list plus each longer list times the share that
+needed it, the costs taken as proportional to the lists): at once with a band's list while most
+of its kind's searches need it.
 
 A shard recalibrates once it reaches CALIBRATE_MIN items and then whenever it has doubled, or
 updates and deletes reached RECALIBRATE_CHANGED of its size, since the last calibration
@@ -38,7 +49,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -48,14 +59,16 @@ from shared.index.vector_store import VectorStore, as_float32
 CALIBRATION_K = 10        # the k that ef is calibrated for; other k scale it
 EF_DEFAULT = 256          # ef at CALIBRATION_K until a kind is calibrated
 EF_LADDER = (CALIBRATION_K, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)
-EF_FAR = 4096             # far ef (at k = CALIBRATION_K) where no rung of EF_LADDER is enough
+EF_FAR = 4096             # a far band's ef (at k = CALIBRATION_K) where no rung of EF_LADDER is enough
 FAR_COSINES = (0.1, 0.9)  # far calibration queries: cosine with the stored item they turn away from
+FAR_BANDS = 3             # far calibration queries per band: CALIBRATION_QUERIES at most
+MIX_WEIGHTS = ((1.0, 1.0), (1.0, 0.25), (0.25, 1.0))  # block weights of a fused kind's queries, in turn
 FAR_QUANTILE = 0.5        # far_below: this quantile of the calibration queries' k-th score per norm
 CALIBRATION_QUERIES = 64  # stored items used as queries per kind
 CALIBRATE_MIN = 1000      # a kind is calibrated once this many items have its blocks
 CALIBRATION_MARGIN = 0.5  # calibration queries may miss this share of what the target allows
 RECALIBRATE_CHANGED = 0.2  # updated + deleted items, as a share of the size at the last calibration
-FAR_SHARE_WEIGHT = 1 / 32  # weight of each search in its kind's running share of far queries
+SHARE_WEIGHT = 1 / 32     # weight of each search in its kind's running shares of the lists needed
 _SCORE_ROWS = 8192        # rows per matmul when scoring a whole block
 
 Search = Callable[[np.ndarray, int, int], list[tuple[int, float]]]
@@ -71,11 +84,40 @@ def ef_for(k: int, ef_at_k10: int = EF_DEFAULT) -> int:
 
 @dataclass(frozen=True)
 class Tuning:
-    """A query kind's calibrated search (see the module doc); ef values are at k = CALIBRATION_K."""
+    """A query kind's calibrated search (see the module doc); ef values are at k = CALIBRATION_K.
+
+    `bands`: (below, ef) from the nearest band to the farthest, `below` falling and `ef` rising:
+    a query whose k-th score per unit of its scale is below a band's `below` needs its `ef`.
+    None of them: never searched again."""
 
     ef: int = EF_DEFAULT
-    far_below: float | None = None  # per unit of query norm; None: never search again
-    far_ef: int = EF_FAR            # ef of a query whose k-th score is below far_below
+    bands: tuple[tuple[float, int], ...] = ()
+
+    @property
+    def far_below(self) -> float | None:
+        """Where the far queries start (per unit of scale); None: never searched again."""
+        return self.bands[0][0] if self.bands else None
+
+    @property
+    def far_ef(self) -> int:
+        """The farthest band's ef (ef where there is none)."""
+        return self.bands[-1][1] if self.bands else self.ef
+
+    def lists(self) -> list[int]:
+        """The lists a search of this kind may need, shortest first: ef, then each band's."""
+        return [self.ef] + [ef for _, ef in self.bands]
+
+    def needs(self, score: float) -> int:
+        """Which of `lists()` a query whose k-th score per unit of its scale is `score` needs."""
+        return sum(1 for below, _ in self.bands if score < below)
+
+    @classmethod
+    def of(cls, saved: dict) -> Tuning:
+        """A tuning as `asdict` saved it; one saved with a single far list (before bands) too."""
+        if "bands" in saved:
+            return cls(int(saved["ef"]), tuple((float(b), int(e)) for b, e in saved["bands"]))
+        far_below = saved.get("far_below")
+        return cls(int(saved["ef"]), () if far_below is None else ((float(far_below), int(saved["far_ef"])),))
 
 
 class Calibration:
@@ -92,20 +134,27 @@ class Calibration:
         self._changed = 0       # updated and deleted items since then
         self.lock = threading.Lock()
         self.running = threading.Lock()
-        # Per kind, the running share of unfiltered searches found far; updates may race (a lost
-        # one changes nothing that matters), so no lock.
-        self.far_share: dict[str, float] = {kind: 0.0 for kind in kinds}
+        # Per kind, the running share of unfiltered searches that needed each of its tuning's
+        # `lists()`; updates may race (a lost one changes nothing that matters), so no lock.
+        self.shares: dict[str, list[float]] = {kind: [0.0] for kind in kinds}
 
-    def straight_to_far(self, kind: str, ef: int, far_ef: int) -> bool:
-        """Whether a search of `kind` should take its far list at once: when so many of the kind's
-        recent searches were far that searching with ef first, then again with far_ef, costs more
-        on average than one search with far_ef (the costs taken as proportional to the lists)."""
-        return ef + self.far_share[kind] * far_ef > far_ef
+    def first_ef(self, kind: str, tuning: Tuning) -> int:
+        """The list an unfiltered search of `kind` starts with: the one of `tuning.lists()` whose
+        search, plus a search with each longer list times the share of recent searches that
+        needed it, costs least (the costs taken as proportional to the lists; the shorter on a tie)."""
+        lists, shares = tuning.lists(), self.shares[kind]
+        if len(shares) != len(lists):  # a new tuning: no share yet
+            return lists[0]
+        costs = [ef + sum(share * longer for share, longer in zip(shares[i + 1:], lists[i + 1:]))
+                 for i, ef in enumerate(lists)]
+        return lists[costs.index(min(costs))]
 
-    def saw(self, kind: str, far: bool) -> None:
-        """Count an unfiltered search of `kind` into its running share of far queries."""
-        share = self.far_share[kind]
-        self.far_share[kind] = share + FAR_SHARE_WEIGHT * (float(far) - share)
+    def saw(self, kind: str, tuning: Tuning, needed: int) -> None:
+        """Count an unfiltered search of `kind` that needed the list `tuning.lists()[needed]`."""
+        shares = self.shares[kind]
+        if len(shares) != len(tuning.bands) + 1:
+            shares = [0.0] * (len(tuning.bands) + 1)
+        self.shares[kind] = [share + SHARE_WEIGHT * (float(i == needed) - share) for i, share in enumerate(shares)]
 
     def wrote(self, inserted: int, changed: int) -> None:
         """Count a batch of writes: new items, and updated or deleted ones."""
@@ -168,29 +217,37 @@ def measure(parts: list[Block], dumps: dict[str, Dump], dim: int, recall_target:
         candidates = np.intersect1d(candidates, more)
     if len(candidates) < 3 * CALIBRATION_K:
         return None
-    count = min(CALIBRATION_QUERIES, len(candidates) // 3)
+    mixes = len(MIX_WEIGHTS) if len(parts) > 1 else 1
+    count = min(mixes * CALIBRATION_QUERIES, len(candidates) // 3)
     picks = rng.choice(candidates, size=3 * count, replace=False)
     chosen = _stored(parts, dumps, picks, dim)
     picks, stored = picks[:count], chosen[:count]
     universe = np.unique(np.concatenate(labels))
-    neighbours = _exact_scores(parts, dumps, universe, stored)
-    neighbours[np.searchsorted(universe, picks), np.arange(count)] = -np.inf
-    queries = _off_node(stored, neighbours.max(axis=0), chosen[count:2 * count] - chosen[2 * count:])
+    nearest = _nearest_other(parts, dumps, universe, stored, np.searchsorted(universe, picks))
+    queries = _weighted(parts, _off_node(stored, nearest, chosen[count:2 * count] - chosen[2 * count:]))
     top, scores = _exact_top(parts, dumps, universe, queries)
     far_below = float(np.quantile(scores.min(axis=0) / scale(parts, queries), FAR_QUANTILE))
     needed = (1.0 - (1.0 - recall_target) * CALIBRATION_MARGIN) * CALIBRATION_K
-    ef = _smallest_ef(search, queries, universe[top], needed, EF_LADDER[0], EF_LADDER[-1])
-    # Far queries: the same items turned towards random directions, those that end up far.
-    directions = np.zeros_like(stored)
+    ef = _smallest_ef(search, queries, universe[top], needed, EF_LADDER[0], EF_LADDER[-1], groups=mixes)
+    # Far queries: stored items turned towards random directions, those that end up far.
+    far_count = FAR_BANDS * CALIBRATION_QUERIES
+    turned = _stored(parts, dumps, rng.choice(candidates, size=far_count, replace=len(candidates) < far_count), dim)
+    directions = np.zeros_like(turned)
     for part in parts:
-        directions[:, part.start:part.stop] = rng.standard_normal((count, part.stop - part.start))
-    cosines = rng.uniform(*FAR_COSINES, count)
-    far = _off_node(stored, cosines * np.einsum("ij,ij->i", stored, stored), directions)
+        directions[:, part.start:part.stop] = rng.standard_normal((far_count, part.stop - part.start))
+    cosines = rng.uniform(*FAR_COSINES, far_count)
+    far = _weighted(parts, _off_node(turned, cosines * np.einsum("ij,ij->i", turned, turned), directions))
     far_top, far_scores = _exact_top(parts, dumps, universe, far)
-    beyond = far_scores.min(axis=0) / scale(parts, far) < far_below
-    far_ef = (_smallest_ef(search, far[beyond], universe[far_top[:, beyond]], needed, ef, EF_FAR)
-              if beyond.any() else ef)
-    return Tuning(ef, far_below, far_ef)
+    distance = far_scores.min(axis=0) / scale(parts, far)
+    beyond = np.flatnonzero(distance < far_below)
+    beyond = beyond[np.argsort(-distance[beyond], kind="stable")]  # nearest first
+    bands, below, start = [], far_below, ef
+    for band in np.array_split(beyond, min(FAR_BANDS, len(beyond))) if len(beyond) else []:
+        start = _smallest_ef(search, far[band], universe[far_top[:, band]], needed, start, EF_FAR)
+        if not bands or start > bands[-1][1]:  # a band whose list is the nearer one's adds nothing
+            bands.append((below, start))
+        below = float(distance[band[-1]])
+    return Tuning(ef, tuple(bands) if bands else ((far_below, ef),))
 
 
 def scale(parts: list[Block], queries: np.ndarray) -> np.ndarray:
@@ -199,6 +256,16 @@ def scale(parts: list[Block], queries: np.ndarray) -> np.ndarray:
     (`build_query` gives them norms in proportion to weights that sum to one), so a query
     weighted 1:0.25 is as near or as far as at 1:1."""
     return sum(np.linalg.norm(part.part(queries), axis=-1) for part in parts)
+
+
+def _weighted(parts: list[Block], queries: np.ndarray) -> np.ndarray:
+    """Queries of a kind with several blocks weighted in turn as MIX_WEIGHTS (the weights a
+    query may give its blocks: the mixes that favour one block are the harder ones)."""
+    if len(parts) > 1:
+        for i, weights in enumerate(MIX_WEIGHTS):
+            for part, weight in zip(parts, weights):
+                queries[i::len(MIX_WEIGHTS), part.start:part.stop] *= weight
+    return queries
 
 
 def _off_node(stored: np.ndarray, nearest: np.ndarray, directions: np.ndarray) -> np.ndarray:
@@ -220,27 +287,49 @@ def _exact_top(parts: list[Block], dumps: dict[str, Dump], universe: np.ndarray,
                queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rows (into `universe`) of each query's exact top CALIBRATION_K, one column per query,
     and their scores."""
-    scores = _exact_scores(parts, dumps, universe, queries)
-    top = np.argpartition(-scores, CALIBRATION_K - 1, axis=0)[:CALIBRATION_K]
-    return top, scores[top, np.arange(len(queries))]
+    tops, best = [], []
+    for scores in _exact_chunks(parts, dumps, universe, queries):
+        top = np.argpartition(-scores, CALIBRATION_K - 1, axis=0)[:CALIBRATION_K]
+        tops.append(top)
+        best.append(scores[top, np.arange(scores.shape[1])])
+    return np.concatenate(tops, axis=1), np.concatenate(best, axis=1)
 
 
-def _smallest_ef(search: Search, queries: np.ndarray, top: np.ndarray,
-                 needed: float, start: int, otherwise: int) -> int:
+def _nearest_other(parts: list[Block], dumps: dict[str, Dump], universe: np.ndarray,
+                   stored: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Each stored vector's best score with another item (`rows`: its own row in `universe`)."""
+    nearest = []
+    for s, scores in zip(range(0, len(stored), CALIBRATION_QUERIES), _exact_chunks(parts, dumps, universe, stored)):
+        scores[rows[s:s + CALIBRATION_QUERIES], np.arange(scores.shape[1])] = -np.inf
+        nearest.append(scores.max(axis=0))
+    return np.concatenate(nearest)
+
+
+def _exact_chunks(parts: list[Block], dumps: dict[str, Dump], universe: np.ndarray,
+                  queries: np.ndarray) -> Iterator[np.ndarray]:
+    """`_exact_scores` of CALIBRATION_QUERIES queries at a time (its rows of every item are
+    the memory a calibration takes: 64 MB a chunk at 250,000 items)."""
+    for s in range(0, len(queries), CALIBRATION_QUERIES):
+        yield _exact_scores(parts, dumps, universe, queries[s:s + CALIBRATION_QUERIES])
+
+
+def _smallest_ef(search: Search, queries: np.ndarray, top: np.ndarray, needed: float,
+                 start: int, otherwise: int, groups: int = 1) -> int:
     """The smallest rung of EF_LADDER from `start` on where `search` finds at least `needed` of
-    each query's exact top CALIBRATION_K (labels `top`, one column per query) on average;
-    `otherwise` if none does (the ladder's last rung for `ef`, EF_FAR for `far_ef`)."""
+    each query's exact top CALIBRATION_K (labels `top`, one column per query) on average, in
+    each of `groups` (every groups-th query from the first, the second, ...); `otherwise` if none
+    does (the ladder's last rung for `ef`, EF_FAR for a far band's)."""
     truth = [set(column.tolist()) for column in top.T]
     for ef in (rung for rung in EF_LADDER if rung >= start):
-        found = 0
-        for query, expected in zip(queries, truth):
+        found = np.zeros(len(queries))
+        for i, (query, expected) in enumerate(zip(queries, truth)):
             try:
                 ranked = search(query, CALIBRATION_K, ef)
             except RuntimeError:  # hnswlib reached too few items: a search answers exactly
-                found += CALIBRATION_K
+                found[i] = CALIBRATION_K
                 continue
-            found += len(expected.intersection(label for label, _ in ranked))
-        if found >= needed * len(queries):
+            found[i] = len(expected.intersection(label for label, _ in ranked))
+        if all(found[group::groups].mean() >= needed for group in range(groups)):
             return ef
     return otherwise
 

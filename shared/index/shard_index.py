@@ -200,8 +200,7 @@ class ShardIndex:
         parts = layouts.parts_of(self._parts, kind)  # the blocks the query has
         graphs = layouts.searched(self._graphs, bits)
         tuning = self._calibration.tuning[kind]
-        far_below = (None if tuning.far_below is None
-                     else tuning.far_below * float(calibration.scale(parts, query)))
+        query_scale = float(calibration.scale(parts, query))
         with self._lock.read():
             allowed: set[int] | None = None
             if filter:
@@ -210,7 +209,7 @@ class ShardIndex:
             if pool == 0:
                 return []
             k = min(k, pool)
-            counted = False  # whether this search counts towards its kind's share of far ones
+            counted = False  # whether this search counts towards its kind's shares of the lists needed
             if allowed is not None and pool <= EXACT_FILTER_MAX:
                 ranked = self._store.top(query, list(allowed), k)
             else:
@@ -220,13 +219,12 @@ class ShardIndex:
                     # of one photo among unlike ones) hang off the graph where a shorter list misses
                     # them. Not a per-block fused search: its join would read hundreds of blocks back.
                     whole = len(graphs) == 1 and pool <= calibration.CALIBRATE_MIN
-                    ef = pool if whole else calibration.ef_for(k, tuning.ef)
-                    far = None
-                    if not whole and far_below is not None and tuning.far_ef > tuning.ef:
-                        far = (far_below, min(calibration.ef_for(k, tuning.far_ef), max(calibration.EF_FAR, 2 * k)))
-                        counted = allowed is None  # the running share of far searches is of unfiltered ones
-                        if counted and self._calibration.straight_to_far(kind, ef, far[1]):
-                            ef, far = far[1], None
+                    banded = not whole and tuning.far_ef > tuning.ef
+                    counted = banded and allowed is None  # the running shares are of unfiltered searches
+                    ef = (pool if whole else
+                          calibration.ef_for(k, self._calibration.first_ef(kind, tuning) if counted else tuning.ef))
+                    far = ((tuning.far_below * query_scale, self._far_list(k, tuning.far_ef))
+                           if banded and len(graphs) > 1 else None)
                     # An unfiltered search of one graph whose dims the store keeps in float32
                     # scans the store instead wherever that is the cheaper of the two.
                     scans = allowed is None and len(graphs) == 1 and self._store.scannable(query)
@@ -234,13 +232,15 @@ class ShardIndex:
                         ranked = self._store.top_of_all(query, k)
                     else:
                         ranked = self._approximate(query, graphs, k, ef, allowed, far)
-                        if far is not None and len(graphs) == 1 and ranked[-1][1] < far[0]:
-                            ranked = (self._store.top_of_all(query, k) if scans and pool <= SCAN_ROWS_PER_EF * far[1]
-                                      else self._approximate(query, graphs, k, far[1], allowed))
+                        longer = (self._far_list(k, tuning.lists()[tuning.needs(ranked[-1][1] / query_scale)])
+                                  if banded and len(graphs) == 1 else ef)
+                        if longer > ef:
+                            ranked = (self._store.top_of_all(query, k) if scans and pool <= SCAN_ROWS_PER_EF * longer
+                                      else self._approximate(query, graphs, k, longer, allowed))
                 except RuntimeError:  # hnswlib reached fewer than k qualifying items
                     ranked = self._store.top(query, list(self._records if allowed is None else allowed), k)
                 if counted and ranked:
-                    self._calibration.saw(kind, ranked[-1][1] < far_below)
+                    self._calibration.saw(kind, tuning, tuning.needs(ranked[-1][1] / query_scale))
             labels = [label for label, _ in ranked]
             vectors = self._store.vectors(labels, self.dim) if return_vectors else None
             blocks = (by_block(query, self._parts, parts, self._blocks, self._store, ranked)
@@ -281,6 +281,11 @@ class ShardIndex:
                          for graph, one, size, new in zip(graphs, found, sizes, grown)]
                 sizes = grown
         return with_zeros(ranked, k, graphs, self._blocks, self._records if allowed is None else allowed)
+
+    @staticmethod
+    def _far_list(k: int, ef_at_k10: int) -> int:
+        """The list of a top-k search with a far band's ef: scaled with k, but at most EF_FAR or 2k."""
+        return min(calibration.ef_for(k, ef_at_k10), max(calibration.EF_FAR, 2 * k))
 
     def _list_sizes(self, graphs: list[Graph], k: int, ef: int) -> list[int]:
         """The first list size of each block's graph in a fused search with list size `ef`: at
@@ -326,7 +331,8 @@ class ShardIndex:
         bookkeeping), all graphs together; `store_bytes`: the vector store's allocated rows
         (`vector_dtype`); `bytes`: an estimate of the whole index, with every graph's and the
         store's allocated capacity and the records (ids, texts, thumbnails; not metadata).
-        `ef`, `far_below` and `far_ef` (ef values at k = CALIBRATION_K): each query kind's tuning;
+        `ef`, `far_below`, `far_ef` and `far_bands` (ef values at k = CALIBRATION_K): each query
+        kind's tuning (`shared.index.calibration.Tuning`; `far_bands` as [below, ef] pairs);
         `calibrated_at`: live items at the last calibration (0: not calibrated).
         """
         with self._lock.read():
@@ -345,7 +351,9 @@ class ShardIndex:
                 "image_dim": self.image_dim, "M": M, "ef_construction": ef_construction,
                 "recall_target": self.recall_target, "ef": {kind: t.ef for kind, t in tuning.items()},
                 "far_below": {kind: t.far_below for kind, t in tuning.items()},
-                "far_ef": {kind: t.far_ef for kind, t in tuning.items()}, "calibrated_at": calibrated_at,
+                "far_ef": {kind: t.far_ef for kind, t in tuning.items()},
+                "far_bands": {kind: [list(band) for band in t.bands] for kind, t in tuning.items()},
+                "calibrated_at": calibrated_at,
                 "graphs": graphs, "vector_bytes": live * self.dim * 4, "graph_bytes": graph_bytes,
                 "vector_dtype": self._store.dtype, "store_bytes": store_bytes,
                 "bytes": allocated + store_bytes + record_bytes}

@@ -1,12 +1,12 @@
 """Shard snapshot files: a shard's graphs, records and tuning in one file with the log position
 it covers, written atomically and durably, and loaded only once the whole file checks out.
 
-Snapshot file layout (little-endian), format version 6:
+Snapshot file layout (little-endian), format version 7:
     header   magic b"MMSHARD\\0", u32 format version, u32 dim, u64 count (live items),
              u32 position length, u64 payload length, 32-byte SHA-256
     position the log position the snapshot covers, UTF-8
     payload  u64 n + n bytes of JSON {"image_dim", "layout", "recall_target", "calibrated_at",
-             "tuning": {kind: {"ef", "far_below" (null: never), "far_ef"}}, "vector_dtype",
+             "tuning": {kind: {"ef", "bands": [[below, ef], ...] (none: never searched again)}}, "vector_dtype",
              "vector_dtypes" (one per block: how the store keeps it), "projections" (one per graph,
              `shared.index.projection`: {"dims" (0: not projected), "learned_at" (items when its
              directions were last learned; 0: never), "kept"})},
@@ -21,7 +21,9 @@ Snapshot file layout (little-endian), format version 6:
              3 both, 0 neither (all zeros); 1 in a one-graph shard),
              u64 n + n bytes of thumbnails, concatenated
 The SHA-256 covers every byte after the magic except the digest itself: the header fields,
-the position and the payload. Older versions still load: 5 (as 6 without "projections": no
+the position and the payload. Older versions still load: 6 (each kind's tuning with one far list,
+{"ef", "far_below", "far_ef"}: it serves as one band until the tuning is measured again, on
+load), 5 (as 6 without "projections": no
 graph projected; a graph due is projected on load), 4 (every block of "vector_dtype": a
 narrow block written in float16 is kept in float32 from then on, `shared.index.vector_store`),
 3 (as 4 without "layout": per-block graphs,
@@ -59,8 +61,8 @@ from shared.runtime.forked import ForkFailed, run_forked
 log = logging.getLogger(__name__)
 
 MAGIC = b"MMSHARD\0"
-FORMAT_VERSION = 6
-READABLE_VERSIONS = (1, 2, 3, 4, 5, 6)
+FORMAT_VERSION = 7
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6, 7)
 _HEADER = struct.Struct("<8sIIQIQ32s")
 _DIGEST_AT = _HEADER.size - 32
 _U64 = struct.Struct("<Q")
@@ -207,7 +209,7 @@ def load(path: Path) -> tuple[ShardState, str]:
                 meta: dict[str, Any] = {"image_dim": 0, "recall_target": 0.99, "calibrated_at": 0, "tuning": None}
             else:
                 meta = json.loads(_read_exact(f, _read_u64(f)))
-            if version < 3:  # far_below was per unit of the query's whole norm: measured again on load
+            if version < 7:  # one far list (before 3 per unit of the query's whole norm): measured again
                 meta["calibrated_at"] = 0
             image_dim = meta["image_dim"] if 0 < meta["image_dim"] < dim else 0
             layout = layouts.check(meta.get("layout", "blocks"), image_dim)
@@ -234,7 +236,7 @@ def load(path: Path) -> tuple[ShardState, str]:
                 id=e["id"], text=e["text"], metadata=e["metadata"], has_image=e["has_image"],
                 thumbnail=None if thumb is None else thumbnails[thumb[0]:thumb[0] + thumb[1]])
             blocks[label] = e.get("blocks", IMAGE)
-        tuning = None if meta["tuning"] is None else {kind: Tuning(**t) for kind, t in meta["tuning"].items()}
+        tuning = None if meta["tuning"] is None else {kind: Tuning.of(t) for kind, t in meta["tuning"].items()}
         store = None if parts is None else VectorStore.of(spans, list(records), parts, dtype)
         state = ShardState(dim, image_dim, layout, float(meta["recall_target"]), int(meta["calibrated_at"]), tuning,
                            graphs, records, blocks, store, projections)

@@ -1,5 +1,6 @@
 """Tests of the ef self-calibration: ef per k, when a shard calibrates, the recall a target
-gives, and the second search of a query far from every item (weighted ones too)."""
+gives, and the second search of a query far from every item, longer the farther it is
+(weighted ones too)."""
 from __future__ import annotations
 
 import numpy as np
@@ -61,9 +62,9 @@ def test_a_lower_recall_target_calibrates_a_smaller_ef(monkeypatch):
 def list_sizes_searched(index: ShardIndex, monkeypatch) -> list[int]:
     """The list in which the searches of `index` append each list size (ef) they search with: a
     single-graph search each time it searches, a fused one for its first lists and again when it
-    lengthens them to the far ones. The shard's running shares of far searches start at 0 (the
-    shard is shared by the package's tests)."""
-    monkeypatch.setattr(index._calibration, "far_share", dict.fromkeys(index.kinds, 0.0))
+    lengthens them to the far ones. The shard's running shares of the lists needed start
+    anew (the shard is shared by the package's tests)."""
+    monkeypatch.setattr(index._calibration, "shares", {kind: [0.0] for kind in index.kinds})
     calls: list[int] = []
     approximate, list_sizes = index._approximate, index._list_sizes
 
@@ -85,20 +86,24 @@ def test_a_query_far_from_every_item_is_searched_again_with_a_long_list(block_sh
     index, ids, vectors = block_shard["index"], block_shard["ids"], block_shard["vectors"]
     stats = index.stats()
     assert all(0.0 < stats["far_below"][kind] < 1.0 for kind in index.kinds)
+    for bands in stats["far_bands"].values():  # nearest first: falling scores, rising lists
+        assert [below for below, _ in bands] == sorted((below for below, _ in bands), reverse=True)
+        assert [ef for _, ef in bands] == sorted({ef for _, ef in bands})
     calls = list_sizes_searched(index, monkeypatch)
     sparse = np.zeros(IMAGE_DIM, np.float32)
     sparse[np.random.default_rng(19).choice(IMAGE_DIM, 2, replace=False)] = 1.0  # unlike any item's image
-    for query, expected in ((block_shard["queries"]["image"][0], [stats["ef"]["image"]]),
+    far_lists = [ef for _, ef in stats["far_bands"]["image"]]
+    for query, expected in ((block_shard["queries"]["image"][0], [[stats["ef"]["image"]]]),
                             (build_query(sparse, None, IMAGE_DIM, TEXT_DIM).vector,
-                             [stats["ef"]["image"], stats["far_ef"]["image"]])):
+                             [[stats["ef"]["image"], ef] for ef in far_lists])):
         calls.clear()
         hits = index.search(query, 10)
-        assert calls == expected
+        assert calls in expected  # the far one again with the list of one of the far bands
         exact = {ids[j] for j in np.argsort(-(vectors @ query), kind="stable")[:10]}
         assert len({h.id for h in hits} & exact) >= 9
-    for far_below, expected in ((None, [16]), (-1.0, [16]), (0.99, [16, calibration.EF_FAR])):
+    for bands, expected in (((), [16]), (((-1.0, 4096),), [16]), (((0.99, 4096),), [16, calibration.EF_FAR])):
         calls.clear()
-        monkeypatch.setitem(index._calibration.tuning, "image", calibration.Tuning(16, far_below))
+        monkeypatch.setitem(index._calibration.tuning, "image", calibration.Tuning(16, bands))
         index.search(block_shard["queries"]["image"][0], 10)
         assert calls == expected  # searched again when the 10th score < far_below x the query's scale
     calls.clear()
@@ -106,11 +111,38 @@ def test_a_query_far_from_every_item_is_searched_again_with_a_long_list(block_sh
     assert calls == [2400, max(calibration.EF_FAR, 3000)]  # ef scales with k; the long list is at least 2k
 
 
+def test_a_far_query_takes_the_list_of_its_band(block_shard, monkeypatch):
+    index = block_shard["index"]
+    query = block_shard["queries"]["image"][0]
+    monkeypatch.setitem(index._calibration.tuning, "image", calibration.Tuning(16))
+    kth = index.search(query, 10)[-1].score / float(np.linalg.norm(query))  # at 16, per unit of its scale
+    calls = list_sizes_searched(index, monkeypatch)
+    for bands, expected in ((((kth + 0.01, 64), (kth - 0.01, 256)), [16, 64]),
+                            (((kth + 0.02, 64), (kth + 0.01, 256)), [16, 256]),
+                            (((kth - 0.02, 64), (kth - 0.01, 256)), [16])):
+        calls.clear()
+        monkeypatch.setitem(index._calibration.tuning, "image", calibration.Tuning(16, bands))
+        index.search(query, 10)
+        assert calls == expected, bands
+
+
+def test_a_search_starts_with_the_list_most_of_its_kind_needed():
+    """The first list is the one with the least expected cost: with lists 16, 64 and 256, 64
+    once most searches needed it, 256 once most needed that, 16 again once few need more."""
+    tuning = calibration.Tuning(16, ((0.9, 64), (0.5, 256)))
+    shares = calibration.Calibration(("image",))
+    assert shares.first_ef("image", tuning) == 16
+    for needed, first in ((1, 64), (2, 256), (0, 16)):
+        for _ in range(100):
+            shares.saw("image", tuning, needed)
+        assert shares.first_ef("image", tuning) == first, needed
+
+
 def test_a_kind_mostly_found_far_takes_the_far_list_at_once(block_shard, monkeypatch):
     index, ids, vectors = block_shard["index"], block_shard["ids"], block_shard["vectors"]
     queries = block_shard["queries"]["image"]
     calls = list_sizes_searched(index, monkeypatch)
-    monkeypatch.setitem(index._calibration.tuning, "image", calibration.Tuning(16, 0.99, 64))  # every query far
+    monkeypatch.setitem(index._calibration.tuning, "image", calibration.Tuning(16, ((0.99, 64),)))  # every query far
     for query in queries[:60]:  # two searches each until three in four were far: 16 + 0.75 * 64 = 64
         index.search(query, 10)
     assert calls[:4] == [16, 64, 16, 64] and calls[-1:] == [64] and len(calls) < 120
@@ -123,7 +155,7 @@ def test_a_kind_mostly_found_far_takes_the_far_list_at_once(block_shard, monkeyp
     everything = {"tens": {"$in": list(range(10))}}  # more items than exact filtered search takes
     index.search(queries[61], 10, filter=everything)
     assert calls == [16, 64]  # a filtered search neither takes the far list at once nor counts
-    monkeypatch.setitem(index._calibration.tuning, "image", calibration.Tuning(16, -1.0, 64))  # none far
+    monkeypatch.setitem(index._calibration.tuning, "image", calibration.Tuning(16, ((-1.0, 64),)))  # none far
     for query in queries[62:82]:
         index.search(query, 10)
     calls.clear()
