@@ -21,8 +21,8 @@ calibrated one, then longer until no item outside the lists can outscore the k-t
 
 The list size (ef) of a search is calibrated per query kind ("image", "text", "fused"; "vector"
 for a one-graph shard) by the shard itself (`shared.index.calibration`), and a query far from
-every item is searched again with a longer list (at once, while most of its kind's searches are
-far). Where the store keeps every block the query
+every item is searched again with a longer list, its distance band's (at once, while most of
+its kind's searches need that list). Where the store keeps every block the query
 has in float32 (a text query: `shared.index.vector_store`) and the list would be long for the
 shard's size (SCAN_ROWS_PER_EF), an unfiltered search scans the store exactly instead: at
 25,000 items a text query found far took 2 ms at its far list of 4096, the scan 0.25 ms.
