@@ -82,6 +82,12 @@ def ef_for(k: int, ef_at_k10: int = EF_DEFAULT) -> int:
     return max(k, ef_at_k10, -(-ef_at_k10 * k // CALIBRATION_K))
 
 
+def far_ef_for(k: int, ef_at_k10: int) -> int:
+    """The search list size for a top-k query with a far band's ef: as `ef_for`, but at most
+    EF_FAR or 2k."""
+    return min(ef_for(k, ef_at_k10), max(EF_FAR, 2 * k))
+
+
 @dataclass(frozen=True)
 class Tuning:
     """A query kind's calibrated search (see the module doc); ef values are at k = CALIBRATION_K.
@@ -288,7 +294,7 @@ def _exact_top(parts: list[Block], dumps: dict[str, Dump], universe: np.ndarray,
     """Rows (into `universe`) of each query's exact top CALIBRATION_K, one column per query,
     and their scores."""
     tops, best = [], []
-    for scores in _exact_chunks(parts, dumps, universe, queries):
+    for _, scores in _exact_chunks(parts, dumps, universe, queries):
         top = np.argpartition(-scores, CALIBRATION_K - 1, axis=0)[:CALIBRATION_K]
         tops.append(top)
         best.append(scores[top, np.arange(scores.shape[1])])
@@ -299,18 +305,19 @@ def _nearest_other(parts: list[Block], dumps: dict[str, Dump], universe: np.ndar
                    stored: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """Each stored vector's best score with another item (`rows`: its own row in `universe`)."""
     nearest = []
-    for s, scores in zip(range(0, len(stored), CALIBRATION_QUERIES), _exact_chunks(parts, dumps, universe, stored)):
-        scores[rows[s:s + CALIBRATION_QUERIES], np.arange(scores.shape[1])] = -np.inf
+    for s, scores in _exact_chunks(parts, dumps, universe, stored):
+        scores[rows[s:s + scores.shape[1]], np.arange(scores.shape[1])] = -np.inf
         nearest.append(scores.max(axis=0))
     return np.concatenate(nearest)
 
 
 def _exact_chunks(parts: list[Block], dumps: dict[str, Dump], universe: np.ndarray,
-                  queries: np.ndarray) -> Iterator[np.ndarray]:
-    """`_exact_scores` of CALIBRATION_QUERIES queries at a time (its rows of every item are
-    the memory a calibration takes: 64 MB a chunk at 250,000 items)."""
+                  queries: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """`_exact_scores` of CALIBRATION_QUERIES queries at a time, each with the index of its first
+    query (its rows of every item are the memory a calibration takes: 64 MB a chunk at 250,000
+    items)."""
     for s in range(0, len(queries), CALIBRATION_QUERIES):
-        yield _exact_scores(parts, dumps, universe, queries[s:s + CALIBRATION_QUERIES])
+        yield s, _exact_scores(parts, dumps, universe, queries[s:s + CALIBRATION_QUERIES])
 
 
 def _smallest_ef(search: Search, queries: np.ndarray, top: np.ndarray, needed: float,

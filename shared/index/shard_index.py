@@ -223,7 +223,7 @@ class ShardIndex:
                     counted = banded and allowed is None  # the running shares are of unfiltered searches
                     ef = (pool if whole else
                           calibration.ef_for(k, self._calibration.first_ef(kind, tuning) if counted else tuning.ef))
-                    far = ((tuning.far_below * query_scale, self._far_list(k, tuning.far_ef))
+                    far = ((tuning.far_below * query_scale, calibration.far_ef_for(k, tuning.far_ef))
                            if banded and len(graphs) > 1 else None)
                     # An unfiltered search of one graph whose dims the store keeps in float32
                     # scans the store instead wherever that is the cheaper of the two.
@@ -232,7 +232,7 @@ class ShardIndex:
                         ranked = self._store.top_of_all(query, k)
                     else:
                         ranked = self._approximate(query, graphs, k, ef, allowed, far)
-                        longer = (self._far_list(k, tuning.lists()[tuning.needs(ranked[-1][1] / query_scale)])
+                        longer = (calibration.far_ef_for(k, tuning.lists()[tuning.needs(ranked[-1][1] / query_scale)])
                                   if banded and len(graphs) == 1 else ef)
                         if longer > ef:
                             ranked = (self._store.top_of_all(query, k) if scans and pool <= SCAN_ROWS_PER_EF * longer
@@ -281,11 +281,6 @@ class ShardIndex:
                          for graph, one, size, new in zip(graphs, found, sizes, grown)]
                 sizes = grown
         return with_zeros(ranked, k, graphs, self._blocks, self._records if allowed is None else allowed)
-
-    @staticmethod
-    def _far_list(k: int, ef_at_k10: int) -> int:
-        """The list of a top-k search with a far band's ef: scaled with k, but at most EF_FAR or 2k."""
-        return min(calibration.ef_for(k, ef_at_k10), max(calibration.EF_FAR, 2 * k))
 
     def _list_sizes(self, graphs: list[Graph], k: int, ef: int) -> list[int]:
         """The first list size of each block's graph in a fused search with list size `ef`: at
