@@ -25,11 +25,10 @@ from shared.index.shard_index import ShardIndex
 from shared.index.snapshot import fsync_dir
 from shared.store import jobs, keys, shardlog
 from shared.store.catalog import Collection
-from workers.slot_follower import PENDING, PREVIOUS, SNAPSHOT, ShardKey, ShardState, SlotFollower
+from workers.slot_follower import IDLE_S, PENDING, PREVIOUS, SNAPSHOT, ShardKey, ShardState, SlotFollower
 
 log = logging.getLogger(__name__)
 
-IDLE_SNAPSHOT_S = 2.0
 SNAPSHOT_SHARE = 0.1  # a shard also waits for this share of its items in new entries between snapshots
 
 
@@ -113,7 +112,7 @@ class ShardOwner(SlotFollower):
             current = list(self.shards.items())
         for key, state in current:
             interval = snapshot_interval(len(state.index), self.settings.snapshot_every)
-            if state.unsaved and (state.unsaved >= interval or now - state.last_write >= IDLE_SNAPSHOT_S):
+            if state.unsaved and (state.unsaved >= interval or now - state.last_write >= IDLE_S):
                 self.snapshot(key)
 
     def snapshot_all(self) -> None:

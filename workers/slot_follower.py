@@ -11,7 +11,9 @@ A shard is loaded from the newest verified snapshot in `MMSEARCH_DATA_DIR/shards
 (falling back to the previous one), and the log after it is replayed; each index keeps one
 graph per vector block (the collection's image dim) and tunes its search list for
 `Settings.recall_target`, and a snapshot of the older one-graph format is rebuilt that way as
-it loads.
+it loads. A shard whose log has been quiet for IDLE_S is at rest: its tuning is measured again
+there if the writes since the last measurement call for it (`ShardIndex.settle`), before the
+owner's snapshot of it.
 
 A shard whose log was trimmed (the shard state's `trimmed` mark) but that has no verified
 snapshot cannot be rebuilt: it is refused loudly (searches report it as not answered) rather
@@ -44,6 +46,7 @@ log = logging.getLogger(__name__)
 APPLY_BATCH = 256
 REFRESH_S = 1.0
 RETRY_REFUSED_S = 30.0  # a shard that could not be rebuilt is tried again this often
+IDLE_S = 2.0  # a shard whose log has been quiet this long is at rest
 SNAPSHOT, PREVIOUS = "snapshot.bin", "snapshot.prev.bin"
 PENDING = "snapshot.new.bin"  # complete and verified, not yet rotated in (a crash between two renames)
 SNAPSHOT_FILES = (SNAPSHOT, PENDING, PREVIOUS)  # in the order a load tries them
@@ -111,6 +114,14 @@ class SlotFollower(ABC):
 
     def housekeeping(self) -> None:
         """Work between two reads of the logs, once caught up with them (none by default)."""
+
+    def settle(self) -> None:
+        """Measure the tuning of each shard at rest again where its writes call for it; a shard
+        measured again counts as unsaved (the owner's next snapshot keeps the new tuning)."""
+        now = time.monotonic()
+        for state in list(self.shards.values()):
+            if now - state.last_write >= IDLE_S and state.index.settle():
+                state.unsaved = max(state.unsaved, 1)
 
     # -- ownership and loading -------------------------------------------------------------
     def owns(self, shard: int) -> bool:
@@ -274,6 +285,7 @@ class SlotFollower(ABC):
                 if not self.step(block_ms=200 if self.caught_up.is_set() else None):
                     self.caught_up.set()
                 if self.caught_up.is_set():  # nothing that pauses applying before the first replay is done
+                    self.settle()
                     self.housekeeping()
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
                 log.warning("slot %d: Redis unreachable (%s); retrying", self.slot, exc)

@@ -359,12 +359,21 @@ class ShardIndex:
         with self._calibration.running:
             return self._calibrate()
 
-    def _calibrate_if_due(self) -> None:
-        if self._calibration.due(len(self._records)) and self._calibration.running.acquire(blocking=False):
+    def settle(self) -> bool:
+        """Calibrate now if the shard has grown by `calibration.SETTLE_SHARE` since the last
+        calibration (or a calibration is due anyway); whether it did. For the caller that knows
+        the shard is at rest: its writes have stopped."""
+        return self._calibrate_if_due(at_rest=True)
+
+    def _calibrate_if_due(self, *, at_rest: bool = False) -> bool:
+        if self._calibration.due(len(self._records), at_rest=at_rest) and \
+                self._calibration.running.acquire(blocking=False):
             try:
                 self._calibrate()
             finally:
                 self._calibration.running.release()
+            return True
+        return False
 
     def _calibrate(self) -> dict[str, calibration.Tuning]:
         with self._lock.read():  # one consistent copy of every block's vectors

@@ -37,6 +37,21 @@ def test_small_shards_use_the_default_ef_until_calibrated(monkeypatch):
     assert index.stats()["calibrated_at"] == 580  # 120 changed: 20% of 600
 
 
+def test_a_shard_at_rest_is_calibrated_again_once_it_has_grown_by_a_quarter(monkeypatch):
+    monkeypatch.setattr(calibration, "CALIBRATE_MIN", 300)
+    rng = np.random.default_rng(19)
+    vectors = unit(rng, 375, 16)
+    ids = [f"r{j}" for j in range(375)]
+    index = ShardIndex(16)
+    index.upsert(ids[:300], vectors[:300], records_for(ids[:300]))
+    assert index.stats()["calibrated_at"] == 300
+    index.upsert(ids[300:374], vectors[300:374], records_for(ids[300:374]))  # short of a quarter
+    assert not index.settle() and index.stats()["calibrated_at"] == 300
+    index.upsert(ids[374:375], vectors[374:375], records_for(ids[374:375]))
+    assert index.settle() and index.stats()["calibrated_at"] == 375  # not doubled, but at rest
+    assert not index.settle()
+
+
 def test_a_lower_recall_target_calibrates_a_smaller_ef(monkeypatch):
     """Uniform random vectors, the hardest case for a graph: each ef reaches about the recall
     it was calibrated for on fresh queries."""

@@ -6,7 +6,9 @@ import pytest
 from shared.store import catalog, jobs, keys, shardlog
 from shared.runtime.config import Settings
 from shared.store.shardlog import LogEntry
+from shared.index import calibration
 from shared.index.shard_index import ShardIndex
+from workers import slot_follower
 from workers.shard_owner import PREVIOUS, SNAPSHOT, ShardOwner
 from workers.shard_replica import ShardReplica
 
@@ -105,6 +107,27 @@ def test_a_large_shard_waits_for_a_tenth_of_its_items_between_snapshots(redis_cl
     owner.snapshot_due()
     assert state.unsaved == 0
     assert len(ShardIndex.load(state.directory / SNAPSHOT)[0]) == 335
+
+
+def test_a_shard_at_rest_has_its_tuning_measured_again_and_snapshotted(setup, monkeypatch):
+    monkeypatch.setattr(calibration, "CALIBRATE_MIN", 100)
+    r, settings, coll = setup
+    owner = ShardOwner(0, settings, r)
+    key = (coll.cid, 0)
+    log_items(r, coll, [f"a{i}" for i in range(100)])
+    drain(owner)
+    state = owner.get(*key)
+    log_items(r, coll, [f"b{i}" for i in range(40)])
+    drain(owner)
+    assert state.index.stats()["calibrated_at"] == 100  # not doubled
+    owner.settle()
+    assert state.index.stats()["calibrated_at"] == 100  # just written: not at rest
+    monkeypatch.setattr(slot_follower, "IDLE_S", 0.0)
+    owner.snapshot(key)
+    owner.settle()
+    assert state.index.stats()["calibrated_at"] == 140 and state.unsaved == 1
+    owner.snapshot(key)
+    assert ShardIndex.load(state.directory / SNAPSHOT)[0].stats()["calibrated_at"] == 140
 
 
 def test_on_stop_the_owner_snapshots_and_a_replica_only_removes_its_positions(setup):
