@@ -6,15 +6,8 @@ k / CALIBRATION_K (`ef_for`), per query kind ("image", "text", "fused"; "vector"
 one-graph shard). The queries are CALIBRATION_QUERIES of the shard's own stored items that
 have the kind's blocks, each turned towards the difference of two other stored items until it
 is as close to the item as the item's nearest other item is (like a new item among similar
-ones). An image query (NEIGHBOUR_TURNED) turns as much towards its item's nearest other item as
-along that difference: a new photo differs from its nearest stored one mostly where neighbouring
-photos differ. Turned along the difference alone, the image kind of one shard of 25,000 of
-`bench.search`'s items took a list of 512 where its held-out photos reached recall@10 0.992 at
-64, now 128; queries with words stay as they were: those of the benchmark are class names,
-unlike any stored text block, and turned towards the nearest item the fused kind's list fell so
-short that its 0.25:1 queries reached 0.974. A kind of two blocks (fused) has
-CALIBRATION_QUERIES of them per mix of MIX_WEIGHTS, the weights its queries may give the
-blocks, in turn (a mix that favours one block is harder
+ones). A kind of two blocks (fused) has CALIBRATION_QUERIES of them per mix of MIX_WEIGHTS,
+the weights its queries may give the blocks, in turn (a mix that favours one block is harder
 to search than 1:1; calibrated on 1:1 alone, 0.25:1 queries fell short of the target). Exact
 top-k comes from a matmul over every live item's block vectors (copied out of the shard's
 vector store under the read lock, then computed outside it). `ef` is the smallest rung of
@@ -73,7 +66,6 @@ EF_FAR = 4096             # a far band's ef (at k = CALIBRATION_K) where no rung
 FAR_COSINES = (0.1, 0.9)  # far calibration queries: cosine with the stored item they turn away from
 FAR_BANDS = 3             # far calibration queries per band: CALIBRATION_QUERIES at most
 MIX_WEIGHTS = ((1.0, 1.0), (1.0, 0.25), (0.25, 1.0))  # block weights of a fused kind's queries, in turn
-NEIGHBOUR_TURNED = ("image",)  # the blocks of the kind whose queries turn towards their nearest item as well
 FAR_QUANTILE = 0.5        # far_below: this quantile of the calibration queries' k-th score per norm
 CALIBRATION_QUERIES = 64  # stored items used as queries per kind
 CALIBRATE_MIN = 1000      # a kind is calibrated once this many items have its blocks
@@ -243,11 +235,8 @@ def measure(parts: list[Block], dumps: dict[str, Dump], dim: int, recall_target:
     chosen = _stored(parts, dumps, picks, dim)
     picks, stored = picks[:count], chosen[:count]
     universe = np.unique(np.concatenate(labels))
-    nearest, closest = _nearest_other(parts, dumps, universe, stored, np.searchsorted(universe, picks))
-    directions = chosen[count:2 * count] - chosen[2 * count:]
-    if [part.name for part in parts] == list(NEIGHBOUR_TURNED):
-        directions = _unit(_stored(parts, dumps, universe[closest], dim) - stored) + _unit(directions)
-    queries = _weighted(parts, _off_node(stored, nearest, directions))
+    nearest = _nearest_other(parts, dumps, universe, stored, np.searchsorted(universe, picks))
+    queries = _weighted(parts, _off_node(stored, nearest, chosen[count:2 * count] - chosen[2 * count:]))
     top, scores = _exact_top(parts, dumps, universe, queries)
     far_below = float(np.quantile(scores.min(axis=0) / scale(parts, queries), FAR_QUANTILE))
     needed = (1.0 - (1.0 - recall_target) * CALIBRATION_MARGIN) * CALIBRATION_K
@@ -319,21 +308,13 @@ def _exact_top(parts: list[Block], dumps: dict[str, Dump], universe: np.ndarray,
 
 
 def _nearest_other(parts: list[Block], dumps: dict[str, Dump], universe: np.ndarray,
-                   stored: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each stored vector's best score with another item (`rows`: its own row in `universe`),
-    and that item's row."""
-    nearest, closest = [], []
+                   stored: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Each stored vector's best score with another item (`rows`: its own row in `universe`)."""
+    nearest = []
     for s, scores in _exact_chunks(parts, dumps, universe, stored):
         scores[rows[s:s + scores.shape[1]], np.arange(scores.shape[1])] = -np.inf
-        closest.append(scores.argmax(axis=0))
-        nearest.append(scores[closest[-1], np.arange(scores.shape[1])])
-    return np.concatenate(nearest), np.concatenate(closest)
-
-
-def _unit(rows: np.ndarray) -> np.ndarray:
-    """The rows scaled to unit length (rows of zeros stay zeros)."""
-    norms = np.linalg.norm(rows, axis=1, keepdims=True)
-    return np.divide(rows, norms, out=np.zeros_like(rows), where=norms > 1e-12)
+        nearest.append(scores.max(axis=0))
+    return np.concatenate(nearest)
 
 
 def _exact_chunks(parts: list[Block], dumps: dict[str, Dump], universe: np.ndarray,

@@ -1,7 +1,7 @@
 """Shard snapshot files: a shard's graphs, records and tuning in one file with the log position
 it covers, written atomically and durably, and loaded only once the whole file checks out.
 
-Snapshot file layout (little-endian), format version 8:
+Snapshot file layout (little-endian), format version 7:
     header   magic b"MMSHARD\\0", u32 format version, u32 dim, u64 count (live items),
              u32 position length, u64 payload length, 32-byte SHA-256
     position the log position the snapshot covers, UTF-8
@@ -21,9 +21,7 @@ Snapshot file layout (little-endian), format version 8:
              3 both, 0 neither (all zeros); 1 in a one-graph shard),
              u64 n + n bytes of thumbnails, concatenated
 The SHA-256 covers every byte after the magic except the digest itself: the header fields,
-the position and the payload. Older versions still load: 7 (the same bytes, its image tuning
-measured on queries turned along random differences alone, `shared.index.calibration`:
-measured again on load), 6 (each kind's tuning with one far list,
+the position and the payload. Older versions still load: 6 (each kind's tuning with one far list,
 {"ef", "far_below", "far_ef"}: it serves as one band until the tuning is measured again, on
 load), 5 (as 6 without "projections": no
 graph projected; a graph due is projected on load), 4 (every block of "vector_dtype": a
@@ -63,8 +61,8 @@ from shared.runtime.forked import ForkFailed, run_forked
 log = logging.getLogger(__name__)
 
 MAGIC = b"MMSHARD\0"
-FORMAT_VERSION = 8
-READABLE_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8)
+FORMAT_VERSION = 7
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6, 7)
 _HEADER = struct.Struct("<8sIIQIQ32s")
 _DIGEST_AT = _HEADER.size - 32
 _U64 = struct.Struct("<Q")
@@ -211,7 +209,7 @@ def load(path: Path) -> tuple[ShardState, str]:
                 meta: dict[str, Any] = {"image_dim": 0, "recall_target": 0.99, "calibrated_at": 0, "tuning": None}
             else:
                 meta = json.loads(_read_exact(f, _read_u64(f)))
-            if version < 8:  # image queries turned otherwise (before 7 one far list): measured again
+            if version < 7:  # one far list (before 3 per unit of the query's whole norm): measured again
                 meta["calibrated_at"] = 0
             image_dim = meta["image_dim"] if 0 < meta["image_dim"] < dim else 0
             layout = layouts.check(meta.get("layout", "blocks"), image_dim)

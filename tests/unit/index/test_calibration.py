@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from shared.encoding.fusion import build_query, fuse
+from shared.encoding.fusion import build_query
 from shared.index import calibration
 from shared.index.calibration import ef_for
 from shared.index.shard_index import ShardIndex
-from tests.unit.index.helpers import IMAGE_DIM, TEXT_DIM, WIDE_IMAGE_DIM, records_for, unit, wide_items
+from tests.unit.index.helpers import IMAGE_DIM, TEXT_DIM, records_for, unit
 
 
 def test_ef_grows_with_k_from_the_calibrated_one():
@@ -72,24 +72,6 @@ def test_a_lower_recall_target_calibrates_a_smaller_ef(monkeypatch):
                     for q, truth in zip(queries, exact))
         assert found / exact.size >= target - 0.03, (target, chosen[target], found / exact.size)
     assert chosen[0.8] < chosen[0.99]
-
-
-def test_image_queries_calibrated_near_their_nearest_items_reach_the_target_on_new_images():
-    """The image kind's calibration queries turn towards their items' nearest other items as
-    well (`calibration.NEIGHBOUR_TURNED`): the list they settle on still finds the top 10 of new
-    images like the stored ones (low-rank features, as CNN features are)."""
-    rng = np.random.default_rng(23)
-    n = 4000
-    images, texts = wide_items(rng, n + 200)
-    vectors = np.stack([fuse(i, t, WIDE_IMAGE_DIM, TEXT_DIM) for i, t in zip(images[:n], texts[:n])])
-    ids = [f"w{j}" for j in range(n)]
-    index = ShardIndex(WIDE_IMAGE_DIM + TEXT_DIM, image_dim=WIDE_IMAGE_DIM)
-    index.upsert(ids, vectors.astype(np.float32), records_for(ids))
-    assert "image" in calibration.NEIGHBOUR_TURNED and index.stats()["calibrated_at"] == n
-    queries = np.stack([build_query(image, None, WIDE_IMAGE_DIM, TEXT_DIM).vector for image in images[n:]])
-    exact = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
-    found = sum(len({h.id for h in index.search(q, 10)} & {ids[j] for j in truth}) for q, truth in zip(queries, exact))
-    assert found / exact.size >= 0.99
 
 
 def list_sizes_searched(index: ShardIndex, monkeypatch) -> list[int]:
