@@ -11,9 +11,11 @@ plus noise drawn from the real items' spread, whose recall-vs-ef curves and neig
 gaps match the real vectors' (`python -m bench.vectors`, README). The last 400 Fashion-MNIST
 test images are left out of that base: they are the near queries.
 
-Once filled, the bench waits until every shard has snapshotted all it applied (the shard workers
-write those snapshots when the writes stop; "snapshots s" in the fill table, write_results), so the searches
-measure the service at rest, not sharing the disk and cores with the snapshot writers.
+Once filled, the bench waits until every shard has snapshotted all it applied and the shard
+workers have gone quiet (when the writes stop they write those snapshots, and a shard that grew
+since its last calibration measures its tuning again first; "snapshots s" in the fill table,
+write_results), so the searches measure the service at rest, not sharing the disk and cores
+with the snapshot writers or a calibration.
 
 Queries, k=10, through HTTP by 1, 8 (and 32 in the full run) client threads, each with its own
 `requests.Session` (`bench.search.queries`). Near kinds (the headline), from the held-out

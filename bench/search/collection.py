@@ -17,6 +17,8 @@ from shared.store.catalog import Collection, get_collection
 
 PROGRESS_S = 60.0  # how often a fill prints how far it is
 STALL_S = 600.0  # a fill whose count stands still this long has stopped
+QUIET_S = 5.0  # shard workers count as quiet once they have used under QUIET_CPU a second this long
+QUIET_CPU = 0.1  # CPU seconds a second (a tenth of a core; idle workers poll their logs and leases)
 
 
 def fill(svc: Service, name: str, vectors: np.ndarray, ids: list[str], metadata: list[dict[str, Any]],
@@ -85,18 +87,33 @@ def wait_searchable(svc: Service, name: str, total: int, timeout_s: float, note:
 
 
 def settle(svc: Service, name: str, timeout_s: float = 600) -> float:
-    """Seconds until every shard of the collection has a snapshot of all it applied (the shard
-    workers write them once the writes stop; searches meanwhile share the disk and the cores
-    with the snapshot writers)."""
+    """Seconds until every shard of the collection has a snapshot of all it applied and the
+    shard workers have gone quiet: once the writes stop, a shard snapshots, and one that grew
+    since it last measured its search tuning measures it again and snapshots once more
+    (`ShardIndex.settle`); searches meanwhile would share the disk and the cores with them."""
     coll: Collection = get_collection(svc.redis, name)
     t0 = time.perf_counter()
     while True:
         states = [svc.redis.hgetall(keys.shard_state(coll.cid, shard)) for shard in range(coll.shards)]
         if all(b"applied" in state and state.get(b"snapshot") == state[b"applied"] for state in states):
-            return time.perf_counter() - t0
+            break
         if time.perf_counter() - t0 > timeout_s:
             raise RuntimeError(f"{name}: the shards did not snapshot what they applied within {timeout_s:g} s")
         time.sleep(0.2)
+    quiet_since, used = time.perf_counter(), shard_cpu_seconds(svc)
+    while time.perf_counter() - quiet_since < QUIET_S:
+        time.sleep(1.0)
+        before, used = used, shard_cpu_seconds(svc)
+        if used - before > QUIET_CPU:
+            quiet_since = time.perf_counter()
+        if time.perf_counter() - t0 > timeout_s:
+            raise RuntimeError(f"{name}: the shard workers did not go quiet within {timeout_s:g} s")
+    return time.perf_counter() - t0
+
+
+def shard_cpu_seconds(svc: Service) -> float:
+    """CPU seconds the shard workers (and their snapshot children) have used so far."""
+    return sum(seconds for role, seconds in svc.cpu_seconds().items() if role.startswith("shard"))
 
 
 def memory_row(n: int, shards: int, before: dict[str, int], after: dict[str, int]) -> dict[str, Any]:
