@@ -10,6 +10,7 @@ import numpy as np
 
 from bench.bulk import bulk_insert
 from bench.photos import Photo
+from bench.search.timing import role_cpu_seconds
 from bench.service import Service, Upload
 from shared.store import keys
 from shared.store.catalog import Collection, get_collection
@@ -100,20 +101,15 @@ def settle(svc: Service, name: str, timeout_s: float = 600) -> float:
         if time.perf_counter() - t0 > timeout_s:
             raise RuntimeError(f"{name}: the shards did not snapshot what they applied within {timeout_s:g} s")
         time.sleep(0.2)
-    quiet_since, used = time.perf_counter(), shard_cpu_seconds(svc)
+    quiet_since, used = time.perf_counter(), role_cpu_seconds(svc)["shard"]
     while time.perf_counter() - quiet_since < QUIET_S:
         time.sleep(1.0)
-        before, used = used, shard_cpu_seconds(svc)
+        before, used = used, role_cpu_seconds(svc)["shard"]
         if used - before > QUIET_CPU:
             quiet_since = time.perf_counter()
         if time.perf_counter() - t0 > timeout_s:
             raise RuntimeError(f"{name}: the shard workers did not go quiet within {timeout_s:g} s")
     return time.perf_counter() - t0
-
-
-def shard_cpu_seconds(svc: Service) -> float:
-    """CPU seconds the shard workers (and their snapshot children) have used so far."""
-    return sum(seconds for role, seconds in svc.cpu_seconds().items() if role.startswith("shard"))
 
 
 def memory_row(n: int, shards: int, before: dict[str, int], after: dict[str, int]) -> dict[str, Any]:
