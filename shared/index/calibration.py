@@ -53,8 +53,8 @@ measured at rest). Searches go on meanwhile; the new ef values replace the old o
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
-from typing import Callable, Iterator
+from dataclasses import dataclass, replace
+from typing import Callable, Hashable, Iterator
 
 import numpy as np
 
@@ -100,10 +100,14 @@ class Tuning:
 
     `bands`: (below, ef) from the nearest band to the farthest, `below` falling and `ef` rising:
     a query whose k-th score per unit of its scale is below a band's `below` needs its `ef`.
-    None of them: never searched again."""
+    None of them: never searched again. `mixes`: per mix of MIX_WEIGHTS (the first alone for a
+    one-block kind), (ef, reached) as measured on the shard's real queries of that mix
+    (`sampled`): the list they need and the farthest k-th score per unit of scale among them;
+    (0, 0.0) where not measured (see `at`)."""
 
     ef: int = EF_DEFAULT
     bands: tuple[tuple[float, int], ...] = ()
+    mixes: tuple[tuple[int, float], ...] = ()
 
     @property
     def far_below(self) -> float | None:
@@ -123,11 +127,26 @@ class Tuning:
         """Which of `lists()` a query whose k-th score per unit of its scale is `score` needs."""
         return sum(1 for below, _ in self.bands if score < below)
 
+    def at(self, mix: int) -> Tuning:
+        """The tuning of a query of mix `mix`: where that mix was measured on real queries, their
+        list, and beyond the farthest of them the bands' longer lists (the band the farthest one
+        lies in starting there); this tuning otherwise."""
+        if not self.mixes or not self.mixes[mix][0]:
+            return self
+        ef, reached = self.mixes[mix]
+        around = [band_ef for below, band_ef in self.bands if below >= reached]  # bands `reached` lies in
+        bands = [(reached, around[-1])] if around and around[-1] > ef else []
+        for below, band_ef in self.bands:
+            if below < reached and band_ef > max([ef] + [e for _, e in bands]):
+                bands.append((below, band_ef))
+        return Tuning(ef, tuple(bands))
+
     @classmethod
     def of(cls, saved: dict) -> Tuning:
         """A tuning as `asdict` saved it; one saved with a single far list (before bands) too."""
+        mixes = tuple((int(ef), float(reached)) for ef, reached in saved.get("mixes", ()))
         if "bands" in saved:
-            return cls(int(saved["ef"]), tuple((float(b), int(e)) for b, e in saved["bands"]))
+            return cls(int(saved["ef"]), tuple((float(b), int(e)) for b, e in saved["bands"]), mixes)
         far_below = saved.get("far_below")
         return cls(int(saved["ef"]), () if far_below is None else ((float(far_below), int(saved["far_ef"])),))
 
@@ -146,27 +165,28 @@ class Calibration:
         self._changed = 0       # updated and deleted items since then
         self.lock = threading.Lock()
         self.running = threading.Lock()
-        # Per kind, the running share of unfiltered searches that needed each of its tuning's
-        # `lists()`; updates may race (a lost one changes nothing that matters), so no lock.
-        self.shares: dict[str, list[float]] = {kind: [0.0] for kind in kinds}
+        # Per kind and mix, the running share of unfiltered searches that needed each of its
+        # tuning's `lists()`; updates may race (a lost one changes nothing that matters), so no lock.
+        self.shares: dict[Hashable, list[float]] = {}
 
-    def first_ef(self, kind: str, tuning: Tuning) -> int:
-        """The list an unfiltered search of `kind` starts with: the one of `tuning.lists()` whose
-        search, plus a search with each longer list times the share of recent searches that
-        needed it, costs least (the costs taken as proportional to the lists; the shorter on a tie)."""
-        lists, shares = tuning.lists(), self.shares[kind]
+    def first_ef(self, key: Hashable, tuning: Tuning) -> int:
+        """The list an unfiltered search of `key` (its kind and mix) with `tuning` starts with: the
+        one of `tuning.lists()` whose search, plus a search with each longer list times the share
+        of recent searches that needed it, costs least (the costs taken as proportional to the
+        lists; the shorter on a tie)."""
+        lists, shares = tuning.lists(), self.shares.get(key, [0.0])
         if len(shares) != len(lists):  # a new tuning: no share yet
             return lists[0]
         costs = [ef + sum(share * longer for share, longer in zip(shares[i + 1:], lists[i + 1:]))
                  for i, ef in enumerate(lists)]
         return lists[costs.index(min(costs))]
 
-    def saw(self, kind: str, tuning: Tuning, needed: int) -> None:
-        """Count an unfiltered search of `kind` that needed the list `tuning.lists()[needed]`."""
-        shares = self.shares[kind]
+    def saw(self, key: Hashable, tuning: Tuning, needed: int) -> None:
+        """Count an unfiltered search of `key` that needed the list `tuning.lists()[needed]`."""
+        shares = self.shares.get(key, [])
         if len(shares) != len(tuning.bands) + 1:
             shares = [0.0] * (len(tuning.bands) + 1)
-        self.shares[kind] = [share + SHARE_WEIGHT * (float(i == needed) - share) for i, share in enumerate(shares)]
+        self.shares[key] = [share + SHARE_WEIGHT * (float(i == needed) - share) for i, share in enumerate(shares)]
 
     def wrote(self, inserted: int, changed: int) -> None:
         """Count a batch of writes: new items, and updated or deleted ones."""
@@ -193,13 +213,18 @@ class Calibration:
     def calibrated(self, count: int, pending: tuple[int, int],
                    measured: dict[str, Tuning | None]) -> dict[str, Tuning]:
         """Take the tuning measured on `count` items (None: a kind keeps its own); returns it all."""
+        with self.lock:
+            self.calibrated_at = count
+            self._inserted -= pending[0]
+            self._changed -= pending[1]
+        return self.retuned(measured)
+
+    def retuned(self, measured: dict[str, Tuning | None]) -> dict[str, Tuning]:
+        """Take a new tuning of some kinds (None: a kind keeps its own); returns it all."""
         chosen = dict(self.tuning)
         chosen.update((kind, tuning) for kind, tuning in measured.items() if tuning is not None)
         with self.lock:
             self.tuning = chosen
-            self.calibrated_at = count
-            self._inserted -= pending[0]
-            self._changed -= pending[1]
         return dict(chosen)
 
 
@@ -262,6 +287,26 @@ def measure(parts: list[Block], dumps: dict[str, Dump], dim: int, recall_target:
             bands.append((below, start))
         below = float(distance[band[-1]])
     return Tuning(ef, tuple(bands) if bands else ((far_below, ef),))
+
+
+def sampled(parts: list[Block], dumps: dict[str, Dump], groups: list[np.ndarray | None], recall_target: float,
+            search: Search, tuning: Tuning) -> Tuning:
+    """`tuning` with the mixes measured on the shard's real queries (`groups`: per mix of
+    MIX_WEIGHTS, the sampled queries; None keeps the mix's): each mix's list is the smallest rung
+    of EF_LADDER at which they reach the target as `measure`'s do, and `reached` their farthest
+    exact k-th score per unit of scale. Unchanged when the kind has too few items."""
+    labels = [dumps[part.name].labels for part in parts]
+    if min(len(x) for x in labels) < CALIBRATE_MIN:
+        return tuning
+    universe = np.unique(np.concatenate(labels))
+    needed = (1.0 - (1.0 - recall_target) * CALIBRATION_MARGIN) * CALIBRATION_K
+    mixes = list(tuning.mixes) or [(0, 0.0)] * len(MIX_WEIGHTS)
+    for mix, queries in enumerate(groups):
+        if queries is not None:
+            top, scores = _exact_top(parts, dumps, universe, queries)
+            reached = float(np.min(scores.min(axis=0) / scale(parts, queries)))
+            mixes[mix] = (_smallest_ef(search, queries, universe[top], needed, EF_LADDER[0], EF_LADDER[-1]), reached)
+    return replace(tuning, mixes=tuple(mixes))
 
 
 def scale(parts: list[Block], queries: np.ndarray) -> np.ndarray:

@@ -51,6 +51,7 @@ import numpy as np
 
 from shared.errors import SnapshotError
 from shared.index import calibration, layouts, projection, snapshot
+from shared.index.query_sample import QuerySample, mix_of
 from shared.index.filters import MetadataIndex
 from shared.index.graph import Graph, estimated_bytes
 from shared.index.join import by_block, deeper, join, with_zeros
@@ -119,6 +120,7 @@ class ShardIndex:
         self._lock = RWLock()
         self._writing = threading.Lock()  # one write (or projection) at a time; searches go on
         self._calibration = calibration.Calibration(self.kinds)
+        self._sample = QuerySample(self.kinds)  # recent unfiltered queries, to measure the lists on
         self._project_at, self._projected_dims = project_at, projected_dims
 
     # -- writes ------------------------------------------------------------------------------
@@ -199,7 +201,10 @@ class ShardIndex:
         kind = layouts.kind_of(self.layout, bits)
         parts = layouts.parts_of(self._parts, kind)  # the blocks the query has
         graphs = layouts.searched(self._graphs, bits)
-        tuning = self._calibration.tuning[kind]
+        mix = mix_of(parts, query)
+        tuning = self._calibration.tuning[kind].at(mix)
+        if not filter:
+            self._sample.add(kind, mix, query)
         query_scale = float(calibration.scale(parts, query))
         with self._lock.read():
             allowed: set[int] | None = None
@@ -222,7 +227,7 @@ class ShardIndex:
                     banded = not whole and tuning.far_ef > tuning.ef
                     counted = banded and allowed is None  # the running shares are of unfiltered searches
                     ef = (pool if whole else
-                          calibration.ef_for(k, self._calibration.first_ef(kind, tuning) if counted else tuning.ef))
+                          calibration.ef_for(k, self._calibration.first_ef((kind, mix), tuning) if counted else tuning.ef))
                     far = ((tuning.far_below * query_scale, calibration.far_ef_for(k, tuning.far_ef))
                            if banded and len(graphs) > 1 else None)
                     # An unfiltered search of one graph whose dims the store keeps in float32
@@ -240,7 +245,7 @@ class ShardIndex:
                 except RuntimeError:  # hnswlib reached fewer than k qualifying items
                     ranked = self._store.top(query, list(self._records if allowed is None else allowed), k)
                 if counted and ranked:
-                    self._calibration.saw(kind, tuning, tuning.needs(ranked[-1][1] / query_scale))
+                    self._calibration.saw((kind, mix), tuning, tuning.needs(ranked[-1][1] / query_scale))
             labels = [label for label, _ in ranked]
             vectors = self._store.vectors(labels, self.dim) if return_vectors else None
             blocks = (by_block(query, self._parts, parts, self._blocks, self._store, ranked)
@@ -327,7 +332,8 @@ class ShardIndex:
         (`vector_dtype`); `bytes`: an estimate of the whole index, with every graph's and the
         store's allocated capacity and the records (ids, texts, thumbnails; not metadata).
         `ef`, `far_below`, `far_ef` and `far_bands` (ef values at k = CALIBRATION_K): each query
-        kind's tuning (`shared.index.calibration.Tuning`; `far_bands` as [below, ef] pairs);
+        kind's tuning (`shared.index.calibration.Tuning`; `far_bands` as [below, ef] pairs,
+        `sampled` as [ef, reached] per mix measured on real queries);
         `calibrated_at`: live items at the last calibration (0: not calibrated).
         """
         with self._lock.read():
@@ -348,6 +354,7 @@ class ShardIndex:
                 "far_below": {kind: t.far_below for kind, t in tuning.items()},
                 "far_ef": {kind: t.far_ef for kind, t in tuning.items()},
                 "far_bands": {kind: [list(band) for band in t.bands] for kind, t in tuning.items()},
+                "sampled": {kind: [list(mix) for mix in t.mixes] for kind, t in tuning.items()},
                 "calibrated_at": calibrated_at,
                 "graphs": graphs, "vector_bytes": live * self.dim * 4, "graph_bytes": graph_bytes,
                 "vector_dtype": self._store.dtype, "store_bytes": store_bytes,
@@ -361,9 +368,18 @@ class ShardIndex:
 
     def settle(self) -> bool:
         """Calibrate now if the shard has grown by `calibration.SETTLE_SHARE` since the last
-        calibration (or a calibration is due anyway); whether it did. For the caller that knows
-        the shard is at rest: its writes have stopped."""
-        return self._calibrate_if_due(at_rest=True)
+        calibration (or a calibration is due anyway), else measure the lists on the sampled real
+        queries if they are due (`shared.index.query_sample`); whether it did either. For the
+        caller that knows the shard is at rest: its writes have stopped."""
+        if self._calibrate_if_due(at_rest=True):
+            return True
+        if self._sample.due() and self._calibration.running.acquire(blocking=False):
+            try:
+                self._calibrate(items=False)
+            finally:
+                self._calibration.running.release()
+            return True
+        return False
 
     def _calibrate_if_due(self, *, at_rest: bool = False) -> bool:
         if self._calibration.due(len(self._records), at_rest=at_rest) and \
@@ -375,17 +391,26 @@ class ShardIndex:
             return True
         return False
 
-    def _calibrate(self) -> dict[str, calibration.Tuning]:
+    def _calibrate(self, *, items: bool = True) -> dict[str, calibration.Tuning]:
+        """Measure each kind's tuning on the shard's items (`items`; else keep it), then its
+        mixes on the sampled real queries where they are enough."""
         with self._lock.read():  # one consistent copy of every block's vectors
             copies = {part.name: calibration.copy_vectors(part, i, self._store, self._blocks)
                       for i, part in enumerate(self._parts)}
             count = len(self._records)
             pending = self._calibration.pending()
         rng = np.random.default_rng(count)
-        measured = {kind: calibration.measure(layouts.parts_of(self._parts, kind), copies, self.dim,
-                                              self.recall_target, self._search_unfiltered, rng)
-                    for kind in self.kinds}
-        tuning = self._calibration.calibrated(count, pending, measured)
+        measured: dict[str, calibration.Tuning | None] = {}
+        for kind in self.kinds:
+            parts = layouts.parts_of(self._parts, kind)
+            tuning = (calibration.measure(parts, copies, self.dim, self.recall_target, self._search_unfiltered, rng)
+                      if items else self._calibration.tuning[kind])
+            groups = self._sample.take(kind, only_due=not items)
+            if tuning is not None and any(group is not None for group in groups):
+                tuning = calibration.sampled(parts, copies, groups, self.recall_target, self._search_unfiltered, tuning)
+            measured[kind] = tuning
+        tuning = (self._calibration.calibrated(count, pending, measured) if items
+                  else self._calibration.retuned(measured))
         del copies
         release_free_memory()  # the copies of every vector, or the process keeps their pages
         return tuning

@@ -6,7 +6,8 @@ Snapshot file layout (little-endian), format version 7:
              u32 position length, u64 payload length, 32-byte SHA-256
     position the log position the snapshot covers, UTF-8
     payload  u64 n + n bytes of JSON {"image_dim", "layout", "recall_target", "calibrated_at",
-             "tuning": {kind: {"ef", "bands": [[below, ef], ...] (none: never searched again)}}, "vector_dtype",
+             "tuning": {kind: {"ef", "bands": [[below, ef], ...] (none: never searched again),
+             "mixes": [[ef, reached], ...] (measured on real queries; absent in older files: none)}}, "vector_dtype",
              "vector_dtypes" (one per block: how the store keeps it), "projections" (one per graph,
              `shared.index.projection`: {"dims" (0: not projected), "learned_at" (items when its
              directions were last learned; 0: never), "kept"})},
