@@ -66,10 +66,11 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import replace
 from pathlib import Path
 
 from bench.search.plan import Plan, parse_ints
-from bench.search.run import run
+from bench.search.run import HELD_OUT, run
 from bench.search.tables import report
 from bench.service import running_stack, write_results
 
@@ -81,6 +82,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shards", type=parse_ints, help="shard counts (default: 1,4 quick; 1,2,4)")
     parser.add_argument("--clients", type=parse_ints, help="concurrent clients (default: 1,8 quick; 1,8,32)")
     parser.add_argument("--slots", type=int, default=2, help="shard worker processes (MMSEARCH_SHARDS)")
+    parser.add_argument("--taught", type=int, default=128,
+                        help="unfiltered queries of each kind sent before the timed runs, in turn, for the shards to "
+                             "measure their lists on (shared.index.query_sample); at most what the held-out images "
+                             "leave; 0: lists measured on the items alone")
     parser.add_argument("--max-minutes", type=float, default=20.0,
                         help="skip a size whose fills and floor would take longer (estimated from the previous size)")
     parser.add_argument("--no-floor", action="store_true",
@@ -95,7 +100,8 @@ def main(argv: list[str] | None = None) -> None:
                 shard_counts=args.shards or ([1, 4] if args.quick else [1, 2, 4]),
                 client_counts=args.clients or ([1, 8] if args.quick else [1, 8, 32]),
                 min_queries=32 if args.quick else 64, per_client=8, repeats=3 if args.quick else 5,
-                max_minutes=args.max_minutes, floor=not args.no_floor, keep=args.data_dir is not None)
+                max_minutes=args.max_minutes, floor=not args.no_floor, keep=args.data_dir is not None, taught=0)
+    plan = replace(plan, taught=max(0, min(args.taught, HELD_OUT - plan.per_kind())))
     with running_stack(slots=args.slots, data_dir=args.data_dir) as svc:
         results = run(svc, plan)
         load = [round(x, 2) for x in os.getloadavg()]

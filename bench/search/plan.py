@@ -22,6 +22,7 @@ class Plan:
     repeats: int      # passes over the queries when timing the floor
     max_minutes: float  # a size whose fills and floor would take longer at the previous rates is skipped
     warm_up: int = 2  # queries sent before each kind's runs
+    taught: int = 128  # unfiltered queries per kind sent before any run, for the shards' sampled lists
     floor: bool = True  # build and search the in-process floor of each size
     keep: bool = False  # keep the collections (and reuse those the data dir holds): --data-dir
 
@@ -29,8 +30,8 @@ class Plan:
         return max(self.min_queries, clients * self.per_client)
 
     def per_kind(self) -> int:
-        """Distinct queries each kind needs: the warm-up and every run."""
-        return self.warm_up + sum(self.run_size(c) for c in self.client_counts)
+        """Distinct queries each kind needs: the warm-up, every run and the taught ones."""
+        return self.warm_up + sum(self.run_size(c) for c in self.client_counts) + self.taught
 
     def slices(self) -> Iterator[slice]:
         """Where in a kind's queries the warm-up lies, then each client count's run."""
@@ -38,6 +39,10 @@ class Plan:
         for size in [self.warm_up] + [self.run_size(c) for c in self.client_counts]:
             yield slice(start, start + size)
             start += size
+
+    def taught_slice(self) -> slice:
+        """Where in a kind's queries the taught ones lie: after every run's."""
+        return slice(self.per_kind() - self.taught, self.per_kind())
 
 
 @dataclass

@@ -18,7 +18,7 @@ from bench.search.floor import floor
 from bench.search.plan import Plan, Results, estimated_minutes
 from bench.search.queries import (CLASS_WORDS, K, KIND_SPECS, HeldOut, bucket_metadata, build_queries, encode_photos,
                                   exact_top, filter_rows)
-from bench.search.timing import measure_collection
+from bench.search.timing import measure_collection, teach
 from bench.service import Service
 from bench.vectors import fashion
 from bench.vectors.cache import real_base
@@ -110,7 +110,10 @@ def run(svc: Service, plan: Plan) -> Results:
                 resume(svc, name, synthetic, syn_ids, metadata, photos, plan.max_minutes * 60, note)
                 filled = {"fill_s": None, "items_per_s": None, "resumed": True}
             settle_s = settle(svc, name)
-            results.fills.append({"items": n, "shards": shards, **filled, "snapshots_s": round(settle_s, 1)})
+            teach(svc, name, queries, plan)
+            taught_s = settle(svc, name)
+            results.fills.append({"items": n, "shards": shards, **filled, "snapshots_s": round(settle_s, 1),
+                                  "taught_s": round(taught_s, 1)})
             measure_collection(svc, name, queries, exact, encode_ms, plan, {"items": n, "shards": shards}, results)
             results.memory.append(memory_row(n, shards, rss_before, svc.shard_rss()))
             if not plan.keep:

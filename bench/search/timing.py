@@ -52,6 +52,17 @@ def run_clients(svc: Service, name: str, queries: list[Query], clients: int) -> 
     return cell
 
 
+def teach(svc: Service, name: str, queries: dict[str, list[Query]], plan: Plan) -> None:
+    """Send each unfiltered kind's taught queries (`Plan.taught_slice`), one of each kind in
+    turn, as a mixed load would come: the shards sample them and measure their lists on them
+    (`shared.index.query_sample`) before any run is timed."""
+    pools = [pool[plan.taught_slice()] for pool in queries.values() if pool and pool[0].filter is None]
+    mixed = [query for turn in zip(*pools) for query in turn]
+    with requests.Session() as session:
+        for q in mixed:
+            svc.search(session, name, text=q.text, image=q.image, k=K, weights=q.weights)
+
+
 def query_worker_ms(bodies: list[dict[str, Any]]) -> float | None:
     """Mean time (ms) the query worker spent on a run's searches from the decoding of the query
     on, as their answers' `timings` say: decode and encode the query, send the slot requests,

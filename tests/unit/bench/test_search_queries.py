@@ -39,7 +39,9 @@ def test_runs_take_distinct_queries() -> None:
                 repeats=1, max_minutes=1.0)
     slices = list(plan.slices())
     assert [s.stop - s.start for s in slices] == [2, 64, 64, 256]
-    assert all(a.stop == b.start for a, b in zip(slices, slices[1:])) and slices[-1].stop == plan.per_kind()
+    taught = plan.taught_slice()
+    assert all(a.stop == b.start for a, b in zip(slices + [taught], slices[1:] + [taught]))
+    assert taught.stop - taught.start == plan.taught and taught.stop == plan.per_kind()
     boxes = crop_boxes(15)
     assert len(set(boxes)) == 15 and all(b - t == 0.75 and r - l == 0.75 for t, b, l, r in boxes)
 
