@@ -6,7 +6,7 @@ import pytest
 from shared.store import catalog, jobs, keys, shardlog
 from shared.runtime.config import Settings
 from shared.store.shardlog import LogEntry
-from shared.index import calibration
+from shared.index import calibration, query_sample
 from shared.index.shard_index import ShardIndex
 from workers import slot_follower
 from workers.shard_owner import PREVIOUS, SNAPSHOT, ShardOwner
@@ -128,6 +128,26 @@ def test_a_shard_at_rest_has_its_tuning_measured_again_and_snapshotted(setup, mo
     assert state.index.stats()["calibrated_at"] == 140 and state.unsaved == 1
     owner.snapshot(key)
     assert ShardIndex.load(state.directory / SNAPSHOT)[0].stats()["calibrated_at"] == 140
+
+
+def test_a_shard_at_rest_measures_its_lists_on_the_queries_it_was_sent_and_snapshots_them(setup, monkeypatch):
+    monkeypatch.setattr(calibration, "CALIBRATE_MIN", 100)
+    monkeypatch.setattr(slot_follower, "IDLE_S", 0.0)
+    r, settings, coll = setup
+    owner = ShardOwner(0, settings, r)
+    key = (coll.cid, 0)
+    vectors = log_items(r, coll, [f"a{i}" for i in range(150)])
+    drain(owner)
+    state = owner.get(*key)
+    owner.snapshot(key)
+    for vector in list(vectors.values())[:query_sample.SAMPLE_MIN]:  # whole vectors: fused queries
+        state.index.search(vector + 0.1 * rng.normal(size=len(vector)).astype(np.float32), 10)
+    assert state.unsaved == 0 and state.index.stats()["sampled"]["fused"] == []
+    owner.settle()
+    sampled = state.index.stats()["sampled"]["fused"]
+    assert any(ef for ef, _ in sampled) and state.unsaved == 1
+    owner.snapshot(key)
+    assert ShardIndex.load(state.directory / SNAPSHOT)[0].stats()["sampled"]["fused"] == sampled
 
 
 def test_on_stop_the_owner_snapshots_and_a_replica_only_removes_its_positions(setup):
