@@ -141,7 +141,8 @@ class SlotFollower(ABC):
                 continue
             try:
                 index, position = ShardIndex.load(path, image_dim=coll.dims["image"],
-                                                  recall_target=self.settings.recall_target)
+                                                  recall_target=self.settings.recall_target,
+                                                  sampled_lists=self.settings.sampled_lists)
             except SnapshotError as exc:
                 log.error("shard %s/%d: refusing %s: %s", coll.name, shard, name, exc)
                 continue
@@ -156,8 +157,8 @@ class SlotFollower(ABC):
             raise Unrecoverable(f"the log of shard {coll.name}/{shard} was trimmed up to {trimmed} and no "
                                 f"verified snapshot in {directory} covers it")
         dim = coll.dims["image"] + coll.dims["text"]
-        return ShardState(directory, ShardIndex(dim, image_dim=coll.dims["image"],
-                                                recall_target=self.settings.recall_target), "0-0")
+        return ShardState(directory, ShardIndex(dim, image_dim=coll.dims["image"], recall_target=self.settings.recall_target,
+                                                sampled_lists=self.settings.sampled_lists), "0-0")
 
     def _try_load(self, coll: Collection, shard: int) -> ShardState | None:
         key = (coll.cid, shard)

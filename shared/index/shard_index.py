@@ -96,7 +96,7 @@ class ShardIndex:
     def __init__(self, dim: int, *, image_dim: int = 0, layout: str = layouts.DEFAULT_LAYOUT, M: int = 16,
                  ef_construction: int = 200, initial_capacity: int = 1024, recall_target: float = 0.99,
                  vector_dtype: str = "float16", project_at: int = projection.PROJECT_AT,
-                 projected_dims: int = projection.PROJECTED_DIMS) -> None:
+                 projected_dims: int = projection.PROJECTED_DIMS, sampled_lists: bool = True) -> None:
         if dim < 1:
             raise ValueError(f"dim must be >= 1, got {dim}")
         if image_dim < 0:
@@ -121,6 +121,7 @@ class ShardIndex:
         self._writing = threading.Lock()  # one write (or projection) at a time; searches go on
         self._calibration = calibration.Calibration(self.kinds)
         self._sample = QuerySample(self.kinds)  # recent unfiltered queries, to measure the lists on
+        self.sampled_lists = sampled_lists  # whether it samples them and searches with their lists
         self._project_at, self._projected_dims = project_at, projected_dims
 
     # -- writes ------------------------------------------------------------------------------
@@ -202,9 +203,11 @@ class ShardIndex:
         parts = layouts.parts_of(self._parts, kind)  # the blocks the query has
         graphs = layouts.searched(self._graphs, bits)
         mix = mix_of(parts, query)
-        tuning = self._calibration.tuning[kind].at(mix)
-        if not filter:
-            self._sample.add(kind, mix, query)
+        tuning = self._calibration.tuning[kind]
+        if self.sampled_lists:
+            tuning = tuning.at(mix)
+            if not filter:
+                self._sample.add(kind, mix, query)
         query_scale = float(calibration.scale(parts, query))
         with self._lock.read():
             allowed: set[int] | None = None
@@ -373,7 +376,7 @@ class ShardIndex:
         caller that knows the shard is at rest: its writes have stopped."""
         if self._calibrate_if_due(at_rest=True):
             return True
-        if self._sample.due() and self._calibration.running.acquire(blocking=False):
+        if self.sampled_lists and self._sample.due() and self._calibration.running.acquire(blocking=False):
             try:
                 self._calibrate(items=False)
             finally:
@@ -405,7 +408,7 @@ class ShardIndex:
             parts = layouts.parts_of(self._parts, kind)
             tuning = (calibration.measure(parts, copies, self.dim, self.recall_target, self._search_unfiltered, rng)
                       if items else self._calibration.tuning[kind])
-            groups = self._sample.take(kind, only_due=not items)
+            groups = self._sample.take(kind, only_due=not items) if self.sampled_lists else [None]
             if tuning is not None and any(group is not None for group in groups):
                 tuning = calibration.sampled(parts, copies, groups, self.recall_target, self._search_unfiltered, tuning)
             measured[kind] = tuning
@@ -467,7 +470,7 @@ class ShardIndex:
 
     @classmethod
     def load(cls, path: Path, *, image_dim: int | None = None, layout: str | None = None,
-             recall_target: float | None = None) -> tuple[ShardIndex, str]:
+             recall_target: float | None = None, sampled_lists: bool = True) -> tuple[ShardIndex, str]:
         """Load a snapshot; returns the index and the log position it covers.
 
         `image_dim` and `layout`: the layout wanted (see the constructor); a snapshot of another
@@ -485,6 +488,7 @@ class ShardIndex:
         wanted = layouts.check(layout or (shard.layout if shard.image_dim else layouts.DEFAULT_LAYOUT), wanted_dim)
         if (wanted_dim, wanted) != (shard.image_dim, shard.layout):
             shard = shard._relayout(wanted_dim, wanted)
+        shard.sampled_lists = sampled_lists
         if recall_target is not None and recall_target != shard.recall_target:
             shard.recall_target = recall_target
             shard._calibration.calibrated_at = 0

@@ -145,6 +145,7 @@ class Settings:
     search_timeout_s: float = 10.0          # MMSEARCH_SEARCH_TIMEOUT_S
     shard_timeout_s: float = 5.0            # MMSEARCH_SHARD_TIMEOUT_S: per-shard answer deadline
     recall_target: float = 0.99             # MMSEARCH_RECALL_TARGET: recall@k each shard tunes its search list for
+    sampled_lists: bool = True              # MMSEARCH_SAMPLED_LISTS: shards measure their lists on the queries sent too
     job_ttl_s: int = 7 * 24 * 3600          # MMSEARCH_JOB_TTL_S: finished jobs expire after this
     staging_ttl_s: int = 24 * 3600          # MMSEARCH_STAGING_TTL_S: uploaded bytes kept this long
     url_timeout_s: float = 10.0             # MMSEARCH_URL_TIMEOUT_S: connect/read timeout for URL images
@@ -205,6 +206,7 @@ class Settings:
             search_timeout_s=_float(env, "MMSEARCH_SEARCH_TIMEOUT_S", d.search_timeout_s),
             shard_timeout_s=_float(env, "MMSEARCH_SHARD_TIMEOUT_S", d.shard_timeout_s),
             recall_target=min(1.0, max(0.5, _float(env, "MMSEARCH_RECALL_TARGET", d.recall_target))),
+            sampled_lists=_bool(env, "MMSEARCH_SAMPLED_LISTS", d.sampled_lists),
             job_ttl_s=_int(env, "MMSEARCH_JOB_TTL_S", d.job_ttl_s),
             staging_ttl_s=_int(env, "MMSEARCH_STAGING_TTL_S", d.staging_ttl_s),
             url_timeout_s=_float(env, "MMSEARCH_URL_TIMEOUT_S", d.url_timeout_s),

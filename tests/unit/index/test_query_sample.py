@@ -112,3 +112,15 @@ def test_lists_measured_on_a_shards_real_queries_reach_the_target_on_others_like
     index.save(tmp_path / "shard.snap", "0-1", forked=False)
     loaded, _ = ShardIndex.load(tmp_path / "shard.snap")
     assert loaded.stats()["sampled"] == index.stats()["sampled"]
+
+
+def test_a_shard_told_not_to_sample_keeps_the_lists_of_its_items(monkeypatch):
+    monkeypatch.setattr(calibration, "CALIBRATE_MIN", 1000)
+    rng = np.random.default_rng(29)
+    vectors = unit(rng, 1200 + SAMPLE_MIN, 16)
+    ids = [f"n{j}" for j in range(1200)]
+    index = ShardIndex(16, sampled_lists=False)
+    index.upsert(ids, vectors[:1200], records_for(ids))
+    for query in vectors[1200:]:
+        index.search(query, 10)
+    assert not index.settle() and index.stats()["sampled"]["vector"] == []
