@@ -15,7 +15,11 @@ Once filled, the bench waits until every shard has snapshotted all it applied an
 workers have gone quiet (when the writes stop they write those snapshots, and a shard that grew
 since its last calibration measures its tuning again first; "snapshots s" in the fill table,
 write_results), so the searches measure the service at rest, not sharing the disk and cores
-with the snapshot writers or a calibration.
+with the snapshot writers or a calibration. Then it sends --taught (128) unfiltered queries of
+each kind, one of each kind in turn, none of them timed ones, and waits for the quiet again
+("taught s"): the shards measure their lists on the queries they are sent
+(`shared.index.query_sample`); 128 of each kind leave the next such measurement past the 1-client
+runs.
 
 Queries, k=10, through HTTP by 1, 8 (and 32 in the full run) client threads, each with its own
 `requests.Session` (`bench.search.queries`). Near kinds (the headline), from the held-out
